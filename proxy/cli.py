@@ -1,0 +1,42 @@
+"""The ``drain-proxy`` command: settings, logging, event loop, run."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from proxy import logs
+from proxy.server import StartupError, run
+from proxy.settings import SettingsError, parse_settings
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop when asked for or (``auto``) when importable, else asyncio's own loop."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SettingsError("--loop: invalid value 'uvloop'; uvloop is not installed, "
+                                "allowed: auto, asyncio") from None
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+        factory = loop_factory(settings.loop)
+    except SettingsError as error:
+        print(f"drain-proxy: error: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            return runner.run(run(settings))
+        except StartupError as error:
+            print(f"drain-proxy: error: {error}", file=sys.stderr)
+            return 2

@@ -1,0 +1,98 @@
+"""What every connection shares: settings, metrics, the drain timeline, the pool.
+
+One ``ProxyContext`` per proxy instance is passed to each connection, so tests can
+run several proxies in one process and nothing lives in import-time globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from proxy.lifecycle import DrainTimeline
+from proxy.metrics import Metrics
+from proxy.rotation import RotationPolicy
+from proxy.settings import Settings
+
+if TYPE_CHECKING:
+    from proxy.client import ClientConnection
+    from proxy.listener import Listener
+    from proxy.upstream import UpstreamPool
+
+
+class InFlight:
+    """Counts requests in flight and wakes the drain when the last one ends.
+
+    "Drain done" is an observed event (the count reaching zero), not a poll.
+    """
+
+    __slots__ = ("_gauge", "_idle", "count")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.count = 0
+        self._gauge = metrics.requests_in_flight
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def begin(self) -> None:
+        self.count += 1
+        self._gauge.inc()
+        self._idle.clear()
+
+    def end(self) -> None:
+        self.count -= 1
+        self._gauge.dec()
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+@dataclass
+class ProxyContext:
+    """Shared state of one proxy instance."""
+
+    settings: Settings
+    metrics: Metrics
+    timeline: DrainTimeline
+    rotation: RotationPolicy
+    pool: UpstreamPool
+    in_flight: InFlight
+    listener: Listener | None = None
+    connections: set[ClientConnection] = field(default_factory=set)
+    # Code labels resolved once: a labels() lookup per request costs a lock and a dict.
+    _code_counters: dict[int, object] = field(default_factory=dict)
+
+    def register(self, connection: ClientConnection, now: float) -> None:
+        """A client connection was accepted."""
+        self.connections.add(connection)
+        self.metrics.connections_active.inc()
+        self.metrics.connections_opened.inc()
+        if self.timeline.started:
+            self.timeline.accepted_while_draining += 1
+            self.metrics.accepted_while_draining.inc()
+            self.metrics.last_accept_after_drain.set(self.timeline.seconds_since_trigger(now))
+        if self.listener is not None and len(self.connections) >= self.settings.max_connections:
+            self.listener.pause()
+
+    def unregister(self, connection: ClientConnection, reason: str) -> None:
+        """A client connection closed, for ``reason`` (a connections_closed label)."""
+        self.connections.discard(connection)
+        self.metrics.connections_active.dec()
+        self.metrics.connections_closed.labels(reason).inc()
+        if reason == "drain":
+            self.timeline.connections_closed_by_drain += 1
+        if self.listener is not None and len(self.connections) < self.settings.max_connections:
+            self.listener.resume()
+
+    def count_response(self, status: int, duration_s: float) -> None:
+        counter = self._code_counters.get(status)
+        if counter is None:
+            counter = self._code_counters[status] = self.metrics.requests.labels(str(status))
+        counter.inc()  # type: ignore[attr-defined]
+        self.metrics.request_duration.observe(duration_s)
+        if self.timeline.started:
+            self.timeline.served_while_draining += 1
+            self.metrics.served_while_draining.inc()

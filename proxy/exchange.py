@@ -1,0 +1,80 @@
+"""One request/response exchange on a client connection, and its request-side buffering.
+
+The request body is streamed to the app as it arrives.  Until an upstream
+connection is attached, it waits in ``pending`` (bounded: the client connection
+stops reading past ``MAX_PENDING_BODY_BYTES``).  A copy of everything sent
+upstream is kept in ``replay`` while it stays small, so that an idempotent
+request whose pooled connection turned out dead can be retried once
+(RFC 9112 section 9.3.1) without asking the client to resend.
+"""
+
+from __future__ import annotations
+
+from proxy.http_policy import ForwardRequest
+from proxy.upstream import UpstreamConnection
+
+MAX_PENDING_BODY_BYTES = 256 * 1024  # a few socket reads; beyond it, backpressure
+MAX_REPLAY_BYTES = 64 * 1024  # requests larger than this are not retried
+
+
+class Exchange:
+    """State of one request from its first byte to the end of its response."""
+
+    __slots__ = (
+        "body_done", "error", "finished", "framing_chunked", "head_sent", "pending",
+        "pending_bytes", "replay", "replay_bytes", "request", "retried", "started_at",
+        "status", "upstream",
+    )
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self.request: ForwardRequest | None = None
+        self.error: bytes | None = None  # a response the proxy must send instead
+        self.body_done = False
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.replay: list[bytes] | None = []
+        self.replay_bytes = 0
+        self.upstream: UpstreamConnection | None = None
+        self.head_sent = False
+        self.framing_chunked = False
+        self.status = 0
+        self.retried = False
+        self.finished = False
+
+    def take_pending(self) -> bytes:
+        """The head and any body received so far, to send on a new upstream connection."""
+        assert self.request is not None
+        data = b"".join([self.request.head, *self.pending])
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.remember(data)
+        return data
+
+    def add_body(self, data: bytes) -> bool:
+        """Forward or buffer request body bytes; True when the buffer is full."""
+        if self.upstream is not None:
+            self.remember(data)
+            self.upstream.send(data)
+            return False
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        return self.pending_bytes > MAX_PENDING_BODY_BYTES
+
+    def remember(self, data: bytes) -> None:
+        if self.replay is None:
+            return
+        self.replay_bytes += len(data)
+        if self.replay_bytes > MAX_REPLAY_BYTES:
+            self.replay = None
+        else:
+            self.replay.append(data)
+
+    def can_retry(self) -> bool:
+        """RFC 9112 9.3.1: only idempotent requests, once, with the whole body at hand."""
+        return (self.request is not None and self.request.idempotent and not self.retried
+                and self.body_done and self.replay is not None and not self.head_sent)
+
+    def replay_bytes_for_retry(self) -> bytes:
+        assert self.replay is not None
+        return b"".join(self.replay)

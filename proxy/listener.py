@@ -1,0 +1,78 @@
+"""The traffic listener: a listening socket that can pause accepting without refusing.
+
+``asyncio.Server`` can only be closed for good, and closing its socket makes the
+kernel refuse new connections.  For ``--max-connections`` we want the opposite:
+stop accepting, let new connections wait in the kernel backlog, and resume
+later.  So we own the listening socket and hand the server a duplicate of its
+descriptor: closing the server closes only the duplicate, the socket stays in
+the listening state, and a new server on a fresh duplicate resumes accepting.
+Closing our own socket too (the drain) is what makes new connections refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+from proxy.settings import Address
+
+BACKLOG = 1024  # absorbs a burst while paused at --max-connections
+
+
+class Listener:
+    """Owns one listening TCP socket and the asyncio server accepting on it."""
+
+    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+        self._sock: socket.socket | None = sock
+        self._factory = factory
+        self._server: asyncio.Server | None = None
+        self._want_serving = False
+        self._resuming: asyncio.Task[None] | None = None
+
+    @classmethod
+    def bind(cls, address: Address, factory: Callable[[], asyncio.Protocol]) -> Listener:
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets then.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+        return cls(sock, factory)
+
+    @property
+    def port(self) -> int:
+        assert self._sock is not None
+        return int(self._sock.getsockname()[1])
+
+    async def start(self) -> None:
+        self._want_serving = True
+        await self._serve()
+
+    async def _serve(self) -> None:
+        if self._server is None and self._sock is not None and self._want_serving:
+            self._server = await asyncio.get_running_loop().create_server(
+                self._factory, sock=self._sock.dup(), backlog=BACKLOG)
+
+    def pause(self) -> None:
+        """Stop accepting; new connections queue in the kernel backlog."""
+        self._want_serving = False
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def resume(self) -> None:
+        if self._want_serving or self._sock is None:
+            return
+        self._want_serving = True
+        self._resuming = asyncio.get_running_loop().create_task(self._serve())
+
+    def close(self) -> None:
+        """Stop accepting for good: from now on the kernel refuses connections."""
+        self.pause()
+        if self._resuming is not None:
+            self._resuming.cancel()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -1,0 +1,81 @@
+"""Every Prometheus metric the proxy exports, defined once on an injectable registry.
+
+Tests build their own ``CollectorRegistry`` and read values with
+``registry.get_sample_value``; production uses a fresh registry per process.
+Label values are initialised at start so dashboards see zeros, not gaps.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+
+PHASES = ("serving", "propagating", "draining", "drained")
+CLOSE_REASONS = (
+    "peer", "idle_timeout", "max_requests", "max_age", "drain", "drain_deadline", "error",
+)
+UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "retried")
+# Latency buckets for a localhost hop: dense below 10 ms, coarse up to a minute.
+DURATION_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0,
+)
+
+
+class Metrics:
+    """The proxy's metrics; one instance per process (or per test)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.connections_active = Gauge(
+            "drain_proxy_connections_active", "Client connections open now.", registry=r)
+        self.connections_opened = Counter(
+            "drain_proxy_connections_opened", "Client connections accepted.", registry=r)
+        self.connections_closed = Counter(
+            "drain_proxy_connections_closed", "Client connections closed, by reason.",
+            ["reason"], registry=r)
+        self.requests_in_flight = Gauge(
+            "drain_proxy_requests_in_flight", "Requests forwarded and not yet answered.",
+            registry=r)
+        self.requests = Counter(
+            "drain_proxy_requests", "Responses sent to clients, by status code.", ["code"],
+            registry=r)
+        self.request_duration = Histogram(
+            "drain_proxy_request_duration_seconds",
+            "Time from a request head to the end of its response.",
+            buckets=DURATION_BUCKETS, registry=r)
+        self.upstream_errors = Counter(
+            "drain_proxy_upstream_errors", "Failures talking to the app, by reason.",
+            ["reason"], registry=r)
+        self.phase = Enum(
+            "drain_proxy_phase", "Drain lifecycle phase.", states=list(PHASES), registry=r)
+        self.drain_started = Gauge(
+            "drain_proxy_drain_started_timestamp_seconds",
+            "Unix time the drain was triggered (0 while serving).", registry=r)
+        self.phase_duration = Gauge(
+            "drain_proxy_drain_phase_duration_seconds",
+            "How long each finished drain phase lasted.", ["phase"], registry=r)
+        self.accepted_while_draining = Counter(
+            "drain_proxy_connections_accepted_while_draining",
+            "Connections accepted after the drain started (routing had not moved yet).",
+            registry=r)
+        self.last_accept_after_drain = Gauge(
+            "drain_proxy_last_accept_after_drain_start_seconds",
+            "Seconds from drain start to the last accepted connection: the measured "
+            "routing propagation lag.", registry=r)
+        self.served_while_draining = Counter(
+            "drain_proxy_requests_served_while_draining",
+            "Responses completed after the drain started.", registry=r)
+        self.requests_cut = Counter(
+            "drain_proxy_requests_cut",
+            "In-flight requests aborted by the drain deadline or a second signal.", registry=r)
+        self._initialise_labels()
+
+    def _initialise_labels(self) -> None:
+        for reason in CLOSE_REASONS:
+            self.connections_closed.labels(reason)
+        for reason in UPSTREAM_ERROR_REASONS:
+            self.upstream_errors.labels(reason)
+        for phase in PHASES[:-1]:
+            self.phase_duration.labels(phase)
+        self.phase.state("serving")

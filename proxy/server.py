@@ -1,0 +1,109 @@
+"""Wires one proxy instance together: listener, pool, admin port, drain, signals.
+
+``ProxyServer`` runs inside any event loop, so tests can run it in-process on
+asyncio or uvloop; ``run`` is the process entry point that adds signal handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+
+from proxy.admin import AdminApp, AdminServer
+from proxy.client import ClientConnection
+from proxy.context import InFlight, ProxyContext
+from proxy.drain import DrainCoordinator
+from proxy.lifecycle import DrainTimeline
+from proxy.listener import Listener
+from proxy.metrics import Metrics
+from proxy.readiness import check_app
+from proxy.rotation import RotationPolicy
+from proxy.settings import Settings
+from proxy.upstream import UpstreamPool
+
+log = logging.getLogger("drain_proxy")
+
+
+class StartupError(Exception):
+    """The proxy cannot start with these settings (a port in use, say)."""
+
+
+class ProxyServer:
+    """One running proxy: call ``start``, then ``wait_exit``/``close``."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
+        rotation = RotationPolicy(settings.max_requests_per_connection,
+                                  settings.max_connection_age_s, settings.rotation_jitter,
+                                  rng if rng is not None else random.Random())
+        timeline = DrainTimeline(settings.propagation_window_s, settings.drain_timeout_s,
+                                 settings.readiness_on_drain == "fail")
+        self.ctx = ProxyContext(settings=settings, metrics=self.metrics, timeline=timeline,
+                                rotation=rotation, pool=UpstreamPool(settings),
+                                in_flight=InFlight(self.metrics))
+        try:
+            self.listener = Listener.bind(settings.listen, lambda: ClientConnection(self.ctx))
+        except OSError as error:
+            raise StartupError(f"--listen {settings.listen}: cannot listen: {error.strerror}") \
+                from None
+        self.ctx.listener = self.listener
+        self.coordinator: DrainCoordinator | None = None
+        self._admin: AdminServer | None = None
+        self.admin_port = 0
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    async def start(self) -> None:
+        self.coordinator = DrainCoordinator(self.ctx, self.listener)
+        app = AdminApp(self.ctx, self.coordinator, lambda: check_app(self.settings))
+        self._admin = AdminServer(app)
+        admin = self.settings.admin
+        try:
+            self.admin_port = await self._admin.start(admin.host, admin.port)
+        except OSError as error:
+            self.listener.close()
+            raise StartupError(f"--admin {admin}: cannot listen: {error.strerror}") from None
+        await self.listener.start()
+        log.info("listening on %s:%d, admin on %s:%d, upstream %s", self.settings.listen.host,
+                 self.port, self.settings.admin.host, self.admin_port, self.settings.upstream)
+
+    async def close(self) -> None:
+        """Stop everything now (tests and the end of ``run``); no drain."""
+        self.listener.close()
+        if self._admin is not None:
+            await self._admin.close()
+        for connection in list(self.ctx.connections):
+            connection.cut()
+        self.ctx.pool.close()
+
+
+def _warn_about_budget(settings: Settings) -> None:
+    if settings.drain_budget_s > settings.termination_grace_period_s:
+        log.warning(
+            "propagation window %.1fs + drain timeout %.1fs + 2s margin = %.1fs exceeds the "
+            "termination grace period %.1fs: kubelet may SIGKILL the pod mid-drain",
+            settings.propagation_window_s, settings.drain_timeout_s, settings.drain_budget_s,
+            settings.termination_grace_period_s)
+
+
+async def run(settings: Settings) -> int:
+    """Serve until a signal has been received and the drain is over; return the exit code."""
+    _warn_about_budget(settings)
+    server = ProxyServer(settings)
+    await server.start()
+    coordinator = server.coordinator
+    assert coordinator is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, coordinator.on_signal, signal.Signals(signum).name)
+    await coordinator.wait_exit()
+    await server.close()
+    code = coordinator.exit_code
+    log.info("exiting with code %d", code)
+    return code

@@ -1,0 +1,298 @@
+"""One frozen, typed settings object, built once from flags and environment.
+
+Every flag also reads ``DRAIN_PROXY_<FLAG_IN_UPPER_SNAKE>``; a flag beats its
+environment variable.  A bad value stops start-up with one line that names the
+flag, the value and what is allowed (exit code 2), because a sidecar that starts
+with a silently-ignored typo only shows the mistake during the next rollout.
+
+The flag table below is the single source of truth: the parser, the environment
+lookup and the README's configuration table (checked by a test) all follow it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+ENV_PREFIX = "DRAIN_PROXY_"
+
+
+class SettingsError(Exception):
+    """A flag or environment variable has a value we cannot accept."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where to listen or connect: a TCP host and port, or a unix socket path."""
+
+    host: str = ""
+    port: int = 0
+    unix_path: str | None = None
+
+    def __str__(self) -> str:
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_host_port(text: str) -> Address:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 lets the OS pick one."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError("allowed: HOST:PORT with a port from 0 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return Address(host=host, port=int(port_text))
+
+
+def parse_upstream(text: str) -> Address:
+    """Parse ``HOST:PORT`` or ``unix:/path/to/socket``."""
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/"):
+            raise ValueError("allowed: HOST:PORT or unix:/absolute/path")
+        return Address(unix_path=path)
+    try:
+        return parse_host_port(text)
+    except ValueError:
+        raise ValueError("allowed: HOST:PORT or unix:/absolute/path") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("allowed: a number of seconds >= 0") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("allowed: a number of seconds >= 0")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise ValueError("allowed: a number of seconds > 0")
+    return value
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < minimum:
+            raise ValueError(f"allowed: a whole number >= {minimum}")
+        return int(text)
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("allowed: a number from 0 to 0.5") from None
+    if not 0 <= value <= 0.5:
+        raise ValueError("allowed: a number from 0 to 0.5")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError("allowed: " + ", ".join(allowed))
+        return text
+
+    return parse
+
+
+def _path(text: str) -> str | None:
+    if text == "":
+        return None
+    if not text.startswith("/") or any(c in text for c in " \r\n\t"):
+        raise ValueError("allowed: an absolute path such as /healthz, or empty to unset")
+    return text
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("allowed: true or false")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag: its parser, default, and the reason for that default."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    metavar: str
+    why: str
+    is_switch: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.name.removeprefix("--").replace("-", "_")
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("--listen", parse_host_port, "0.0.0.0:8000", "HOST:PORT",
+         "the Service's targetPort points here"),
+    Flag("--upstream", parse_upstream, "127.0.0.1:8080", "HOST:PORT|unix:PATH",
+         "the app in the same pod, on localhost"),
+    Flag("--admin", parse_host_port, "0.0.0.0:9901", "HOST:PORT",
+         "probes and Prometheus must reach it from the node"),
+    Flag("--mode", _choice("http"), "http", "http",
+         "HTTP/1.1 forwarding; raw TCP mode is planned"),
+    Flag("--loop", _choice("auto", "uvloop", "asyncio"), "auto", "auto|uvloop|asyncio",
+         "uvloop is faster when it is installed"),
+    Flag("--idle-timeout", _positive_seconds, "75", "S",
+         "longer than common client and load-balancer idle timeouts (60 s)"),
+    Flag("--header-timeout", _positive_seconds, "10", "S",
+         "total time for a request head; stops slow-header clients (408)"),
+    Flag("--upstream-connect-timeout", _positive_seconds, "2", "S",
+         "the app is on localhost: a slow connect means it is overloaded (504)"),
+    Flag("--upstream-timeout", _positive_seconds, "60", "S",
+         "wait for the app's response head, like nginx's proxy_read_timeout (504)"),
+    Flag("--upstream-idle-timeout", _positive_seconds, "2", "S",
+         "below app keep-alive defaults (gunicorn 2 s, uvicorn 5 s) to avoid reuse races"),
+    Flag("--max-header-bytes", _count(1024), "65536", "N",
+         "generous for cookies yet bounded (431); also 100 headers, 8 KiB request line (414)"),
+    Flag("--max-connections", _count(1), "10000", "N",
+         "bounds memory; beyond it new connections wait in the kernel backlog"),
+    Flag("--readiness-path", _path, "", "PATH",
+         "unset: a TCP connect to the app; set: GET PATH on the app must be 2xx"),
+    Flag("--propagation-window", _seconds, "10", "S",
+         "time for endpoints removal to reach kube-proxy and load balancers"),
+    Flag("--drain-timeout", _seconds, "15", "S",
+         "longest in-flight request we wait for after the window"),
+    Flag("--termination-grace-period", _positive_seconds, "30", "S",
+         "match the pod's terminationGracePeriodSeconds (Kubernetes default 30)"),
+    Flag("--max-requests-per-connection", _count(0), "1000", "N",
+         "like nginx keepalive_requests: rebalances keep-alive clients (0 = off)"),
+    Flag("--max-connection-age", _seconds, "0", "S",
+         "optional age limit for keep-alive connections (0 = off)"),
+    Flag("--rotation-jitter", _fraction, "0.1", "F",
+         "spread rotations so connections opened together do not close together"),
+    Flag("--readiness-on-drain", _choice("fail", "keep"), "fail", "fail|keep",
+         "fail: leave the Service endpoints at once when the drain starts"),
+    Flag("--log-level", _choice("debug", "info", "warning", "error"), "info",
+         "debug|info|warning|error", "phase changes and errors, not every request"),
+    Flag("--log-format", _choice("text", "json"), "text", "text|json",
+         "json for log pipelines that parse fields"),
+    Flag("--access-log", _boolean, "false", "", "one line per request costs CPU; opt in",
+         is_switch=True),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the proxy needs to know, with units in the names."""
+
+    listen: Address
+    upstream: Address
+    admin: Address
+    mode: str
+    loop: str
+    idle_timeout_s: float
+    header_timeout_s: float
+    upstream_connect_timeout_s: float
+    upstream_timeout_s: float
+    upstream_idle_timeout_s: float
+    max_header_bytes: int
+    max_connections: int
+    readiness_path: str | None
+    propagation_window_s: float
+    drain_timeout_s: float
+    termination_grace_period_s: float
+    max_requests_per_connection: int
+    max_connection_age_s: float
+    rotation_jitter: float
+    readiness_on_drain: str
+    log_level: str
+    log_format: str
+    access_log: bool
+    max_header_count: int = 100  # nginx and h11 land near here; more is abuse
+    max_request_line_bytes: int = 8192  # nginx's large_client_header_buffers line size
+
+    @property
+    def drain_budget_s(self) -> float:
+        """Worst-case time from SIGTERM to exit, with a margin for the final steps."""
+        return self.propagation_window_s + self.drain_timeout_s + 2.0
+
+
+_FIELD_FOR_FLAG = {
+    "--idle-timeout": "idle_timeout_s",
+    "--header-timeout": "header_timeout_s",
+    "--upstream-connect-timeout": "upstream_connect_timeout_s",
+    "--upstream-timeout": "upstream_timeout_s",
+    "--upstream-idle-timeout": "upstream_idle_timeout_s",
+    "--propagation-window": "propagation_window_s",
+    "--drain-timeout": "drain_timeout_s",
+    "--termination-grace-period": "termination_grace_period_s",
+    "--max-connection-age": "max_connection_age_s",
+}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser; values stay raw strings until ``_convert``."""
+    parser = _OneLineParser(
+        prog="drain-proxy",
+        description="Reverse-proxy sidecar that drains connections for zero-loss rollouts. "
+        "Every flag also reads DRAIN_PROXY_<FLAG_IN_UPPER_SNAKE>.",
+    )
+    for flag in FLAGS:
+        help_text = f"{flag.why} (default {flag.default or 'unset'}; env {flag.env_var})"
+        if flag.is_switch:
+            parser.add_argument(flag.name, action="store_const", const="true", help=help_text)
+        else:
+            parser.add_argument(flag.name, metavar=flag.metavar, help=help_text)
+    return parser
+
+
+def _raw_value(flag: Flag, cli_value: str | None, environ: Mapping[str, str]) -> tuple[str, str]:
+    """Pick flag over env var over default, and say where the value came from."""
+    if cli_value is not None:
+        return cli_value, flag.name
+    if flag.env_var in environ:
+        return environ[flag.env_var], flag.env_var
+    return flag.default, flag.name
+
+
+def _check_unknown_env(environ: Mapping[str, str]) -> None:
+    known = {flag.env_var for flag in FLAGS}
+    for key in environ:
+        if key.startswith(ENV_PREFIX) and key not in known:
+            raise SettingsError(f"{key}: unknown setting; allowed: {', '.join(sorted(known))}")
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from argv and the environment, or raise SettingsError."""
+    env = os.environ if environ is None else environ
+    _check_unknown_env(env)
+    namespace = build_parser().parse_args(list(argv))
+    values: dict[str, Any] = {}
+    for flag in FLAGS:
+        raw, source = _raw_value(flag, getattr(namespace, flag.dest), env)
+        try:
+            value = flag.parse(raw)
+        except ValueError as error:
+            raise SettingsError(f"{source}: invalid value {raw!r}; {error}") from None
+        values[_FIELD_FOR_FLAG.get(flag.name, flag.dest)] = value
+    return Settings(**values)

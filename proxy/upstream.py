@@ -1,0 +1,306 @@
+"""Connections to the app and their keep-alive pool.
+
+An ``UpstreamConnection`` carries one exchange at a time and reports the
+response to its client connection through the ``ResponseSink`` calls.  The pool
+hands out idle connections last-in first-out (the warmest socket, the least
+likely to have been closed by the app), and never reuses a connection that has
+seen EOF, stray bytes, or a response it could not fully read.
+
+Pooled connections expire after ``--upstream-idle-timeout``, kept below common
+app keep-alive timeouts: a pooled connection that the app closes at the moment we
+reuse it is the classic source of spurious 502s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol, cast
+
+import httptools
+
+from proxy.http_policy import Headers
+from proxy.settings import Settings
+
+# Pooled idle connections beyond this are closed: they cost the app a socket each.
+MAX_IDLE_CONNECTIONS = 256
+
+
+class UpstreamFailure(Exception):
+    """The app could not be reached or answered badly; ``status`` goes to the client."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason  # a drain_proxy_upstream_errors_total label
+
+
+class ResponseSink(Protocol):
+    """What an upstream connection tells the client connection it serves."""
+
+    def upstream_interim(self, status: int, reason: bytes, headers: Headers) -> None: ...
+    def upstream_head(self, status: int, reason: bytes, headers: Headers) -> None: ...
+    def upstream_body(self, data: bytes) -> None: ...
+    def upstream_complete(self) -> None: ...
+    def upstream_lost(self, failure: UpstreamFailure, response_started: bool) -> None: ...
+    def upstream_writable(self, writable: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to the app, parsing responses with llhttp."""
+
+    __slots__ = (
+        "_body_allowed", "_close_delimited", "_done", "_head_seen", "_headers", "_interim",
+        "_keep_alive", "_parser",
+        "_poisoned", "_reason", "_sink", "_timer", "pool", "reused", "seen_bytes",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._sink: ResponseSink | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._headers: Headers = []
+        self._reason = b""
+        self._interim = False
+        self._head_seen = False
+        self._keep_alive = False
+        self._done = False
+        self._poisoned = False
+        self._body_allowed = True
+        self._close_delimited = False
+        self.reused = False
+        self.seen_bytes = False
+
+    # -- used by the client connection ---------------------------------------------------
+    def bind(self, sink: ResponseSink, expects_body: bool) -> None:
+        """Start an exchange; ``expects_body`` is False for HEAD requests."""
+        self._cancel_timer()
+        self._sink, self._done, self.seen_bytes = sink, False, False
+        self._body_allowed, self._head_seen, self._interim = expects_body, False, False
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def request_sent(self) -> None:
+        """The whole request is out: from now on the app has ``--upstream-timeout``."""
+        if self._sink is not None and not self._done:
+            self._cancel_timer()
+            self._timer = asyncio.get_running_loop().call_later(
+                self.pool.settings.upstream_timeout_s, self._response_timed_out)
+
+    def pause_reading(self, paused: bool) -> None:
+        """Backpressure from the client side: stop reading the app while it is full."""
+        if self.transport is not None and not self.transport.is_closing():
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self._sink = None
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self._sink is None:  # bytes on an idle pooled connection: never trust it again
+            self._poisoned = True
+            self.close()
+            return
+        self.seen_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
+            self._fail(UpstreamFailure(502, "protocol", f"invalid response from app: {error}"))
+            return
+        if self._done:
+            self._after_response()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._cancel_timer()
+        self.pool.forget(self)
+        sink, self._sink = self._sink, None
+        if sink is None or self._done:
+            return
+        if self._close_delimited:  # EOF is how this response ends
+            self._done = True
+            sink.upstream_complete()
+            return
+        failure = UpstreamFailure(502, "reset", "the app closed the connection")
+        sink.upstream_lost(failure, response_started=self._head_seen)
+
+    def pause_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.upstream_writable(False)
+
+    def resume_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.upstream_writable(True)
+
+    # -- llhttp callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._done or self._sink is None:
+            self._poisoned = True  # a second response to one request
+            raise _StrayResponse
+        self._headers = []
+        self._close_delimited = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._sink is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                raise _StrayResponse  # we never forward Upgrade, so 101 is a protocol error
+            self._interim = True
+            self._sink.upstream_interim(status, self._reason, self._headers)
+            return
+        self._interim, self._head_seen = False, True
+        # Read it now: llhttp resets the flag once the message is complete.
+        self._keep_alive = self._parser.should_keep_alive()
+        self._cancel_timer()
+        self._close_delimited = self._body_allowed and _is_close_delimited(status, self._headers)
+        self._sink.upstream_head(status, self._reason, self._headers)
+        if not self._body_allowed:  # a response to HEAD ends with its head
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self._done or self._sink is None:
+            self._poisoned = True  # bytes after a complete response
+            return
+        self._sink.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        elif not self._done:
+            self._finish()
+
+    # -- internals ----------------------------------------------------------------------
+    def _finish(self) -> None:
+        self._done = True
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.upstream_complete()
+
+    def _after_response(self) -> None:
+        """Pool the connection only if it is clean and the app agreed to keep it."""
+        reusable = (not self._poisoned and not self._close_delimited
+                    and self._keep_alive and self._body_allowed)
+        if reusable:
+            self.reused = True
+            self.pool.release(self)
+        else:
+            self.close()
+
+    def _fail(self, failure: UpstreamFailure) -> None:
+        sink, self._sink = self._sink, None
+        self.close()
+        if sink is not None and not self._done:
+            sink.upstream_lost(failure, response_started=self._head_seen)
+
+    def _response_timed_out(self) -> None:
+        self._timer = None
+        self._fail(UpstreamFailure(504, "timeout", "the app did not answer in time"))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        self._cancel_timer()
+        self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.close()
+
+    def expire(self) -> None:
+        """Idle timer of a pooled connection."""
+        self._timer = None
+        self.close()
+
+    def park(self, idle_timeout_s: float) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(idle_timeout_s, self.expire)
+
+
+class _StrayResponse(Exception):
+    """Raised inside llhttp callbacks to stop parsing a response we did not ask for."""
+
+
+def _is_close_delimited(status: int, headers: Headers) -> bool:
+    if status in (204, 304):
+        return False
+    return not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to the app, and new connections when none is idle."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._idle: list[UpstreamConnection] = []
+        self._closed = False
+
+    def take_idle(self) -> UpstreamConnection | None:
+        while self._idle:
+            connection = self._idle.pop()
+            transport = connection.transport
+            if transport is not None and not transport.is_closing():
+                return connection
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """A fresh connection, or UpstreamFailure (502 refused, 504 timed out)."""
+        loop = asyncio.get_running_loop()
+        address = self.settings.upstream
+        try:
+            async with asyncio.timeout(self.settings.upstream_connect_timeout_s):
+                if address.unix_path is not None:
+                    _, protocol = await loop.create_unix_connection(
+                        lambda: UpstreamConnection(self), address.unix_path)
+                else:
+                    _, protocol = await loop.create_connection(
+                        lambda: UpstreamConnection(self), address.host, address.port)
+        except TimeoutError:
+            raise UpstreamFailure(504, "timeout", "connecting to the app timed out") from None
+        except OSError as error:
+            raise UpstreamFailure(502, "connect", f"cannot connect to the app: {error}") from None
+        return protocol
+
+    def release(self, connection: UpstreamConnection) -> None:
+        transport = connection.transport
+        unusable = transport is None or transport.is_closing()
+        if unusable or self._closed or len(self._idle) >= MAX_IDLE_CONNECTIONS:
+            connection.close()
+            return
+        connection.pause_reading(False)
+        connection.park(self.settings.upstream_idle_timeout_s)
+        self._idle.append(connection)
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        if connection in self._idle:
+            self._idle.remove(connection)
+
+    def close(self) -> None:
+        """Close idle connections and refuse to pool any more (end of the drain)."""
+        self._closed = True
+        for connection in list(self._idle):
+            connection.close()
+        self._idle.clear()
