@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 import httptools
 
 from proxy import http_policy
 from proxy.context import ProxyContext
+from proxy.deadline import Deadline
 from proxy.exchange import Exchange
 from proxy.http_policy import Framing, HeadCollector, Headers, HttpError
 from proxy.rotation import rotation_reason
@@ -49,7 +51,11 @@ class ClientConnection(asyncio.Protocol):
         self._active: Exchange | None = None  # the request being answered
         self._queue: deque[Exchange] = deque()  # pipelined requests, in order
         self._connect_task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        settings = ctx.settings
+        self._deadline = Deadline(self._loop, self._deadline_passed,
+                                  min(settings.header_timeout_s, settings.idle_timeout_s))
+        self._on_deadline: Callable[[], None] = self._idle_timed_out
+        self._out: list[bytes] = []  # response bytes batched into one write per upstream read
         self._read_paused = 0
         self._write_paused = False
         self._input_closed = False  # client EOF, an upgrade tail, or an error: read no more
@@ -88,7 +94,7 @@ class ClientConnection(asyncio.Protocol):
         return not self._closing and (self._active is not None or bool(self._queue))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
+        self._deadline.cancel()
         if self._connect_task is not None:
             self._connect_task.cancel()
         for exchange in self._unfinished():
@@ -134,7 +140,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.request = http_policy.check_request(
             self._parser.get_method(), collector.url, self._parser.get_http_version(),
             collector.headers, self._parser.should_keep_alive(), self._client_ip,
-            str(self.ctx.settings.upstream).encode())
+            self.ctx.upstream_authority)
         if self._active is None:
             self._active = exchange
             self._dispatch(exchange)
@@ -202,25 +208,19 @@ class ClientConnection(asyncio.Protocol):
             return  # HTTP/1.0 clients must never see a 1xx
         if status == 100 and not request.expects_continue:
             return
-        self.transport.write(http_policy.interim_head(status, reason, headers))
+        self._out.append(http_policy.interim_head(status, reason, headers))
 
-    def upstream_head(self, status: int, reason: bytes, headers: Headers) -> None:
+    def upstream_head(self, status: int, reason: bytes, headers: Headers,
+                      app_framing: Framing) -> None:
         exchange = self._active
         assert exchange is not None and exchange.request is not None
-        try:
-            framing = http_policy.response_framing(
-                status, headers, exchange.request.method, exchange.request.http_10)
-        except HttpError as error:
-            assert exchange.upstream is not None
-            exchange.upstream.abort()
-            self._upstream_failed(exchange, UpstreamFailure(502, "protocol", error.reason))
-            return
+        framing = http_policy.client_response_framing(app_framing, exchange.request.http_10)
         close_reason = self._close_reason_for(exchange, framing)
         if close_reason is not None:
             self._close_reason = close_reason
         exchange.status, exchange.head_sent = status, True
         exchange.framing_chunked = framing is Framing.CHUNKED
-        self._write(http_policy.build_response_head(
+        self._out.append(http_policy.build_response_head(
             status, reason, headers, framing, close_reason is not None, exchange.request.http_10))
 
     def upstream_body(self, data: bytes) -> None:
@@ -228,17 +228,25 @@ class ClientConnection(asyncio.Protocol):
         if exchange is None or self.transport is None:
             return
         if exchange.framing_chunked:
-            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
-            self.transport.write(data)
+            self._out.append(data)
 
     def upstream_complete(self) -> None:
         exchange = self._active
         assert exchange is not None
         if exchange.framing_chunked:
-            self._write(http_policy.LAST_CHUNK)
+            self._out.append(http_policy.LAST_CHUNK)
+        self.upstream_flush()
         exchange.upstream = None
         self._complete(exchange)
+
+    def upstream_flush(self) -> None:
+        """End of one read from the app: one write to the client for all of it."""
+        if self._out:
+            if self.transport is not None:
+                self.transport.write(b"".join(self._out))
+            self._out.clear()
 
     def upstream_lost(self, failure: UpstreamFailure, response_started: bool) -> None:
         exchange = self._active
@@ -338,6 +346,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _answer_with_error(self, exchange: Exchange) -> None:
         assert exchange.error is not None
+        self.upstream_flush()
         self._write(exchange.error)
         exchange.head_sent = True
         self._close_reason = self._close_reason or "error"
@@ -358,6 +367,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _abort(self) -> None:
         self._closing = True
+        self._out.clear()
         if self.transport is not None:
             self.transport.abort()
 
@@ -385,28 +395,26 @@ class ClientConnection(asyncio.Protocol):
         return len(unfinished)
 
     # -- timers and flow control ----------------------------------------------------------------
-    def _arm(self, delay: float, callback: object) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(delay, callback)  # type: ignore[arg-type]
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self._on_deadline = callback
+        self._deadline.set(delay)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.clear()
+
+    def _deadline_passed(self) -> None:
+        self._on_deadline()
 
     def _idle_timed_out(self) -> None:
-        self._timer = None
         if self.transport is not None and not self._unfinished():
             self._close_reason, self._closing = "idle_timeout", True
             self.transport.close()
 
     def _header_timed_out(self) -> None:
-        self._timer = None
         if self._parsing is not None and self._collector is not None:
             self._reject(HttpError(408, "request head not received in time"))
 
     def _linger_over(self) -> None:
-        self._timer = None
         if self.transport is not None:
             self.transport.close()
 

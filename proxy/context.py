@@ -27,22 +27,19 @@ class InFlight:
     "Drain done" is an observed event (the count reaching zero), not a poll.
     """
 
-    __slots__ = ("_gauge", "_idle", "count")
+    __slots__ = ("_idle", "count")
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self) -> None:
         self.count = 0
-        self._gauge = metrics.requests_in_flight
         self._idle = asyncio.Event()
         self._idle.set()
 
     def begin(self) -> None:
         self.count += 1
-        self._gauge.inc()
         self._idle.clear()
 
     def end(self) -> None:
         self.count -= 1
-        self._gauge.dec()
         if self.count == 0:
             self._idle.set()
 
@@ -65,10 +62,21 @@ class ProxyContext:
     # Code labels resolved once: a labels() lookup per request costs a lock and a dict.
     _code_counters: dict[int, object] = field(default_factory=dict)
 
+    @property
+    def upstream_authority(self) -> bytes:
+        """Host for requests that arrive without one (HTTP/1.0)."""
+        return self._upstream_authority
+
+    def __post_init__(self) -> None:
+        self._upstream_authority = str(self.settings.upstream).encode()
+        # Read at scrape time instead of updated per request: two gauge updates per
+        # request cost more than the scrape ever will.
+        self.metrics.requests_in_flight.set_function(lambda: self.in_flight.count)
+        self.metrics.connections_active.set_function(lambda: len(self.connections))
+
     def register(self, connection: ClientConnection, now: float) -> None:
         """A client connection was accepted."""
         self.connections.add(connection)
-        self.metrics.connections_active.inc()
         self.metrics.connections_opened.inc()
         if self.timeline.started:
             self.timeline.accepted_while_draining += 1
@@ -80,7 +88,6 @@ class ProxyContext:
     def unregister(self, connection: ClientConnection, reason: str) -> None:
         """A client connection closed, for ``reason`` (a connections_closed label)."""
         self.connections.discard(connection)
-        self.metrics.connections_active.dec()
         self.metrics.connections_closed.labels(reason).inc()
         if reason == "drain":
             self.timeline.connections_closed_by_drain += 1

@@ -44,7 +44,7 @@ class ProxyServer:
                                  settings.readiness_on_drain == "fail")
         self.ctx = ProxyContext(settings=settings, metrics=self.metrics, timeline=timeline,
                                 rotation=rotation, pool=UpstreamPool(settings),
-                                in_flight=InFlight(self.metrics))
+                                in_flight=InFlight())
         try:
             self.listener = Listener.bind(settings.listen, lambda: ClientConnection(self.ctx))
         except OSError as error:

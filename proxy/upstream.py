@@ -14,11 +14,13 @@ reuse it is the classic source of spurious 502s.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
 
-from proxy.http_policy import Headers
+from proxy.deadline import Deadline
+from proxy.http_policy import Framing, Headers, HttpError, app_response_framing
 from proxy.settings import Settings
 
 # Pooled idle connections beyond this are closed: they cost the app a socket each.
@@ -38,9 +40,11 @@ class ResponseSink(Protocol):
     """What an upstream connection tells the client connection it serves."""
 
     def upstream_interim(self, status: int, reason: bytes, headers: Headers) -> None: ...
-    def upstream_head(self, status: int, reason: bytes, headers: Headers) -> None: ...
+    def upstream_head(self, status: int, reason: bytes, headers: Headers,
+                      app_framing: Framing) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(self) -> None: ...
+    def upstream_flush(self) -> None: ...
     def upstream_lost(self, failure: UpstreamFailure, response_started: bool) -> None: ...
     def upstream_writable(self, writable: bool) -> None: ...
 
@@ -50,9 +54,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_body_allowed", "_close_delimited", "_done", "_head_seen", "_headers", "_interim",
-        "_keep_alive", "_parser",
-        "_poisoned", "_reason", "_sink", "_timer", "pool", "reused", "seen_bytes",
-        "transport",
+        "_keep_alive", "_on_deadline", "_parser", "_poisoned", "_reason", "_sink", "_timer",
+        "pool", "reused", "seen_bytes", "transport",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -60,7 +63,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._sink: ResponseSink | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        settings = pool.settings
+        self._timer = Deadline(asyncio.get_running_loop(), self._deadline_passed,
+                               min(settings.upstream_timeout_s, settings.upstream_idle_timeout_s))
+        self._on_deadline: Callable[[], None] = self.expire
         self._headers: Headers = []
         self._reason = b""
         self._interim = False
@@ -87,9 +93,8 @@ class UpstreamConnection(asyncio.Protocol):
     def request_sent(self) -> None:
         """The whole request is out: from now on the app has ``--upstream-timeout``."""
         if self._sink is not None and not self._done:
-            self._cancel_timer()
-            self._timer = asyncio.get_running_loop().call_later(
-                self.pool.settings.upstream_timeout_s, self._response_timed_out)
+            self._on_deadline = self._response_timed_out
+            self._timer.set(self.pool.settings.upstream_timeout_s)
 
     def pause_reading(self, paused: bool) -> None:
         """Backpressure from the client side: stop reading the app while it is full."""
@@ -122,13 +127,15 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._done:
             self._after_response()
+        elif self._sink is not None:
+            self._sink.upstream_flush()
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._cancel_timer()
+        self._timer.cancel()
         self.pool.forget(self)
         sink, self._sink = self._sink, None
         if sink is None or self._done:
@@ -171,12 +178,18 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = True
             self._sink.upstream_interim(status, self._reason, self._headers)
             return
-        self._interim, self._head_seen = False, True
+        self._interim = False
+        self._cancel_timer()
+        try:
+            framing = app_response_framing(status, self._headers, not self._body_allowed)
+        except HttpError as error:
+            self._fail(UpstreamFailure(502, "protocol", error.reason))
+            raise _StrayResponse from None  # stop parsing this connection
+        self._head_seen = True
         # Read it now: llhttp resets the flag once the message is complete.
         self._keep_alive = self._parser.should_keep_alive()
-        self._cancel_timer()
-        self._close_delimited = self._body_allowed and _is_close_delimited(status, self._headers)
-        self._sink.upstream_head(status, self._reason, self._headers)
+        self._close_delimited = framing is Framing.CLOSE
+        self._sink.upstream_head(status, self._reason, self._headers, framing)
         if not self._body_allowed:  # a response to HEAD ends with its head
             self._finish()
 
@@ -215,14 +228,14 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is not None and not self._done:
             sink.upstream_lost(failure, response_started=self._head_seen)
 
+    def _deadline_passed(self) -> None:
+        self._on_deadline()
+
     def _response_timed_out(self) -> None:
-        self._timer = None
         self._fail(UpstreamFailure(504, "timeout", "the app did not answer in time"))
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.clear()
 
     def close(self) -> None:
         self._cancel_timer()
@@ -232,22 +245,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def expire(self) -> None:
         """Idle timer of a pooled connection."""
-        self._timer = None
         self.close()
 
     def park(self, idle_timeout_s: float) -> None:
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(idle_timeout_s, self.expire)
+        self._on_deadline = self.expire
+        self._timer.set(idle_timeout_s)
 
 
 class _StrayResponse(Exception):
     """Raised inside llhttp callbacks to stop parsing a response we did not ask for."""
-
-
-def _is_close_delimited(status: int, headers: Headers) -> bool:
-    if status in (204, 304):
-        return False
-    return not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers)
 
 
 class UpstreamPool:
