@@ -84,7 +84,7 @@ class AdminServer:
     def __init__(self, app: AdminApp) -> None:
         self._app = app
         self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._handle, host, port)
@@ -96,13 +96,15 @@ class AdminServer:
             self._server.close()
         if self._handlers:
             await asyncio.wait(set(self._handlers), timeout=grace_s)
-        for handler in self._handlers:
-            handler.cancel()
+        for writer in list(self._handlers.values()):
+            writer.close()  # the handler's next read fails and it ends by itself
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=grace_s)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._handlers.add(task)
+        self._handlers[task] = writer
         connection = h11.Connection(h11.SERVER)
         try:
             while await self._serve_one(connection, reader, writer):
@@ -110,7 +112,7 @@ class AdminServer:
         except (h11.ProtocolError, OSError, TimeoutError) as error:
             log.debug("admin connection ended: %s", error)
         finally:
-            self._handlers.discard(task)
+            self._handlers.pop(task, None)
             writer.close()
 
     async def _serve_one(self, connection: h11.Connection, reader: asyncio.StreamReader,

@@ -1,0 +1,308 @@
+"""Real parts for the integration tests: an app, clients, and a proxy in-process.
+
+Everything listens on 127.0.0.1 with OS-assigned ports.  The app parses what it
+receives with h11, an implementation independent of the proxy's llhttp, and
+keeps the raw bytes so that every test can check that both parsers read the
+forwarded requests the same way (``assert_parsers_agree``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import h11
+import httptools
+
+from proxy.metrics import Metrics
+from proxy.server import ProxyServer
+from proxy.settings import parse_settings
+
+Header = tuple[bytes, bytes]
+Reply = tuple[int, list[tuple[str, str]], bytes]
+IO_TIMEOUT_S = 5.0
+
+
+@dataclass
+class ParsedRequest:
+    method: bytes
+    target: bytes
+    headers: list[Header]
+    body: bytes
+
+
+# -- the differential parse check --------------------------------------------------------------
+class _LlhttpCollector:
+    def __init__(self) -> None:
+        self.requests: list[ParsedRequest] = []
+        self._url = b""
+        self._headers: list[Header] = []
+        self._body = b""
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._body = b"", [], b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method()
+        self.requests.append(ParsedRequest(method, self._url, self._headers, self._body))
+
+
+def parse_with_llhttp(raw: bytes) -> list[ParsedRequest]:
+    collector = _LlhttpCollector()
+    collector.parser.feed_data(raw)
+    return collector.requests
+
+
+def parse_with_h11(raw: bytes) -> list[ParsedRequest]:
+    connection = h11.Connection(h11.SERVER)
+    connection.receive_data(raw)
+    connection.receive_data(b"")
+    requests: list[ParsedRequest] = []
+    current: ParsedRequest | None = None
+    while True:
+        event = connection.next_event()
+        if isinstance(event, h11.Request):
+            current = ParsedRequest(event.method, event.target, list(event.headers), b"")
+        elif isinstance(event, h11.Data):
+            assert current is not None
+            current.body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            assert current is not None
+            requests.append(current)
+            _answer_so_h11_can_continue(connection)
+        else:
+            return requests
+
+
+def _answer_so_h11_can_continue(connection: h11.Connection) -> None:
+    connection.send(h11.Response(status_code=204, headers=[]))
+    connection.send(h11.EndOfMessage())
+    connection.start_next_cycle()
+
+
+def assert_parsers_agree(raw: bytes) -> list[ParsedRequest]:
+    """Both parsers must see the same requests in what the app received."""
+    by_llhttp = parse_with_llhttp(raw)
+    by_h11 = parse_with_h11(raw)
+    assert by_llhttp == by_h11, f"parsers disagree on {raw!r}"
+    return by_llhttp
+
+
+# -- the app ----------------------------------------------------------------------------------
+Handler = Callable[[ParsedRequest], Awaitable[Reply]]
+
+
+async def echo_handler(request: ParsedRequest) -> Reply:
+    """Answers with what it understood: method, target and body length."""
+    text = f"{request.method.decode()} {request.target.decode()} {len(request.body)}"
+    return 200, [("Content-Type", "text/plain")], text.encode()
+
+
+@dataclass
+class App:
+    """An HTTP/1.1 app on h11 that records the raw bytes of every connection."""
+
+    handler: Handler = echo_handler
+    raw_by_connection: list[bytearray] = field(default_factory=list)
+    requests: list[ParsedRequest] = field(default_factory=list)
+    server: asyncio.Server | None = None
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        return len(self.raw_by_connection)
+
+    async def start(self, port: int = 0) -> App:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        return self
+
+    async def stop(self) -> None:
+        """Close everything and let each connection handler end by itself."""
+        if self.server is not None:
+            self.server.close()
+        for writer in self.writers:
+            writer.close()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=IO_TIMEOUT_S)
+
+    def check_parsers_agree(self) -> None:
+        for raw in self.raw_by_connection:
+            assert_parsers_agree(bytes(raw))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raw = bytearray()
+        self.raw_by_connection.append(raw)
+        self.writers.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        connection = h11.Connection(h11.SERVER)
+        with contextlib.suppress(ConnectionError, h11.ProtocolError):
+            while await self._serve_one(connection, reader, writer, raw):
+                connection.start_next_cycle()
+        writer.close()
+
+    async def _serve_one(self, connection: h11.Connection, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter, raw: bytearray) -> bool:
+        request: ParsedRequest | None = None
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                raw += data
+                connection.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = ParsedRequest(event.method, event.target, list(event.headers), b"")
+                if connection.they_are_waiting_for_100_continue:
+                    writer.write(connection.send(
+                        h11.InformationalResponse(status_code=100, headers=[])))
+            elif isinstance(event, h11.Data):
+                assert request is not None
+                request.body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                return False
+        assert request is not None
+        self.requests.append(request)
+        status, headers, body = await self.handler(request)
+        framed = any(n.lower() in ("content-length", "transfer-encoding") for n, _ in headers)
+        if not framed and status >= 200 and status not in (204, 304):
+            headers = [*headers, ("Content-Length", str(len(body)))]
+        out = connection.send(h11.Response(status_code=status, headers=headers))
+        if request.method != b"HEAD" and body:
+            out += connection.send(h11.Data(data=body))
+        writer.write(out + connection.send(h11.EndOfMessage()))
+        await writer.drain()
+        return connection.our_state is h11.DONE and connection.their_state is h11.DONE
+
+
+# -- clients ----------------------------------------------------------------------------------
+@dataclass
+class Response:
+    status: int
+    headers: list[Header]
+    body: bytes
+
+    def header(self, name: str) -> bytes | None:
+        wanted = name.lower().encode()
+        return next((v for n, v in self.headers if n.lower() == wanted), None)
+
+
+class Client:
+    """A keep-alive HTTP/1.1 client on h11, over one real connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, port: int) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def request(self, method: str = "GET", target: str = "/",
+                      headers: list[tuple[str, str]] | None = None, body: bytes = b"",
+                      ) -> Response:
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+        fields = [("Host", "test.local"), *(headers or [])]
+        if body and not any(n.lower() in ("content-length", "transfer-encoding")
+                            for n, _ in fields):
+            fields.append(("Content-Length", str(len(body))))
+        out = self.h11.send(h11.Request(method=method, target=target, headers=fields))
+        if body:
+            out += self.h11.send(h11.Data(data=body))
+        out += self.h11.send(h11.EndOfMessage())
+        self.writer.write(out)
+        return await self.read_response()
+
+    async def read_response(self) -> Response:
+        response: Response | None = None
+        async with asyncio.timeout(IO_TIMEOUT_S):
+            while True:
+                event = self.h11.next_event()
+                if event is h11.NEED_DATA:
+                    self.h11.receive_data(await self.reader.read(65536))
+                elif isinstance(event, h11.Response):
+                    response = Response(event.status_code, list(event.headers), b"")
+                elif isinstance(event, h11.Data):
+                    assert response is not None
+                    response.body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    assert response is not None
+                    return response
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ConnectionError("closed before a response")
+
+    async def is_closed_by_peer(self) -> bool:
+        """True when the server has closed the connection (EOF within the timeout)."""
+        async with asyncio.timeout(IO_TIMEOUT_S):
+            return await self.reader.read(1) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def raw_exchange(port: int, data: bytes, timeout_s: float = IO_TIMEOUT_S) -> bytes:
+    """Send raw bytes, then read until the server closes (half-closing if asked)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    received = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while chunk := await reader.read(65536):
+                received += chunk
+    finally:
+        writer.close()
+    return bytes(received)
+
+
+# -- the proxy in-process ------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def running_proxy(upstream: str, *flags: str,
+                        metrics: Metrics | None = None) -> AsyncIterator[ProxyServer]:
+    argv = ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream", upstream,
+            "--log-level", "debug", *flags]
+    server = ProxyServer(parse_settings(argv, {}), metrics=metrics)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@contextlib.asynccontextmanager
+async def app_and_proxy(*flags: str, handler: Handler = echo_handler,
+                        ) -> AsyncIterator[tuple[App, ProxyServer]]:
+    """An app and a proxy in front of it; checks the parsers agree at the end."""
+    app = await App(handler).start()
+    try:
+        async with running_proxy(f"127.0.0.1:{app.port}", *flags) as proxy:
+            yield app, proxy
+    finally:
+        await app.stop()
+    app.check_parsers_agree()
+
+
+def sample(proxy: ProxyServer, name: str, labels: dict[str, str] | None = None) -> float:
+    value = proxy.metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
