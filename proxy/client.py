@@ -48,6 +48,7 @@ class ClientConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._collector: HeadCollector | None = None
         self._parsing: Exchange | None = None  # the request llhttp is reading
+        self._ready: Exchange | None = None  # to forward once the current read is parsed
         self._active: Exchange | None = None  # the request being answered
         self._queue: deque[Exchange] = deque()  # pipelined requests, in order
         self._connect_task: asyncio.Task[None] | None = None
@@ -80,6 +81,8 @@ class ClientConnection(asyncio.Protocol):
             return  # lingering or finishing: discard
         try:
             self._parser.feed_data(data)
+            if self._collector is not None:  # a head is still incomplete after this read
+                self._collector.add_raw(len(data))
         except HttpError as error:
             self._reject(error)
         except httptools.HttpParserUpgrade:
@@ -87,6 +90,11 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             cause = error.__context__
             self._reject(cause if isinstance(cause, HttpError) else HttpError(400, str(error)))
+        if self._ready is not None:
+            # Forward a new request only once the whole read has parsed: a request
+            # malformed within it is then refused with nothing sent to the app, and
+            # its head and body go out in one write.
+            self._dispatch(self._ready)
 
     def eof_received(self) -> bool:
         self._input_closed = self._peer_eof = True
@@ -142,8 +150,7 @@ class ClientConnection(asyncio.Protocol):
             collector.headers, self._parser.should_keep_alive(), self._client_ip,
             self.ctx.upstream_authority)
         if self._active is None:
-            self._active = exchange
-            self._dispatch(exchange)
+            self._active = self._ready = exchange
         else:
             self._queue.append(exchange)
             self._pause_reading(_READ_PIPELINE, True)
@@ -166,6 +173,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- forwarding -------------------------------------------------------------------------
     def _dispatch(self, exchange: Exchange) -> None:
+        self._ready = None
         if exchange.error is not None:
             self._answer_with_error(exchange)
             return
@@ -327,6 +335,8 @@ class ClientConnection(asyncio.Protocol):
         self._input_closed = True
         self._cancel_timer()
         exchange = self._parsing or Exchange(self._loop.time())
+        if self._ready is exchange:
+            self._ready = None
         if self._parsing is None:
             self.ctx.in_flight.begin()
         self._parsing = None

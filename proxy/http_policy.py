@@ -63,7 +63,8 @@ class HeadCollector:
     are split across reads (a whole oversized head in one read included).
     """
 
-    __slots__ = ("_max_bytes", "_max_count", "_max_line", "head_bytes", "headers", "url")
+    __slots__ = ("_max_bytes", "_max_count", "_max_line", "field_bytes", "head_bytes", "headers",
+                 "url")
 
     def __init__(self, max_line_bytes: int, max_header_bytes: int, max_count: int) -> None:
         self._max_line = max_line_bytes
@@ -71,17 +72,25 @@ class HeadCollector:
         self._max_count = max_count
         self.url = b""
         self.headers: Headers = []
-        self.head_bytes = 0
+        self.field_bytes = 0  # name + value + ": " + CRLF, per complete field
+        self.head_bytes = 0  # raw bytes read while the head was incomplete
 
     def add_url(self, piece: bytes) -> None:
         self.url += piece
         if len(self.url) > self._max_line:
             raise HttpError(414, "request target too long")
 
+    def add_raw(self, size: int) -> None:
+        """Bytes read while this head is still incomplete: bounds a trickled long line."""
+        self.head_bytes += size
+        # The raw count includes the request line (method and version: < 64 bytes).
+        if self.head_bytes > self._max_bytes + len(self.url) + 64:
+            raise HttpError(431, "request header fields too large")
+
     def add_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
-        self.head_bytes += len(name) + len(value) + 4
-        if len(self.headers) > self._max_count or self.head_bytes > self._max_bytes:
+        self.field_bytes += len(name) + len(value) + 4
+        if len(self.headers) > self._max_count or self.field_bytes > self._max_bytes:
             raise HttpError(431, "request header fields too large")
 
 

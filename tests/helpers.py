@@ -303,6 +303,15 @@ async def app_and_proxy(*flags: str, handler: Handler = echo_handler,
     app.check_parsers_agree()
 
 
+async def eventually(condition: Callable[[], bool], timeout_s: float = IO_TIMEOUT_S) -> None:
+    """Poll ``condition`` until it holds, failing after the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.01)
+
+
 def sample(proxy: ProxyServer, name: str, labels: dict[str, str] | None = None) -> float:
     value = proxy.metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
