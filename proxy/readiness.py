@@ -10,6 +10,7 @@ going away; the kubelet's probe period bounds the cost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import h11
 
@@ -54,6 +55,8 @@ async def check_app(settings: Settings) -> str | None:
                 status = await _http_status(settings, settings.readiness_path, reader, writer)
             finally:
                 writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
     except TimeoutError:
         return "app readiness check timed out"
     except (OSError, h11.ProtocolError) as error:

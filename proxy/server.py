@@ -81,6 +81,10 @@ class ProxyServer:
         for connection in list(self.ctx.connections):
             connection.cut()
         self.ctx.pool.close()
+        # Closed transports release their sockets on the next loop iterations;
+        # uvloop refuses to close a loop that still has them (EBUSY).
+        for _ in range(3):
+            await asyncio.sleep(0)
 
 
 def _warn_about_budget(settings: Settings) -> None:

@@ -12,10 +12,12 @@ from helpers import Client, app_and_proxy, eventually, raw_exchange, sample
 BAD_REQUESTS = {
     "cl-and-te": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "duplicate-cl": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    "duplicate-cl": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+                    b"Content-Length: 3\r\n\r\nabc",
     "cl-list": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc",
     "cl-sign": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
-    "te-not-chunked": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "te-not-chunked": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                      b"0\r\n\r\n",
     "te-xchunked": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
     "http10-te": b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "obs-fold": b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
@@ -84,7 +86,8 @@ def test_bad_request_after_a_good_one_answers_both_in_order(run: Run[None]) -> N
     async def scenario() -> None:
         async with app_and_proxy() as (app, proxy):
             raw = (b"GET /good HTTP/1.1\r\nHost: a\r\n\r\n"
-                   b"POST /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+                   b"POST /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+                   b"Content-Length: 2\r\n\r\n")
             reply = await raw_exchange(proxy.port, raw)
             assert reply.startswith(b"HTTP/1.1 200 ")
             assert reply.index(b"GET /good 0") < reply.index(b"HTTP/1.1 400 ")

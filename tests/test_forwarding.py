@@ -58,7 +58,8 @@ def test_hop_by_hop_removed_and_forwarded_headers_added(run: Run[None]) -> None:
 def test_absolute_form_target_is_forwarded_in_origin_form(run: Run[None]) -> None:
     async def scenario() -> None:
         async with app_and_proxy() as (app, proxy):
-            raw = b"GET http://example.com:81/p?q=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n"
+            raw = (b"GET http://example.com:81/p?q=1 HTTP/1.1\r\nHost: other\r\n"
+                   b"Connection: close\r\n\r\n")
             reply = await raw_exchange(proxy.port, raw)
             assert reply.endswith(b"GET /p?q=1 0")
             assert dict(app.requests[0].headers)[b"host"] == b"example.com:81"
@@ -79,7 +80,8 @@ def test_head_204_304_have_no_body_and_keep_the_connection(run: Run[None]) -> No
         async with app_and_proxy(handler=_head_or_status) as (_app, proxy):
             client = await Client.open(proxy.port)
             head = await client.request("HEAD", "/")
-            assert head.status == 200 and head.body == b"" and head.header("content-length") == b"11"
+            assert head.status == 200 and head.body == b""
+            assert head.header("content-length") == b"11"
             assert (await client.request("GET", "/204")).status == 204
             not_modified = await client.request("GET", "/304")
             assert not_modified.status == 304 and not_modified.body == b""

@@ -1,0 +1,223 @@
+"""A faulty app: each fault gives 502/504 or a visible truncation in time, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from conftest import Run
+from helpers import Client, eventually, raw_exchange, running_proxy, sample
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+GET = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+
+
+@contextlib.asynccontextmanager
+async def scripted_app(script: Script) -> AsyncIterator[int]:
+    """A raw-socket app running ``script`` for every connection; yields its port."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await script(reader, writer)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_refused_upstream_gives_502_quickly(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with running_proxy(f"127.0.0.1:{closed_port()}") as proxy:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            reply = await raw_exchange(proxy.port, GET)
+            assert reply.startswith(b"HTTP/1.1 502 ") and loop.time() - started < 1
+            assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "connect"}) == 1
+
+    run(scenario())
+
+
+async def _hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read()  # never answers; ends when the proxy gives up
+
+
+def test_app_that_never_answers_gives_504_at_upstream_timeout(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_hang) as port, running_proxy(
+                f"127.0.0.1:{port}", "--upstream-timeout", "0.3") as proxy:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            reply = await raw_exchange(proxy.port, GET)
+            assert reply.startswith(b"HTTP/1.1 504 ")
+            assert 0.25 <= loop.time() - started < 2
+            assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "timeout"}) == 1
+
+    run(scenario())
+
+
+async def _reset_before_response(reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.transport.abort()
+
+
+async def _garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+    await reader.read()
+
+
+async def _te_and_cl(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"0\r\n\r\n")
+    await reader.read()
+
+
+@pytest.mark.parametrize(("script", "reason"), [
+    (_reset_before_response, "reset"), (_garbage, "protocol"), (_te_and_cl, "protocol")])
+def test_broken_response_gives_502(run: Run[None], script: Script, reason: str) -> None:
+    async def scenario() -> None:
+        async with scripted_app(script) as port, running_proxy(f"127.0.0.1:{port}") as proxy:
+            reply = await raw_exchange(proxy.port, GET)
+            assert reply.startswith(b"HTTP/1.1 502 "), reply
+            assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": reason}) == 1
+
+    run(scenario())
+
+
+async def _dies_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+    await writer.drain()
+    writer.transport.abort()
+
+
+async def _dies_mid_chunked_body(reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    await writer.drain()
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("script", [_dies_mid_body, _dies_mid_chunked_body])
+def test_app_dying_mid_response_is_a_visible_truncation(run: Run[None], script: Script) -> None:
+    async def scenario() -> None:
+        async with scripted_app(script) as port, running_proxy(f"127.0.0.1:{port}") as proxy:
+            reply = await raw_exchange(proxy.port, GET)
+            assert reply.startswith(b"HTTP/1.1 200 ")
+            assert not reply.endswith(b"0\r\n\r\n"), "no fake end of a chunked body"
+            if b"Content-Length: 100" in reply:
+                assert len(reply.split(b"\r\n\r\n", 1)[1]) < 100
+
+    run(scenario())
+
+
+async def _too_long_then_normal(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA-BYTES")
+    await writer.drain()
+    while await reader.read(65536):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_bytes_after_a_response_never_reach_the_next_client(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_too_long_then_normal) as port, running_proxy(
+                f"127.0.0.1:{port}") as proxy:
+            client = await Client.open(proxy.port)
+            first = await client.request()
+            second = await client.request()
+            client.close()
+            assert first.body == b"ok" and second.body == b"ok"
+
+    run(scenario())
+
+
+def _stale_after_first(counter: list[int]) -> Script:
+    """Answers one request per connection, then closes when the next one arrives:
+    the race of a pooled connection closed by the app just as it is reused."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counter.append(1)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()
+
+    return script
+
+
+@pytest.mark.parametrize(("method", "status"), [(b"GET", 200), (b"POST", 502)])
+def test_stale_pooled_connection_is_retried_only_for_idempotent_requests(
+        run: Run[None], method: bytes, status: int) -> None:
+    async def scenario() -> None:
+        connections: list[int] = []
+        async with scripted_app(_stale_after_first(connections)) as port, running_proxy(
+                f"127.0.0.1:{port}", "--upstream-idle-timeout", "30") as proxy:
+            client = await Client.open(proxy.port)
+            assert (await client.request()).status == 200
+            response = await client.request(method.decode(), "/", body=b"")
+            client.close()
+            assert response.status == status
+            retried = sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "retried"})
+            assert retried == (1 if status == 200 else 0)
+            assert len(connections) == (2 if status == 200 else 1)
+
+    run(scenario())
+
+
+def test_readiness_flips_within_a_second_of_the_app_going_away(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async def accept_and_close(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await asyncio.start_server(accept_and_close, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with running_proxy(f"127.0.0.1:{port}") as proxy:
+            admin = await Client.open(proxy.admin_port)
+            assert (await admin.request("GET", "/readyz")).status == 200
+            server.close()
+            await server.wait_closed()
+            loop = asyncio.get_running_loop()
+            gone_at = loop.time()
+            not_ready = await admin.request("GET", "/readyz")
+            assert not_ready.status == 503 and b"not reachable" in not_ready.body
+            assert loop.time() - gone_at < 1
+            assert (await admin.request("GET", "/livez")).status == 200
+            admin.close()
+
+    run(scenario())
+
+
+def test_requests_in_flight_returns_to_zero(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_dies_mid_body) as port, running_proxy(
+                f"127.0.0.1:{port}") as proxy:
+            await raw_exchange(proxy.port, GET)
+            await eventually(lambda: proxy.ctx.in_flight.count == 0)
+            assert sample(proxy, "drain_proxy_requests_in_flight") == 0
+
+    run(scenario())
