@@ -85,6 +85,7 @@ class AdminServer:
         self._app = app
         self._server: asyncio.Server | None = None
         self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._answering: set[asyncio.Task[None]] = set()  # handlers with a request in hand
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._handle, host, port)
@@ -94,8 +95,8 @@ class AdminServer:
         """Stop listening and give in-progress answers (a /drain summary) a moment."""
         if self._server is not None:
             self._server.close()
-        if self._handlers:
-            await asyncio.wait(set(self._handlers), timeout=grace_s)
+        if self._answering:
+            await asyncio.wait(set(self._answering), timeout=grace_s)
         for writer in list(self._handlers.values()):
             writer.close()  # the handler's next read fails and it ends by itself
         if self._handlers:
@@ -120,6 +121,16 @@ class AdminServer:
         request = await _next_request(connection, reader)
         if request is None:
             return False
+        task = asyncio.current_task()
+        assert task is not None
+        self._answering.add(task)
+        try:
+            return await self._answer(connection, request, writer)
+        finally:
+            self._answering.discard(task)
+
+    async def _answer(self, connection: h11.Connection, request: h11.Request,
+                      writer: asyncio.StreamWriter) -> bool:
         status, content_type, body = await self._app.route(request.method, request.target)
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
         writer.write(connection.send(h11.Response(status_code=status, headers=headers)))

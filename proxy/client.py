@@ -388,6 +388,8 @@ class ClientConnection(asyncio.Protocol):
     # -- drain hooks (called by the drain coordinator) ----------------------------------------
     def drain(self) -> None:
         """Close now if idle; a busy connection closes after its current response."""
+        if self._served == 0:
+            return  # just accepted: its client is about to send a request
         if not self._unfinished() and not self._closing and self.transport is not None:
             self._close_reason = "drain"
             self._closing = True

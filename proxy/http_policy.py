@@ -217,8 +217,9 @@ def check_request(
               b"\r\n")
     if b"x-forwarded-proto" not in scan.noted:
         lines.append(b"X-Forwarded-Proto: http\r\n")
-    if b"x-forwarded-host" not in scan.noted and scan.host is not None:
-        lines += (b"X-Forwarded-Host: ", scan.host, b"\r\n")
+    forwarded_host = authority or scan.host  # absolute form: the target's authority wins
+    if b"x-forwarded-host" not in scan.noted and forwarded_host is not None:
+        lines += (b"X-Forwarded-Host: ", forwarded_host, b"\r\n")
     lines.append(_framing_line(scan.framing, scan.length))
     return ForwardRequest(
         method=method, head=b"".join(lines), framing=scan.framing, http_10=http_10,
@@ -281,7 +282,8 @@ def build_response_head(
             tokens.update(t.strip().lower() for t in value.split(b","))
     extra_tokens = tokens - _PLAIN_CONNECTION_TOKENS - _NEVER_STRIPPED
     if extra_tokens:  # rare: drop the fields that Connection names, then start over
-        kept = [(n, v) for n, v in headers if n.lower() not in extra_tokens]
+        dropped = extra_tokens | {b"connection"}  # its tokens are now dealt with
+        kept = [(n, v) for n, v in headers if n.lower() not in dropped]
         return build_response_head(status, reason, kept, framing, close, client_http_10)
     if framing is Framing.LENGTH or (length and framing is Framing.NONE and status != 204):
         lines += (b"Content-Length: ", b"%d" % int(length), b"\r\n")  # HEAD, 304 keep theirs
@@ -324,7 +326,9 @@ def error_response(status: int, detail: str, close: bool = True) -> bytes:
 
 
 def chunk(data: bytes) -> bytes:
-    """Frame one chunk of a chunked body."""
+    """Frame one chunk of a chunked body (nothing for no data: that would end the body)."""
+    if not data:
+        return b""
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 

@@ -29,6 +29,7 @@ class Listener:
         self._server: asyncio.Server | None = None
         self._want_serving = False
         self._resuming: asyncio.Task[None] | None = None
+        self._adopting: set[asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]] = set()
 
     @classmethod
     def bind(cls, address: Address, factory: Callable[[], asyncio.Protocol]) -> Listener:
@@ -69,10 +70,32 @@ class Listener:
         self._resuming = asyncio.get_running_loop().create_task(self._serve())
 
     def close(self) -> None:
-        """Stop accepting for good: from now on the kernel refuses connections."""
+        """Stop accepting for good: from now on the kernel refuses connections.
+
+        Connections that completed their handshake but were not accepted yet sit
+        in the kernel backlog; closing the socket would reset them, and their
+        clients have already sent a request.  So they are accepted and served
+        first, and the socket is closed right after.
+        """
         self.pause()
         if self._resuming is not None:
             self._resuming.cancel()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._sock is None:
+            return
+        self._adopt_backlog(self._sock)
+        self._sock.close()
+        self._sock = None
+
+    def _adopt_backlog(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # e.g. EMFILE: nothing more we can take
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(loop.connect_accepted_socket(self._factory, connection))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)

@@ -39,10 +39,15 @@ class Address:
         return f"{host}:{self.port}"
 
 
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_host_port(text: str) -> Address:
     """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 lets the OS pick one."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+    if not sep or not host or not _is_decimal(port_text) or int(port_text) > 65535:
         raise ValueError("allowed: HOST:PORT with a port from 0 to 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -81,7 +86,7 @@ def _positive_seconds(text: str) -> float:
 
 def _count(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        if not text.strip().isdigit() or int(text) < minimum:
+        if not _is_decimal(text.strip()) or int(text) < minimum:
             raise ValueError(f"allowed: a whole number >= {minimum}")
         return int(text)
 
@@ -254,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line parser; values stay raw strings until ``_convert``."""
     parser = _OneLineParser(
         prog="drain-proxy",
+        allow_abbrev=False,  # "--idle 5" must not silently mean --idle-timeout
         description="Reverse-proxy sidecar that drains connections for zero-loss rollouts. "
         "Every flag also reads DRAIN_PROXY_<FLAG_IN_UPPER_SNAKE>.",
     )

@@ -26,7 +26,13 @@ def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Iterator[Run[Any]]:
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """Which event loop the test (and a proxy process it starts) runs on."""
+    return str(request.param)
+
+
+@pytest.fixture
+def run(loop_kind: str) -> Iterator[Run[Any]]:
     """Run a coroutine to completion on a fresh loop of the parametrised kind."""
     errors: list[dict[str, Any]] = []
 
@@ -34,7 +40,7 @@ def run(request: pytest.FixtureRequest) -> Iterator[Run[Any]]:
         errors.append(context)
 
     def runner(coro: Coroutine[Any, Any, T]) -> T:
-        with asyncio.Runner(loop_factory=_loop_factory(request.param)) as loop_runner:
+        with asyncio.Runner(loop_factory=_loop_factory(loop_kind)) as loop_runner:
             loop_runner.get_loop().set_exception_handler(record)
             return loop_runner.run(coro)
 

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
 
 import h11
 import httptools
@@ -130,7 +135,7 @@ class App:
     def connections(self) -> int:
         return len(self.raw_by_connection)
 
-    async def start(self, port: int = 0) -> App:
+    async def start(self, port: int = 0) -> Self:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         return self
 
@@ -155,7 +160,8 @@ class App:
         assert task is not None
         self.tasks.add(task)
         connection = h11.Connection(h11.SERVER)
-        with contextlib.suppress(ConnectionError, h11.ProtocolError):
+        # RuntimeError: uvloop's answer to a write on a transport the peer reset.
+        with contextlib.suppress(ConnectionError, h11.ProtocolError, RuntimeError):
             while await self._serve_one(connection, reader, writer, raw):
                 connection.start_next_cycle()
         writer.close()
@@ -239,7 +245,10 @@ class Client:
         response: Response | None = None
         async with asyncio.timeout(IO_TIMEOUT_S):
             while True:
-                event = self.h11.next_event()
+                try:
+                    event = self.h11.next_event()
+                except h11.RemoteProtocolError as error:  # the connection ended mid-response
+                    raise ConnectionError(str(error)) from error
                 if event is h11.NEED_DATA:
                     self.h11.receive_data(await self.reader.read(65536))
                 elif isinstance(event, h11.Response):
@@ -312,6 +321,84 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = IO_TIMEOU
         await asyncio.sleep(0.01)
 
 
+async def eventually_async(probe: Callable[[], Awaitable[object]], expected: object,
+                           timeout_s: float = IO_TIMEOUT_S) -> None:
+    """Await ``probe()`` until it returns ``expected``, failing after the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (value := await probe()) != expected:
+        assert loop.time() < deadline, f"still {value!r}, wanted {expected!r}"
+        await asyncio.sleep(0.01)
+
+
 def sample(proxy: ProxyServer, name: str, labels: dict[str, str] | None = None) -> float:
     value = proxy.metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+# -- the proxy as a real process ----------------------------------------------------------------
+_LISTENING = re.compile(rb"listening on [\d.]+:(\d+), admin on [\d.]+:(\d+)")
+
+
+class ProxyProcess:
+    """``python -m proxy`` in a subprocess, on OS-assigned ports read from its log."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.port = 0
+        self.admin_port = 0
+        self.log: list[bytes] = []
+        self._pump: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, upstream_port: int, *flags: str) -> ProxyProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+            "--upstream", f"127.0.0.1:{upstream_port}", *flags,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, env=_child_env())
+        proxy = cls(process)
+        await proxy._wait_listening()
+        return proxy
+
+    async def _wait_listening(self) -> None:
+        assert self.process.stderr is not None
+        async with asyncio.timeout(10):
+            while True:
+                line = await self.process.stderr.readline()
+                assert line, f"proxy exited before listening: {b''.join(self.log)!r}"
+                self.log.append(line)
+                if match := _LISTENING.search(line):
+                    self.port, self.admin_port = int(match[1]), int(match[2])
+                    break
+        self._pump = asyncio.get_running_loop().create_task(self._pump_log())
+
+    async def _pump_log(self) -> None:
+        assert self.process.stderr is not None
+        while line := await self.process.stderr.readline():
+            self.log.append(line)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout_s: float = 30) -> int:
+        async with asyncio.timeout(timeout_s):
+            code = await self.process.wait()
+        if self._pump is not None:
+            await self._pump
+        return code
+
+    def log_text(self) -> str:
+        return b"".join(self.log).decode(errors="replace")
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.wait()
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRAIN_PROXY_")}
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env

@@ -1,0 +1,250 @@
+"""The drain of a real ``python -m proxy`` process under load, triggered by real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from dataclasses import dataclass, field
+
+from conftest import Run
+from helpers import (
+    App,
+    Client,
+    ParsedRequest,
+    ProxyProcess,
+    Reply,
+    echo_handler,
+    eventually,
+    eventually_async,
+)
+
+WINDOW = ("--propagation-window", "1", "--drain-timeout", "3")
+
+
+class SlowApp(App):
+    """``/slow?s=N`` answers after N seconds: an app doing slow work."""
+
+    def __init__(self) -> None:
+        super().__init__(self.handle)
+        self.slow_arrived = asyncio.Event()
+
+    async def handle(self, request: ParsedRequest) -> Reply:
+        if request.target.startswith(b"/slow"):
+            self.slow_arrived.set()
+            await asyncio.sleep(float(request.target.split(b"=")[1]))
+        return await echo_handler(request)
+
+
+@dataclass
+class Load:
+    """Clients that behave like real ones: keep-alive until told to close, then reconnect."""
+
+    port: int
+    served: int = 0
+    closes_seen: int = 0
+    refused: int = 0
+    failures: list[str] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def keep_alive_client(self) -> None:
+        while not self.stop.is_set():
+            try:
+                client = await Client.open(self.port)
+            except ConnectionRefusedError:
+                self.refused += 1  # the listener is closed: a real client goes elsewhere
+                await asyncio.sleep(0.02)
+                continue
+            await self._use(client)
+
+    async def _use(self, client: Client) -> None:
+        try:
+            while not self.stop.is_set():
+                response = await client.request("GET", "/load")
+                if response.status != 200:
+                    self.failures.append(f"status {response.status}")
+                self.served += 1
+                if response.header("connection") == b"close":
+                    self.closes_seen += 1
+                    return
+        except (ConnectionError, TimeoutError) as error:
+            self.failures.append(repr(error))
+        finally:
+            client.close()
+
+
+async def _ready_status(admin: Client) -> int:
+    return (await admin.request("GET", "/readyz")).status
+
+
+async def _wait_until_refused(port: int, deadline_s: float) -> float:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    while loop.time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+        except ConnectionRefusedError:
+            return loop.time()
+        await asyncio.sleep(0.02)
+    raise AssertionError("the listener was never closed")
+
+
+def test_sigterm_under_load_loses_no_request(run: Run[None], loop_kind: str) -> None:
+    async def scenario() -> None:
+        app = await SlowApp().start()
+        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, *WINDOW)
+        loop = asyncio.get_running_loop()
+        try:
+            admin = await Client.open(proxy.admin_port)
+            load = Load(proxy.port)
+            workers = [loop.create_task(load.keep_alive_client()) for _ in range(4)]
+            idle = await Client.open(proxy.port)
+            await idle.request()  # an idle keep-alive connection through the window
+            slow = await Client.open(proxy.port)
+            slow_request = loop.create_task(slow.request("GET", "/slow?s=1.5"))
+            await eventually(lambda: load.served >= 20)
+            await app.slow_arrived.wait()
+            proxy.signal(signal.SIGTERM)
+            signalled = loop.time()
+            await eventually_async(lambda: _ready_status(admin), 503, timeout_s=0.5)
+            served_before_window_end = load.served
+            late = await Client.open(proxy.port)  # a client still routed here in the window
+            late_response = await late.request()
+            assert late_response.status == 200 and late_response.header("connection") == b"close"
+            idle_response = await idle.request()
+            assert idle_response.header("connection") == b"close"
+            refused_at = await _wait_until_refused(proxy.port, 5)
+            assert 0.9 <= refused_at - signalled < 2.0
+            assert (await slow_request).status == 200, "in-flight request crossed the window"
+            slow_done = loop.time()
+            code = await proxy.wait()
+            assert code == 0, proxy.log_text()
+            assert loop.time() - slow_done < 1.0, "exit right after the last request"
+            load.stop.set()
+            await asyncio.gather(*workers)
+            assert load.failures == []
+            assert load.served > served_before_window_end, "served during the window"
+            assert load.closes_seen > 0
+            for client in (admin, idle, slow, late):
+                client.close()
+        finally:
+            await proxy.kill()
+            await app.stop()
+        assert "phase drained" in proxy.log_text()
+
+    run(scenario())
+
+
+def test_drain_endpoint_blocks_until_drained_then_sigterm_exits_at_once(
+        run: Run[None], loop_kind: str) -> None:
+    async def scenario() -> None:
+        app = await SlowApp().start()
+        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, *WINDOW)
+        loop = asyncio.get_running_loop()
+        try:
+            slow = await Client.open(proxy.port)
+            slow_request = loop.create_task(slow.request("GET", "/slow?s=1.5"))
+            pre_stop = await Client.open(proxy.admin_port)  # the app container's preStop hook
+            started = loop.time()
+            drained = await pre_stop.request("GET", "/drain")
+            assert drained.status == 200
+            assert slow_request.done() and slow_request.result().status == 200
+            assert loop.time() - started >= 1.4
+            summary = json.loads(drained.body)
+            assert summary["phase"] == "drained" and summary["requests_cut"] == 0
+            assert set(summary["phase_durations_seconds"]) == {"propagating", "draining"}
+            assert proxy.process.returncode is None, "a /drain leaves the process running"
+            admin = await Client.open(proxy.admin_port)
+            assert (await admin.request("GET", "/readyz")).status == 503
+            again = await admin.request("POST", "/drain")  # joins the finished drain
+            assert again.status == 200
+            proxy.signal(signal.SIGTERM)
+            sent = loop.time()
+            assert await proxy.wait() == 0
+            assert loop.time() - sent < 1.0
+            for client in (slow, pre_stop, admin):
+                client.close()
+        finally:
+            await proxy.kill()
+            await app.stop()
+
+    run(scenario())
+
+
+def test_drain_without_waiting_answers_202(run: Run[None], loop_kind: str) -> None:
+    async def scenario() -> None:
+        app = await App().start()
+        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, *WINDOW)
+        try:
+            admin = await Client.open(proxy.admin_port)
+            response = await admin.request("GET", "/drain?wait=false")
+            assert response.status == 202
+            assert json.loads(response.body)["phase"] == "propagating"
+            assert (await admin.request("GET", "/readyz")).status == 503
+            admin.close()
+            proxy.signal(signal.SIGTERM)  # joins the running drain, exits when it is over
+            assert await proxy.wait() == 0
+        finally:
+            await proxy.kill()
+            await app.stop()
+
+    run(scenario())
+
+
+def test_second_signal_cuts_in_flight_work_and_exits_1(run: Run[None], loop_kind: str) -> None:
+    async def scenario() -> None:
+        app = await SlowApp().start()
+        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, "--propagation-window", "5",
+                                         "--drain-timeout", "10")
+        loop = asyncio.get_running_loop()
+        try:
+            slow = await Client.open(proxy.port)
+            slow_request = loop.create_task(slow.request("GET", "/slow?s=5"))
+            await app.slow_arrived.wait()
+            admin = await Client.open(proxy.admin_port)
+            proxy.signal(signal.SIGTERM)
+            await eventually_async(lambda: _ready_status(admin), 503)
+            admin.close()
+            proxy.signal(signal.SIGTERM)
+            sent = loop.time()
+            assert await proxy.wait() == 1
+            assert loop.time() - sent < 1.5
+            try:
+                await slow_request
+                raise AssertionError("the cut request must not look successful")
+            except (ConnectionError, TimeoutError):
+                pass
+            slow.close()
+        finally:
+            await proxy.kill()
+            await app.stop()
+        assert "cut 1 in-flight requests" in proxy.log_text()
+
+    run(scenario())
+
+
+def test_drain_deadline_cuts_a_request_slower_than_the_timeout(
+        run: Run[None], loop_kind: str) -> None:
+    async def scenario() -> None:
+        app = await SlowApp().start()
+        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind,
+                                         "--propagation-window", "0.2", "--drain-timeout", "0.5")
+        loop = asyncio.get_running_loop()
+        try:
+            slow = await Client.open(proxy.port)
+            slow_request = loop.create_task(slow.request("GET", "/slow?s=5"))
+            await app.slow_arrived.wait()
+            proxy.signal(signal.SIGTERM)
+            sent = loop.time()
+            assert await proxy.wait() == 1
+            assert 0.6 <= loop.time() - sent < 2.0
+            outcome = (await asyncio.gather(slow_request, return_exceptions=True))[0]
+            assert isinstance(outcome, ConnectionError | TimeoutError)
+            slow.close()
+        finally:
+            await proxy.kill()
+            await app.stop()
+        assert "cut 1 in-flight requests" in proxy.log_text()
+
+    run(scenario())

@@ -1,0 +1,331 @@
+"""Unit tests for proxy.http_policy; every head built is also parsed back with h11."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import h11
+import pytest
+
+from proxy.http_policy import (
+    LAST_CHUNK,
+    ForwardRequest,
+    Framing,
+    HeadCollector,
+    Headers,
+    HttpError,
+    app_response_framing,
+    build_response_head,
+    check_request,
+    chunk,
+    client_response_framing,
+    error_response,
+)
+
+CLIENT_IP = b"10.0.0.1"
+HOST = [(b"Host", b"app.test")]
+
+
+def forward(headers: Headers, url: bytes = b"/", method: bytes = b"GET",
+            version: str = "1.1") -> ForwardRequest:
+    return check_request(method, url, version, headers, True, CLIENT_IP, b"default.test")
+
+
+def parse_request(head: bytes) -> h11.Request:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head)
+    event = conn.next_event()
+    assert isinstance(event, h11.Request)
+    return event
+
+
+def parse_response(data: bytes, method: bytes = b"GET", eof: bool = False) -> list[h11.Event]:
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method=method, target="/", headers=[("Host", "app.test")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    if eof:
+        conn.receive_data(b"")
+    events: list[h11.Event] = []
+    while not events or not isinstance(events[-1], h11.EndOfMessage):
+        event = conn.next_event()
+        assert event is not h11.NEED_DATA and event is not h11.PAUSED
+        assert isinstance(event, h11.Event)
+        events.append(event)
+    return events
+
+
+def values(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [v for n, v in headers if n == name]
+
+
+@pytest.mark.parametrize(
+    ("sent", "dropped", "kept"),
+    [([(b"Connection", b"keep-alive")], [b"connection"], []),
+     ([(b"Keep-Alive", b"timeout=5")], [b"keep-alive"], []),
+     ([(b"Proxy-Connection", b"keep-alive")], [b"proxy-connection"], []),
+     ([(b"TE", b"trailers")], [b"te"], []), ([(b"Trailer", b"X-Sum")], [b"trailer"], []),
+     ([(b"Upgrade", b"websocket")], [b"upgrade"], []),
+     ([(b"Connection", b"close, X-Secret"), (b"X-Secret", b"s"), (b"X-Other", b"o")],
+      [b"connection", b"x-secret"], [(b"x-other", b"o")]),
+     ([(b"Connection", b"Host, Content-Length"), (b"Content-Length", b"3")], [b"connection"],
+      [(b"host", b"app.test"), (b"content-length", b"3")])],
+)
+def test_hop_by_hop_request_headers_are_removed(sent: Headers, dropped: list[bytes],
+                                                kept: Headers) -> None:
+    request = forward([*HOST, *sent, (b"X-App", b"1")], method=b"POST")
+    parsed = parse_request(request.head)
+    for name in dropped:
+        assert b"\r\n" + name + b":" not in request.head.lower()
+        assert values(parsed.headers, name) == []
+    for name, value in [*kept, (b"x-app", b"1")]:
+        assert values(parsed.headers, name) == [value]
+
+
+@pytest.mark.parametrize(
+    ("headers", "framing", "line"),
+    [([(b"content-length", b"003")], Framing.LENGTH, b"Content-Length: 3"),
+     ([(b"transfer-encoding", b"chunked")], Framing.CHUNKED, b"Transfer-Encoding: chunked"),
+     ([(b"Transfer-Encoding", b" Chunked ")], Framing.CHUNKED, b"Transfer-Encoding: chunked"),
+     ([], Framing.NONE, b"X-Forwarded-Host: app.test")],  # no body: the last line is ours
+)
+def test_framing_is_redeclared_canonically(headers: Headers, framing: Framing,
+                                           line: bytes) -> None:
+    request = forward([*HOST, *headers], method=b"POST")
+    assert request.framing is framing
+    assert request.head.endswith(b"\r\n" + line + b"\r\n\r\n")
+    lowered = request.head.lower()
+    assert lowered.count(b"content-length") + lowered.count(b"transfer-encoding") == (
+        framing is not Framing.NONE)
+    name, _, value = line.lower().partition(b": ")
+    assert values(parse_request(request.head).headers, name) == [value]
+
+
+@pytest.mark.parametrize(
+    ("sent", "xff", "proto", "fwd_host"),
+    [([], b"10.0.0.1", b"http", b"app.test"),
+     ([(b"X-Forwarded-For", b"1.1.1.1")], b"1.1.1.1, 10.0.0.1", b"http", b"app.test"),
+     ([(b"X-Forwarded-For", b"1.1.1.1"), (b"x-forwarded-for", b"2.2.2.2")],
+      b"1.1.1.1, 2.2.2.2, 10.0.0.1", b"http", b"app.test"),
+     ([(b"X-Forwarded-Proto", b"https")], b"10.0.0.1", b"https", b"app.test"),
+     ([(b"X-Forwarded-Host", b"public.test")], b"10.0.0.1", b"http", b"public.test")],
+)
+def test_x_forwarded_headers(sent: Headers, xff: bytes, proto: bytes, fwd_host: bytes) -> None:
+    parsed = parse_request(forward([*HOST, *sent]).head)
+    assert values(parsed.headers, b"x-forwarded-for") == [xff]
+    assert values(parsed.headers, b"x-forwarded-proto") == [proto]
+    assert values(parsed.headers, b"x-forwarded-host") == [fwd_host]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "version", "headers", "target", "host"),
+    [(b"GET", b"/a?b", "1.1", HOST, b"/a?b", b"app.test"),
+     (b"GET", b"http://example.com:81/a?b", "1.1", HOST, b"/a?b", b"example.com:81"),
+     (b"GET", b"HTTPS://example.com", "1.1", HOST, b"/", b"example.com"),
+     (b"GET", b"http://example.com?x", "1.1", HOST, b"/?x", b"example.com"),
+     (b"GET", b"http://example.com:81/a", "1.0", [], b"/a", b"example.com:81"),
+     (b"OPTIONS", b"*", "1.1", HOST, b"*", b"app.test"),
+     (b"GET", b"/", "1.0", [], b"/", b"default.test")],
+)
+def test_target_and_host(method: bytes, url: bytes, version: str, headers: Headers,
+                         target: bytes, host: bytes) -> None:
+    request = forward(headers, url, method, version)
+    assert request.head.startswith(method + b" " + target + b" HTTP/1.1\r\n")
+    parsed = parse_request(request.head)
+    assert (parsed.target, parsed.http_version) == (target, b"1.1")
+    assert values(parsed.headers, b"host") == [host]
+    assert request.http_10 is (version == "1.0")
+
+
+def test_absolute_form_x_forwarded_host_matches_forwarded_host() -> None:
+    parsed = parse_request(forward([(b"Host", b"other.test")], b"http://example.com/").head)
+    assert values(parsed.headers, b"host") == [b"example.com"]
+    assert values(parsed.headers, b"x-forwarded-host") == [b"example.com"]
+
+
+@pytest.mark.parametrize(
+    ("method", "version", "expect", "continues", "idempotent"),
+    [(b"GET", "1.1", b"100-continue", True, True), (b"POST", "1.1", b"100-Continue ", True, False),
+     (b"PUT", "1.0", b"100-continue", False, True), (b"PATCH", "1.1", b"other", False, False),
+     (b"HEAD", "1.1", None, False, True), (b"DELETE", "1.1", None, False, True),
+     (b"OPTIONS", "1.1", None, False, True), (b"TRACE", "1.0", None, False, True)],
+)
+def test_expects_continue_and_idempotent(method: bytes, version: str, expect: bytes | None,
+                                         continues: bool, idempotent: bool) -> None:
+    request = forward(HOST + ([(b"Expect", expect)] if expect else []), b"/", method, version)
+    assert (request.method, request.expects_continue) == (method, continues)
+    assert request.idempotent is idempotent
+    assert request.client_keep_alive is True
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "version", "headers", "status"),
+    [(b"GET", b"/", "2.0", HOST, 505), (b"GET", b"/", "0.9", [], 505),
+     (b"CONNECT", b"example.com:443", "1.1", HOST, 405),
+     (b"POST", b"/", "1.1", [*HOST, (b"Transfer-Encoding", b"gzip, chunked")], 400),
+     (b"POST", b"/", "1.1", [*HOST, (b"Transfer-Encoding", b"xchunked")], 400),
+     (b"POST", b"/", "1.0", [*HOST, (b"Transfer-Encoding", b"chunked")], 400),
+     (b"POST", b"/", "1.1", [*HOST, (b"Content_Length", b"5")], 400),
+     (b"POST", b"/", "1.1", [*HOST, (b"transfer_encoding", b"chunked")], 400),
+     (b"GET", b"/", "1.1", [], 400),
+     (b"GET", b"/", "1.1", [*HOST, (b"host", b"b.test")], 400),
+     (b"GET", b"/", "1.0", [*HOST, *HOST], 400),
+     (b"GET", b"foo", "1.1", HOST, 400), (b"GET", b"*", "1.1", HOST, 400),
+     (b"GET", b"http://user@host/", "1.1", HOST, 400), (b"GET", b"http:///a", "1.1", HOST, 400)],
+)
+def test_rejections(method: bytes, url: bytes, version: str, headers: Headers,
+                    status: int) -> None:
+    with pytest.raises(HttpError) as caught:
+        forward(headers, url, method, version)
+    assert caught.value.status == status
+
+
+def test_url_limit_holds_across_small_pieces() -> None:
+    collector = HeadCollector(max_line_bytes=10, max_header_bytes=1000, max_count=10)
+    for _ in range(10):
+        collector.add_url(b"a")
+    assert collector.url == b"a" * 10
+    with pytest.raises(HttpError) as caught:
+        collector.add_url(b"a")
+    assert caught.value.status == 414
+
+
+@pytest.mark.parametrize(
+    ("max_bytes", "max_count", "headers"),
+    [(1000, 2, [(b"A", b"1"), (b"B", b"2"), (b"C", b"3")]),
+     (20, 100, [(b"A", b"x" * 15), (b"B", b"")]), (20, 100, [(b"A", b"x" * 16)])],
+)
+def test_header_limits(max_bytes: int, max_count: int, headers: Headers) -> None:
+    """Every header but the last fits exactly; the last one crosses a limit."""
+    collector = HeadCollector(max_line_bytes=100, max_header_bytes=max_bytes, max_count=max_count)
+    *fitting, last = headers
+    for name, value in fitting:
+        collector.add_header(name, value)
+    assert collector.headers == fitting
+    with pytest.raises(HttpError) as caught:
+        collector.add_header(*last)
+    assert caught.value.status == 431
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "head_request", "expected"),
+    [(200, [(b"Content-Length", b"5")], True, Framing.NONE),
+     (101, [], False, Framing.NONE), (204, [], False, Framing.NONE),
+     (304, [(b"Content-Length", b"5")], False, Framing.NONE),
+     (200, [(b"content-length", b"5")], False, Framing.LENGTH),
+     (200, [(b"Transfer-Encoding", b"Chunked")], False, Framing.CHUNKED),
+     (200, [(b"X-App", b"1")], False, Framing.CLOSE),
+     (500, [], False, Framing.CLOSE)],
+)
+def test_app_response_framing(status: int, headers: Headers, head_request: bool,
+                              expected: Framing) -> None:
+    assert app_response_framing(status, headers, head_request) is expected
+
+
+@pytest.mark.parametrize("value", [b"gzip", b"gzip, chunked", b"identity"])
+def test_app_response_unsupported_transfer_encoding(value: bytes) -> None:
+    with pytest.raises(HttpError) as caught:
+        app_response_framing(200, [(b"Transfer-Encoding", value)], False)
+    assert caught.value.status == 502
+
+
+@pytest.mark.parametrize(
+    ("app", "http_10", "expected"),
+    [(Framing.CHUNKED, False, Framing.CHUNKED), (Framing.CHUNKED, True, Framing.CLOSE),
+     (Framing.CLOSE, False, Framing.CHUNKED), (Framing.CLOSE, True, Framing.CLOSE),
+     (Framing.LENGTH, True, Framing.LENGTH), (Framing.LENGTH, False, Framing.LENGTH),
+     (Framing.NONE, True, Framing.NONE), (Framing.NONE, False, Framing.NONE)],
+)
+def test_client_response_framing(app: Framing, http_10: bool, expected: Framing) -> None:
+    assert client_response_framing(app, http_10) is expected
+
+
+def test_response_hop_by_hop_headers_are_stripped() -> None:
+    hop = [(b"Connection", b"keep-alive"), (b"Keep-Alive", b"timeout=5"), (b"TE", b"trailers"),
+           (b"Proxy-Connection", b"close"), (b"Trailer", b"X-Sum"), (b"Upgrade", b"h2c"),
+           (b"Transfer-Encoding", b"chunked")]
+    head = build_response_head(200, b"OK", [*hop, (b"X-App", b"1")], Framing.CHUNKED,
+                               False, False)
+    assert head == b"HTTP/1.1 200 OK\r\nX-App: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    events = parse_response(head + chunk(b"hello") + chunk(b" world") + LAST_CHUNK)
+    assert isinstance(events[0], h11.Response)
+    assert b"".join(bytes(e.data) for e in events if isinstance(e, h11.Data)) == b"hello world"
+
+
+def test_response_headers_named_in_connection_are_stripped() -> None:
+    headers = [(b"Connection", b"close, X-Secret"), (b"X-Secret", b"s"), (b"X-App", b"1"),
+               (b"Content-Length", b"0")]
+    head = build_response_head(200, b"OK", headers, Framing.LENGTH, False, False)
+    assert b"secret" not in head.lower()
+    assert b"X-App: 1\r\n" in head
+
+
+@pytest.mark.parametrize(
+    ("close", "http_10", "framing", "connection"),
+    [(True, False, Framing.LENGTH, [b"close"]), (True, True, Framing.LENGTH, [b"close"]),
+     (False, True, Framing.LENGTH, [b"keep-alive"]), (False, False, Framing.LENGTH, []),
+     (True, True, Framing.CLOSE, [b"close"])],
+)
+def test_response_connection_header(close: bool, http_10: bool, framing: Framing,
+                                    connection: list[bytes]) -> None:
+    head = build_response_head(200, b"OK", [(b"Content-Length", b"0"), (b"X-App", b"1")],
+                               framing, close, http_10)
+    assert head.lower().count(b"connection:") == len(connection)
+    framed = framing is Framing.LENGTH
+    assert (b"Content-Length: 0\r\n" in head) is framed
+    response = parse_response(head, eof=not framed)[0]
+    assert isinstance(response, h11.Response)
+    assert values(response.headers, b"connection") == connection
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers", "framing", "body", "length", "encoding"),
+    [(b"GET", 200, [(b"Content-Length", b"005")], Framing.LENGTH, b"hello", [b"5"], []),
+     (b"HEAD", 200, [(b"Content-Length", b"42")], Framing.NONE, b"", [b"42"], []),
+     (b"GET", 304, [(b"Content-Length", b"42")], Framing.NONE, b"", [b"42"], []),
+     (b"GET", 204, [(b"Content-Length", b"0")], Framing.NONE, b"", [], []),
+     (b"GET", 200, [(b"Transfer-Encoding", b"chunked")], Framing.CHUNKED, LAST_CHUNK, [],
+      [b"chunked"]),
+     (b"GET", 200, [], Framing.CHUNKED, LAST_CHUNK, [], [b"chunked"])],
+)
+def test_response_framing_headers(method: bytes, status: int, headers: Headers,
+                                  framing: Framing, body: bytes, length: list[bytes],
+                                  encoding: list[bytes]) -> None:
+    head = build_response_head(status, b"Whatever", headers, framing, False, False)
+    response = parse_response(head + body, method)[0]
+    assert isinstance(response, h11.Response)
+    assert response.status_code == status
+    assert values(response.headers, b"content-length") == length
+    assert values(response.headers, b"transfer-encoding") == encoding
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(400, b"Bad Request"), (405, b"Method Not Allowed"), (408, b"Request Timeout"),
+     (413, b"Content Too Large"), (414, b"URI Too Long"), (502, b"Bad Gateway"),
+     (503, b"Service Unavailable"), (504, b"Gateway Timeout"),
+     (505, b"HTTP Version Not Supported"), (418, b"Error")],
+)
+def test_error_response(status: int, reason: bytes) -> None:
+    events = parse_response(error_response(status, "caf\u00e9 d\u00e9tail"))
+    response = events[0]
+    assert isinstance(response, h11.Response)
+    assert (response.status_code, response.reason) == (status, reason)
+    assert values(response.headers, b"connection") == [b"close"]
+    assert values(response.headers, b"content-length") == [b"12"]
+    assert bytes(events[1].data) == b"caf? d?tail\n"  # type: ignore[attr-defined]
+    allow = values(response.headers, b"allow")
+    assert (allow != []) is (status == 405)
+    if status == 405:
+        assert b"GET" in allow[0] and b"CONNECT" not in allow[0]
+    assert b"connection:" not in error_response(status, "x", close=False).lower()
+
+
+@pytest.mark.parametrize(
+    ("data", "framed"),
+    [(b"hello", b"5\r\nhello\r\n"), (b"x" * 255, b"ff\r\n" + b"x" * 255 + b"\r\n"),
+     (b"\r\n", b"2\r\n\r\n\r\n")],
+)
+def test_chunk(data: bytes, framed: bytes) -> None:
+    assert chunk(data) == framed
+    assert LAST_CHUNK == b"0\r\n\r\n"

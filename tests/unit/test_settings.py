@@ -1,0 +1,225 @@
+"""Unit tests for proxy.settings: defaults, environment, precedence and error messages."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from proxy.settings import FLAGS, Address, Flag, Settings, SettingsError, parse_settings
+
+DEFAULTS: list[tuple[str, object]] = [
+    ("listen", Address("0.0.0.0", 8000)),
+    ("upstream", Address("127.0.0.1", 8080)),
+    ("admin", Address("0.0.0.0", 9901)),
+    ("mode", "http"),
+    ("loop", "auto"),
+    ("idle_timeout_s", 75.0),
+    ("header_timeout_s", 10.0),
+    ("upstream_connect_timeout_s", 2.0),
+    ("upstream_timeout_s", 60.0),
+    ("upstream_idle_timeout_s", 2.0),
+    ("max_header_bytes", 65536),
+    ("max_connections", 10000),
+    ("readiness_path", None),
+    ("propagation_window_s", 10.0),
+    ("drain_timeout_s", 15.0),
+    ("termination_grace_period_s", 30.0),
+    ("max_requests_per_connection", 1000),
+    ("max_connection_age_s", 0.0),
+    ("rotation_jitter", 0.1),
+    ("readiness_on_drain", "fail"),
+    ("log_level", "info"),
+    ("log_format", "text"),
+    ("access_log", False),
+    ("max_header_count", 100),
+    ("max_request_line_bytes", 8192),
+]
+
+
+@pytest.mark.parametrize(("field", "expected"), DEFAULTS)
+def test_default_value(field: str, expected: object) -> None:
+    value = getattr(parse_settings([], {}), field)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_defaults_table_covers_every_settings_field() -> None:
+    assert {f.name for f in dataclasses.fields(Settings)} == {name for name, _ in DEFAULTS}
+
+
+@pytest.mark.parametrize("flag", FLAGS, ids=lambda f: f.name)
+def test_flag_default_equals_parsed_default(flag: Flag) -> None:
+    """Passing a flag's documented default explicitly (or via env) changes nothing."""
+    defaults = parse_settings([], {})
+    if not flag.is_switch:
+        assert parse_settings([flag.name, flag.default], {}) == defaults
+    assert parse_settings([], {flag.env_var: flag.default}) == defaults
+
+
+ENV_CASES: list[tuple[str, str, str, object]] = [
+    ("DRAIN_PROXY_IDLE_TIMEOUT", "5", "idle_timeout_s", 5.0),
+    ("DRAIN_PROXY_LISTEN", "127.0.0.1:0", "listen", Address("127.0.0.1", 0)),
+    ("DRAIN_PROXY_UPSTREAM", "unix:/tmp/app.sock", "upstream", Address(unix_path="/tmp/app.sock")),
+    ("DRAIN_PROXY_LOOP", "asyncio", "loop", "asyncio"),
+    ("DRAIN_PROXY_MAX_REQUESTS_PER_CONNECTION", "0", "max_requests_per_connection", 0),
+    ("DRAIN_PROXY_MAX_CONNECTION_AGE", "30.5", "max_connection_age_s", 30.5),
+    ("DRAIN_PROXY_READINESS_PATH", "/healthz", "readiness_path", "/healthz"),
+    ("DRAIN_PROXY_READINESS_ON_DRAIN", "keep", "readiness_on_drain", "keep"),
+    ("DRAIN_PROXY_ROTATION_JITTER", "0.5", "rotation_jitter", 0.5),
+    ("DRAIN_PROXY_ACCESS_LOG", "yes", "access_log", True),
+    ("DRAIN_PROXY_ACCESS_LOG", " OFF ", "access_log", False),
+    ("DRAIN_PROXY_TERMINATION_GRACE_PERIOD", "45", "termination_grace_period_s", 45.0),
+]
+
+
+@pytest.mark.parametrize(("env_var", "raw", "field", "expected"), ENV_CASES)
+def test_env_var_is_read(env_var: str, raw: str, field: str, expected: object) -> None:
+    assert getattr(parse_settings([], {env_var: raw}), field) == expected
+
+
+@pytest.mark.parametrize("flag", FLAGS, ids=lambda f: f.name)
+def test_every_flag_has_upper_snake_env_var(flag: Flag) -> None:
+    assert flag.env_var == "DRAIN_PROXY_" + flag.name[2:].replace("-", "_").upper()
+
+
+def test_os_environ_is_used_when_environ_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRAIN_PROXY_HEADER_TIMEOUT", "3")
+    assert parse_settings([]).header_timeout_s == 3.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "field", "expected"),
+    [
+        (["--idle-timeout", "7"], {"DRAIN_PROXY_IDLE_TIMEOUT": "5"}, "idle_timeout_s", 7.0),
+        # The env value is never parsed when the flag is given, so a bad one is harmless.
+        (["--idle-timeout", "7"], {"DRAIN_PROXY_IDLE_TIMEOUT": "abc"}, "idle_timeout_s", 7.0),
+        (["--readiness-path", ""], {"DRAIN_PROXY_READINESS_PATH": "/ok"}, "readiness_path", None),
+        (["--loop", "uvloop"], {"DRAIN_PROXY_LOOP": "asyncio"}, "loop", "uvloop"),
+        (["--access-log"], {"DRAIN_PROXY_ACCESS_LOG": "false"}, "access_log", True),
+    ],
+)
+def test_flag_beats_env_var(
+    argv: list[str], env: dict[str, str], field: str, expected: object
+) -> None:
+    assert getattr(parse_settings(argv, env), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("unix:/tmp/app.sock", Address(unix_path="/tmp/app.sock")),
+        ("[::1]:80", Address("::1", 80)),
+        ("localhost:65535", Address("localhost", 65535)),
+        ("10.1.2.3:0", Address("10.1.2.3", 0)),
+    ],
+)
+def test_upstream_forms(text: str, expected: Address) -> None:
+    assert parse_settings(["--upstream", text], {}).upstream == expected
+
+
+def test_ipv6_listen() -> None:
+    listen = parse_settings(["--listen", "[::1]:80"], {}).listen
+    assert listen == Address("::1", 80)
+    assert str(listen) == "[::1]:80"
+
+
+@pytest.mark.parametrize(
+    ("address", "text"),
+    [
+        (Address("::1", 80), "[::1]:80"),
+        (Address("127.0.0.1", 8080), "127.0.0.1:8080"),
+        (Address(unix_path="/tmp/app.sock"), "unix:/tmp/app.sock"),
+    ],
+)
+def test_address_str(address: Address, text: str) -> None:
+    assert str(address) == text
+
+
+BAD_VALUES: list[tuple[list[str], dict[str, str], str, str]] = [
+    (["--idle-timeout", "abc"], {}, "--idle-timeout", "abc"),
+    (["--idle-timeout", "-1"], {}, "--idle-timeout", "-1"),
+    (["--idle-timeout", "0"], {}, "--idle-timeout", "0"),
+    (["--idle-timeout", "nan"], {}, "--idle-timeout", "nan"),
+    (["--idle-timeout", "inf"], {}, "--idle-timeout", "inf"),
+    (["--drain-timeout", "-0.5"], {}, "--drain-timeout", "-0.5"),
+    (["--listen", "nope"], {}, "--listen", "nope"),
+    (["--listen", "1.2.3.4:99999"], {}, "--listen", "99999"),
+    (["--listen", ":80"], {}, "--listen", ":80"),
+    (["--admin", "host:-1"], {}, "--admin", "host:-1"),
+    (["--upstream", "unix:relative"], {}, "--upstream", "unix:relative"),
+    (["--mode", "tcp"], {}, "--mode", "tcp"),
+    (["--loop", "foo"], {}, "--loop", "foo"),
+    (["--rotation-jitter", "0.9"], {}, "--rotation-jitter", "0.9"),
+    (["--rotation-jitter", "-0.1"], {}, "--rotation-jitter", "-0.1"),
+    (["--max-header-bytes", "10"], {}, "--max-header-bytes", "10"),
+    (["--max-connections", "0"], {}, "--max-connections", "0"),
+    (["--max-requests-per-connection", "1.5"], {}, "--max-requests-per-connection", "1.5"),
+    (["--readiness-path", "healthz"], {}, "--readiness-path", "healthz"),
+    (["--readiness-path", "/a b"], {}, "--readiness-path", "/a b"),
+    (["--log-level", "trace"], {}, "--log-level", "trace"),
+    ([], {"DRAIN_PROXY_ACCESS_LOG": "maybe"}, "DRAIN_PROXY_ACCESS_LOG", "maybe"),
+    ([], {"DRAIN_PROXY_IDLE_TIMEOUT": "abc"}, "DRAIN_PROXY_IDLE_TIMEOUT", "abc"),
+    ([], {"DRAIN_PROXY_LISTEN": ""}, "DRAIN_PROXY_LISTEN", "''"),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "name", "bad"), BAD_VALUES)
+def test_bad_value_message(argv: list[str], env: dict[str, str], name: str, bad: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(argv, env)
+    message = str(caught.value)
+    assert message.startswith(name + ":")
+    assert bad in message
+    assert "allowed" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("flag", "bad"), [("--listen", "1.2.3.4:²"), ("--max-connections", "²")]
+)
+def test_unicode_digit_message_says_what_is_allowed(flag: str, bad: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings([flag, bad], {})
+    assert "allowed" in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["DRAIN_PROXY_IDLE_TIMEOUTS", "DRAIN_PROXY_", "DRAIN_PROXY_X"])
+def test_unknown_env_var_is_refused(key: str) -> None:
+    with pytest.raises(SettingsError, match=key + ":"):
+        parse_settings([], {key: "1"})
+
+
+def test_unrelated_env_vars_are_ignored() -> None:
+    env = {"PATH": "/bin", "IDLE_TIMEOUT": "x", "drain_proxy_idle_timeout": "x"}
+    assert parse_settings([], env) == parse_settings([], {})
+
+
+@pytest.mark.parametrize(
+    "argv", [["--nope"], ["--idle-timeout"], ["positional"], ["--access-log", "true"]]
+)
+def test_unknown_flag_or_bad_usage_is_refused(argv: list[str]) -> None:
+    with pytest.raises(SettingsError):
+        parse_settings(argv, {})
+
+
+def test_access_log_switch() -> None:
+    assert parse_settings(["--access-log"], {}).access_log is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "budget"),
+    [
+        ([], 27.0),
+        (["--propagation-window", "3", "--drain-timeout", "4"], 9.0),
+        (["--propagation-window", "0", "--drain-timeout", "0"], 2.0),
+    ],
+)
+def test_drain_budget(argv: list[str], budget: float) -> None:
+    assert parse_settings(argv, {}).drain_budget_s == pytest.approx(budget)
+
+
+def test_settings_are_frozen() -> None:
+    settings = parse_settings([], {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.idle_timeout_s = 1.0  # type: ignore[misc]
