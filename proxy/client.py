@@ -402,7 +402,7 @@ class ClientConnection(asyncio.Protocol):
             if exchange.upstream is not None:
                 exchange.upstream.abort()
             self._finish(exchange, status=exchange.status or 499)
-        self._close_reason = "drain_deadline"
+        self._close_reason = "drain_deadline" if unfinished else self._close_reason or "drain"
         self._abort()
         return len(unfinished)
 

@@ -131,6 +131,10 @@ class App:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
+    async def start_unix(self, path: str) -> Self:
+        self.server = await asyncio.start_unix_server(self._serve, path)
+        return self
+
     @property
     def connections(self) -> int:
         return len(self.raw_by_connection)
@@ -356,7 +360,7 @@ class ProxyProcess:
             sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
             "--upstream", f"127.0.0.1:{upstream_port}", *flags,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env=_child_env())
+            stderr=asyncio.subprocess.PIPE, env=child_env())
         proxy = cls(process)
         await proxy._wait_listening()
         return proxy
@@ -397,7 +401,7 @@ class ProxyProcess:
             await self.wait()
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRAIN_PROXY_")}
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")

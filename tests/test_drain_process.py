@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from dataclasses import dataclass, field
@@ -28,12 +29,19 @@ class SlowApp(App):
     def __init__(self) -> None:
         super().__init__(self.handle)
         self.slow_arrived = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     async def handle(self, request: ParsedRequest) -> Reply:
         if request.target.startswith(b"/slow"):
             self.slow_arrived.set()
-            await asyncio.sleep(float(request.target.split(b"=")[1]))
+            seconds = float(request.target.split(b"=")[1])
+            with contextlib.suppress(TimeoutError):  # slow work, cut short when the test ends
+                await asyncio.wait_for(self._stopping.wait(), seconds)
         return await echo_handler(request)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await super().stop()
 
 
 @dataclass
@@ -246,5 +254,39 @@ def test_drain_deadline_cuts_a_request_slower_than_the_timeout(
             await proxy.kill()
             await app.stop()
         assert "cut 1 in-flight requests" in proxy.log_text()
+
+    run(scenario())
+
+
+def test_kubelet_classic_sidecar_sequence_loses_nothing(run: Run[None], loop_kind: str) -> None:
+    """kubelet on a classic-sidecar pod: the app's preStop (GET /drain) and the proxy's
+    SIGTERM start together; the app is stopped only when its preStop returns."""
+
+    async def scenario() -> None:
+        app = await SlowApp().start()
+        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, *WINDOW)
+        loop = asyncio.get_running_loop()
+        try:
+            load = Load(proxy.port)
+            workers = [loop.create_task(load.keep_alive_client()) for _ in range(4)]
+            slow = await Client.open(proxy.port)
+            slow_request = loop.create_task(slow.request("GET", "/slow?s=1.2"))
+            await eventually(lambda: load.served >= 20)
+            await app.slow_arrived.wait()
+            pre_stop_hook = await Client.open(proxy.admin_port)
+            drained = loop.create_task(pre_stop_hook.request("GET", "/drain"))
+            proxy.signal(signal.SIGTERM)
+            assert (await drained).status == 200
+            assert slow_request.done() and slow_request.result().status == 200
+            load.stop.set()
+            await asyncio.gather(*workers)
+            await app.stop()  # the app's own SIGTERM, after its preStop returned
+            assert await proxy.wait() == 0
+            assert load.failures == [] and load.served > 20
+            slow.close()
+            pre_stop_hook.close()
+        finally:
+            await proxy.kill()
+            await app.stop()
 
     run(scenario())

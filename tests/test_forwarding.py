@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from conftest import Run
 from helpers import App, Client, ParsedRequest, Reply, app_and_proxy, raw_exchange
@@ -170,5 +171,39 @@ def test_app_sees_one_canonical_request_per_client_request(run: Run[None]) -> No
         assert [(r.method, r.target, r.body) for r in app.requests] == [
             (b"POST", b"/a", b"abc"), (b"GET", b"/b", b"")]
         assert dict(app.requests[0].headers)[b"content-length"] == b"3"
+
+    run(scenario())
+
+
+def test_max_connections_queues_new_connections_until_one_closes(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with app_and_proxy("--max-connections", "2") as (_app, proxy):
+            first, second = await Client.open(proxy.port), await Client.open(proxy.port)
+            await first.request()
+            await second.request()
+            waiting = await Client.open(proxy.port)  # completes in the kernel backlog
+            queued = asyncio.get_running_loop().create_task(waiting.request("GET", "/queued"))
+            done, _ = await asyncio.wait({queued}, timeout=0.3)
+            assert not done, "served beyond --max-connections"
+            first.close()
+            assert (await queued).body == b"GET /queued 0"
+            second.close()
+            waiting.close()
+
+    run(scenario())
+
+
+def test_unix_socket_upstream(run: Run[None], tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = str(tmp_path / "app.sock")
+        app = await App().start_unix(path)
+        from helpers import running_proxy
+
+        async with running_proxy(f"unix:{path}") as proxy:
+            client = await Client.open(proxy.port)
+            assert (await client.request("GET", "/via-unix")).body == b"GET /via-unix 0"
+            client.close()
+        await app.stop()
+        app.check_parsers_agree()
 
     run(scenario())

@@ -1,0 +1,150 @@
+"""The ``drain-proxy`` command as a process: start-up errors, and memory under big bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import Run
+from helpers import ProxyProcess, child_env
+
+BIG = 100 * 1024 * 1024
+PIECE = 1024 * 1024
+RSS_GROWTH_BOUND = 20 * 1024 * 1024
+
+
+def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True,
+                          timeout=20, env={**child_env(), **(env or {})}, check=False)
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    (["--idle-timeout", "soon"], {}, "--idle-timeout: invalid value 'soon'; allowed:"),
+    (["--upstream", "app"], {}, "--upstream: invalid value 'app'; allowed: HOST:PORT or unix:"),
+    ([], {"DRAIN_PROXY_MODE": "tcp"}, "DRAIN_PROXY_MODE: invalid value 'tcp'; allowed: http"),
+    ([], {"DRAIN_PROXY_UPSTREM": "x"}, "DRAIN_PROXY_UPSTREM: unknown setting"),
+    (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_settings_stop_start_up_with_one_line_and_exit_2(
+        args: list[str], env: dict[str, str], expected: str) -> None:
+    result = _run_cli(*args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_port_in_use_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_cli("--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"drain-proxy: error: --listen 127.0.0.1:{port}: cannot listen")
+
+
+def test_help_lists_every_flag_with_its_env_var() -> None:
+    from proxy.settings import FLAGS
+
+    result = _run_cli("--help")
+    assert result.returncode == 0
+    for flag in FLAGS:
+        assert flag.name in result.stdout and flag.env_var in result.stdout.replace("\n", "")
+
+
+def test_readme_documents_every_flag() -> None:
+    from proxy.settings import FLAGS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for flag in FLAGS:
+        assert f"`{flag.name}" in readme and f"`{flag.env_var}`" in readme, flag.name
+
+
+def test_grace_period_too_short_is_warned_about(run: Run[None]) -> None:
+    async def scenario() -> None:
+        proxy = await ProxyProcess.start(1, "--propagation-window", "20", "--drain-timeout", "15",
+                                         "--termination-grace-period", "30")
+        await proxy.kill()
+        assert "exceeds the termination grace period 30.0s" in proxy.log_text()
+
+    run(scenario())
+
+
+# -- big bodies with bounded memory --------------------------------------------------------------
+async def _big_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """GET streams BIG bytes; POST reads its body and answers with the count."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    if head.startswith(b"GET"):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+        piece = b"x" * PIECE
+        for _ in range(BIG // PIECE):
+            writer.write(piece)
+            await writer.drain()
+    else:
+        received = 0
+        while received < BIG:
+            received += len(await reader.read(PIECE))
+        body = b"%d" % received
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    writer.close()
+
+
+def _rss_bytes(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+async def _download(port: int, pause_s: float) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=PIECE)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    await asyncio.sleep(pause_s)  # a slow reader: the proxy must stop reading the app
+    received = 0
+    while chunk := await reader.read(PIECE):
+        received += len(chunk)
+    writer.close()
+    return received
+
+
+async def _upload(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                 b"Content-Length: %d\r\n\r\n" % BIG)
+    piece = b"y" * PIECE
+    for _ in range(BIG // PIECE):
+        writer.write(piece)
+        await writer.drain()
+    reply = await reader.read()
+    writer.close()
+    return reply
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_100mb_bodies_stream_with_bounded_memory(run: Run[None], loop_kind: str) -> None:
+    async def scenario() -> None:
+        app = await asyncio.start_server(_big_app, "127.0.0.1", 0)
+        proxy = await ProxyProcess.start(app.sockets[0].getsockname()[1], "--loop", loop_kind,
+                                         "--propagation-window", "0")
+        pid = proxy.process.pid
+        try:
+            baseline = _rss_bytes(pid, "VmRSS")
+            assert await _download(proxy.port, pause_s=0.5) == BIG
+            assert (await _upload(proxy.port)).endswith(b"\r\n\r\n%d" % BIG)
+            growth = _rss_bytes(pid, "VmHWM") - baseline
+            assert growth < RSS_GROWTH_BOUND, f"peak RSS grew by {growth / 2**20:.1f} MiB"
+        finally:
+            proxy.signal(signal.SIGTERM)
+            assert await proxy.wait() == 0
+            app.close()
+
+    run(scenario())
