@@ -12,11 +12,16 @@ Closing our own socket too (the drain) is what makes new connections refused.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
 import socket
+import struct
+import sys
 from collections.abc import Callable
 
 from proxy.settings import Address
 
+log = logging.getLogger("drain_proxy.listener")
 BACKLOG = 1024  # absorbs a burst while paused at --max-connections
 
 
@@ -74,14 +79,15 @@ class Listener:
 
         Connections that completed their handshake but were not accepted yet sit
         in the kernel backlog; closing the socket would reset them, and their
-        clients have already sent a request.  So they are accepted and served
-        first, and the socket is closed right after.
+        clients have already sent a request.  So new handshakes are stopped first,
+        then the backlog is accepted and served, then the socket is closed.
         """
         self.pause()
         if self._resuming is not None:
             self._resuming.cancel()
         if self._sock is None:
             return
+        _refuse_new_handshakes(self._sock)
         self._adopt_backlog(self._sock)
         self._sock.close()
         self._sock = None
@@ -99,3 +105,23 @@ class Listener:
             task = loop.create_task(loop.connect_accepted_socket(self._factory, connection))
             self._adopting.add(task)
             task.add_done_callback(self._adopting.discard)
+
+
+# SO_ATTACH_FILTER and a one-instruction classic BPF program: BPF_RET|BPF_K 0, "keep
+# 0 bytes", i.e. drop every packet.  Linux runs a listening socket's filter on
+# incoming SYNs, so no new connection can complete into the backlog while we empty
+# it; those clients retransmit their SYN and are refused once the socket is closed.
+_SO_ATTACH_FILTER = 26
+_DROP_EVERYTHING = struct.pack("HBBI", 0x06, 0, 0, 0)
+
+
+def _refuse_new_handshakes(sock: socket.socket) -> None:
+    """Best effort: without it (not Linux) a connection can race the close and be reset."""
+    if not sys.platform.startswith("linux"):
+        return
+    program = ctypes.create_string_buffer(_DROP_EVERYTHING)
+    fprog = struct.pack("@HP", 1, ctypes.addressof(program))  # struct sock_fprog
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError as error:
+        log.debug("cannot stop new handshakes before closing the listener: %s", error)

@@ -59,7 +59,7 @@ class Load:
         while not self.stop.is_set():
             try:
                 client = await Client.open(self.port)
-            except ConnectionRefusedError:
+            except OSError:  # refused, or reset before connecting: nothing was sent
                 self.refused += 1  # the listener is closed: a real client goes elsewhere
                 await asyncio.sleep(0.02)
                 continue
