@@ -59,8 +59,6 @@ class ProxyContext:
     in_flight: InFlight
     listener: Listener | None = None
     connections: set[ClientConnection] = field(default_factory=set)
-    # Code labels resolved once: a labels() lookup per request costs a lock and a dict.
-    _code_counters: dict[int, object] = field(default_factory=dict)
 
     @property
     def upstream_authority(self) -> bytes:
@@ -95,11 +93,7 @@ class ProxyContext:
             self.listener.resume()
 
     def count_response(self, status: int, duration_s: float) -> None:
-        counter = self._code_counters.get(status)
-        if counter is None:
-            counter = self._code_counters[status] = self.metrics.requests.labels(str(status))
-        counter.inc()  # type: ignore[attr-defined]
-        self.metrics.request_duration.observe(duration_s)
+        self.metrics.responses.observe(status, duration_s)
         if self.timeline.started:
             self.timeline.served_while_draining += 1
             self.metrics.served_while_draining.inc()

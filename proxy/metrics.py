@@ -7,7 +7,12 @@ Label values are initialised at start so dashboards see zeros, not gaps.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 PHASES = ("serving", "propagating", "draining", "drained")
 CLOSE_REASONS = (
@@ -37,13 +42,8 @@ class Metrics:
         self.requests_in_flight = Gauge(
             "drain_proxy_requests_in_flight", "Requests forwarded and not yet answered.",
             registry=r)
-        self.requests = Counter(
-            "drain_proxy_requests", "Responses sent to clients, by status code.", ["code"],
-            registry=r)
-        self.request_duration = Histogram(
-            "drain_proxy_request_duration_seconds",
-            "Time from a request head to the end of its response.",
-            buckets=DURATION_BUCKETS, registry=r)
+        self.responses = ResponseStats()
+        r.register(_ResponseStatsCollector(self.responses))
         self.upstream_errors = Counter(
             "drain_proxy_upstream_errors", "Failures talking to the app, by reason.",
             ["reason"], registry=r)
@@ -79,3 +79,52 @@ class Metrics:
         for phase in PHASES[:-1]:
             self.phase_duration.labels(phase)
         self.phase.state("serving")
+
+
+class ResponseStats:
+    """Per-response counts kept as plain numbers and exported at scrape time.
+
+    Every response updates a counter by status code and a latency histogram.
+    Through prometheus_client objects that costs about 3 us per response (label
+    lookup, locks); these plain updates cost a fraction of that, and a scrape
+    every few seconds pays for the conversion instead.
+    """
+
+    __slots__ = ("bucket_counts", "by_code", "count", "sum_s")
+
+    def __init__(self) -> None:
+        self.by_code: dict[int, int] = {}
+        self.bucket_counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
+        self.sum_s = 0.0
+        self.count = 0
+
+    def observe(self, status: int, duration_s: float) -> None:
+        self.by_code[status] = self.by_code.get(status, 0) + 1
+        self.bucket_counts[bisect_left(DURATION_BUCKETS, duration_s)] += 1
+        self.sum_s += duration_s
+        self.count += 1
+
+
+class _ResponseStatsCollector(Collector):
+    """Exposes ``ResponseStats`` as drain_proxy_requests_total and the duration histogram."""
+
+    def __init__(self, stats: ResponseStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        requests = CounterMetricFamily(
+            "drain_proxy_requests", "Responses sent to clients, by status code "
+            "(499: the client left first).", labels=["code"])
+        for code, count in sorted(stats.by_code.items()):
+            requests.add_metric([str(code)], count)
+        yield requests
+        cumulative, buckets = 0, []
+        for bound, count in zip([*DURATION_BUCKETS, float("inf")], stats.bucket_counts,
+                                strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "drain_proxy_request_duration_seconds",
+            "Time from a request head to the end of its response.",
+            buckets=buckets, sum_value=stats.sum_s)
