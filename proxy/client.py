@@ -27,6 +27,7 @@ from proxy.deadline import Deadline
 from proxy.exchange import Exchange
 from proxy.http_policy import Framing, HeadCollector, Headers, HttpError
 from proxy.rotation import rotation_reason
+from proxy.tunnel import Tunnel, splice
 from proxy.upstream import UpstreamConnection, UpstreamFailure
 
 log = logging.getLogger("drain_proxy.client")
@@ -35,6 +36,8 @@ access_log = logging.getLogger("drain_proxy.access")
 _READ_PIPELINE = 1  # a pipelined request waits for the one before it
 _READ_UPSTREAM_FULL = 2  # the app is not reading the request body fast enough
 _READ_BUFFER_FULL = 4  # body arriving while we are still connecting to the app
+_READ_SWITCH = 8  # bytes past an Upgrade request, while the app decides
+MAX_SWITCH_TAIL_BYTES = 64 * 1024
 LINGER_S = 2.0  # after an error response: read and discard so the client gets it
 
 
@@ -61,6 +64,8 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._input_closed = False  # client EOF, an upgrade tail, or an error: read no more
         self._peer_eof = False
+        self._switch_tail: bytearray | None = None  # bytes past an Upgrade request
+        self._tunnelled = False
         self._closing = False
         self._close_reason: str | None = None
         self._client_ip = b""
@@ -77,16 +82,21 @@ class ClientConnection(asyncio.Protocol):
         self._arm(self.ctx.settings.idle_timeout_s, self._idle_timed_out)
 
     def data_received(self, data: bytes) -> None:
+        if self._switch_tail is not None:  # waiting for the app to accept an Upgrade
+            self._switch_tail += data
+            self._pause_reading(_READ_SWITCH, len(self._switch_tail) > MAX_SWITCH_TAIL_BYTES)
+            return
         if self._input_closed:
             return  # lingering or finishing: discard
+        tail = None
         try:
             self._parser.feed_data(data)
             if self._collector is not None:  # a head is still incomplete after this read
                 self._collector.add_raw(len(data))
         except HttpError as error:
             self._reject(error)
-        except httptools.HttpParserUpgrade:
-            self._input_closed = True  # we strip Upgrade; what follows is not HTTP for us
+        except httptools.HttpParserUpgrade as upgrade:
+            tail = data[upgrade.args[0]:]
         except httptools.HttpParserError as error:
             cause = error.__context__
             self._reject(cause if isinstance(cause, HttpError) else HttpError(400, str(error)))
@@ -95,6 +105,18 @@ class ClientConnection(asyncio.Protocol):
             # malformed within it is then refused with nothing sent to the app, and
             # its head and body go out in one write.
             self._dispatch(self._ready)
+        if tail is not None:
+            self._after_upgrade_request(tail)
+
+    def _after_upgrade_request(self, tail: bytes) -> None:
+        """Past an Upgrade request, bytes wait for the app's answer: a 101 sends them
+        into the tunnel, anything else means they are HTTP after all."""
+        last = self._queue[-1] if self._queue else self._active
+        if last is not None and last.request is not None and last.request.upgrade:
+            self._switch_tail = bytearray()
+            self.data_received(tail)
+        elif tail:
+            self.data_received(tail)  # an Upgrade we do not forward (h2c): HTTP goes on
 
     def eof_received(self) -> bool:
         self._input_closed = self._peer_eof = True
@@ -148,7 +170,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.request = http_policy.check_request(
             self._parser.get_method(), collector.url, self._parser.get_http_version(),
             collector.headers, self._parser.should_keep_alive(), self._client_ip,
-            self.ctx.upstream_authority)
+            self.ctx.upstream_authority, self._parser.should_upgrade())
         if self._active is None:
             self._active = self._ready = exchange
         else:
@@ -201,7 +223,8 @@ class ClientConnection(asyncio.Protocol):
     def _attach(self, exchange: Exchange, connection: UpstreamConnection, payload: bytes) -> None:
         assert exchange.request is not None
         exchange.upstream = connection
-        connection.bind(self, expects_body=exchange.request.method != b"HEAD")
+        connection.bind(self, expects_body=exchange.request.method != b"HEAD",
+                        upgrade=exchange.request.upgrade)
         if self._write_paused:
             connection.pause_reading(True)
         connection.send(payload)
@@ -269,6 +292,29 @@ class ClientConnection(asyncio.Protocol):
             return
         self._upstream_failed(exchange, failure)
 
+    def upstream_switched(self, connection: UpstreamConnection, reason: bytes,
+                          headers: Headers, tail: bytes) -> None:
+        """101: this connection becomes a byte tunnel to the app."""
+        exchange = self._active
+        assert exchange is not None and self.transport is not None
+        assert connection.transport is not None
+        self._out.append(http_policy.switching_head(reason, headers))
+        self.upstream_flush()
+        self._deadline.cancel()
+        self._tunnelled = True
+        exchange.upstream, self._active = None, None
+        self._finish(exchange, 101)
+        to_upstream = bytes(self._switch_tail or b"")
+        self._switch_tail = None
+        tunnel = splice(self._loop, self.transport, connection.transport, to_upstream, tail,
+                        self._tunnel_ended)
+        self.ctx.tunnel_began(tunnel)
+
+    def _tunnel_ended(self, tunnel: Tunnel, reason: str) -> None:
+        self.ctx.tunnel_ended(tunnel)
+        self.ctx.unregister(self, reason)
+        self.transport = None
+
     def upstream_writable(self, writable: bool) -> None:
         self._pause_reading(_READ_UPSTREAM_FULL, not writable)
 
@@ -294,6 +340,11 @@ class ClientConnection(asyncio.Protocol):
         self._active = None
         if self._close_reason is not None:
             self._close(self._close_reason)
+        elif self._switch_tail is not None:  # the app refused the Upgrade: still HTTP
+            tail, self._switch_tail = bytes(self._switch_tail), None
+            self._pause_reading(_READ_SWITCH, False)
+            self._arm(self.ctx.settings.idle_timeout_s, self._idle_timed_out)
+            self.data_received(tail)
         elif self._queue:
             self._active = self._queue.popleft()
             self._pause_reading(_READ_PIPELINE, bool(self._queue))
@@ -388,7 +439,7 @@ class ClientConnection(asyncio.Protocol):
     # -- drain hooks (called by the drain coordinator) ----------------------------------------
     def drain(self) -> None:
         """Close now if idle; a busy connection closes after its current response."""
-        if self._served == 0:
+        if self._served == 0 or self._tunnelled:
             return  # just accepted: its client is about to send a request
         if not self._unfinished() and not self._closing and self.transport is not None:
             self._close_reason = "drain"
@@ -397,6 +448,8 @@ class ClientConnection(asyncio.Protocol):
 
     def cut(self) -> int:
         """The drain deadline: abort everything still running; return requests cut."""
+        if self._tunnelled:
+            return 0  # the drain cuts tunnels on their own deadline
         unfinished = self._unfinished()
         for exchange in unfinished:
             if exchange.upstream is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proxy.lifecycle import DrainTimeline
 from proxy.metrics import Metrics
@@ -16,9 +16,19 @@ from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
 
 if TYPE_CHECKING:
-    from proxy.client import ClientConnection
     from proxy.listener import Listener
+    from proxy.tunnel import Tunnel
     from proxy.upstream import UpstreamPool
+
+
+class Drainable(Protocol):
+    """A client connection as the drain sees it."""
+
+    def drain(self) -> None:
+        """Close now if idle; otherwise close once the current work is done."""
+
+    def cut(self) -> int:
+        """Abort now; return how many requests were cut."""
 
 
 class InFlight:
@@ -57,8 +67,10 @@ class ProxyContext:
     rotation: RotationPolicy
     pool: UpstreamPool
     in_flight: InFlight
+    tunnels_in_flight: InFlight = field(default_factory=InFlight)
     listener: Listener | None = None
-    connections: set[ClientConnection] = field(default_factory=set)
+    connections: set[Drainable] = field(default_factory=set)
+    tunnels: set[Tunnel] = field(default_factory=set)
 
     @property
     def upstream_authority(self) -> bytes:
@@ -71,8 +83,18 @@ class ProxyContext:
         # request cost more than the scrape ever will.
         self.metrics.requests_in_flight.set_function(lambda: self.in_flight.count)
         self.metrics.connections_active.set_function(lambda: len(self.connections))
+        self.metrics.tunnels_active.set_function(lambda: len(self.tunnels))
 
-    def register(self, connection: ClientConnection, now: float) -> None:
+    def tunnel_began(self, tunnel: Tunnel) -> None:
+        self.tunnels.add(tunnel)
+        self.tunnels_in_flight.begin()
+
+    def tunnel_ended(self, tunnel: Tunnel) -> None:
+        if tunnel in self.tunnels:
+            self.tunnels.discard(tunnel)
+            self.tunnels_in_flight.end()
+
+    def register(self, connection: Drainable, now: float) -> None:
         """A client connection was accepted."""
         self.connections.add(connection)
         self.metrics.connections_opened.inc()
@@ -83,7 +105,7 @@ class ProxyContext:
         if self.listener is not None and len(self.connections) >= self.settings.max_connections:
             self.listener.pause()
 
-    def unregister(self, connection: ClientConnection, reason: str) -> None:
+    def unregister(self, connection: Drainable, reason: str) -> None:
         """A client connection closed, for ``reason`` (a connections_closed label)."""
         self.connections.discard(connection)
         self.metrics.connections_closed.labels(reason).inc()

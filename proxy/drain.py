@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
-from proxy.context import ProxyContext
+from proxy.context import InFlight, ProxyContext
 from proxy.lifecycle import Phase
 from proxy.listener import Listener
 
@@ -82,10 +83,10 @@ class DrainCoordinator:
         self._listener.close()
         for connection in list(self._ctx.connections):
             connection.drain()
-        if not self._force.is_set():
-            idle = self._loop.create_task(self._ctx.in_flight.wait_idle())
-            await self._wait_for_any([self._force], settings.drain_timeout_s, idle)
-        self._cut_the_rest()
+        await asyncio.gather(
+            self._settle(self._ctx.in_flight, settings.drain_timeout_s, self._cut_requests),
+            self._settle(self._ctx.tunnels_in_flight, settings.tunnel_drain_timeout_s,
+                         self._cut_tunnels))
         self._ctx.pool.close()
         self._move(Phase.DRAINED)
         self._drained.set()
@@ -99,13 +100,28 @@ class DrainCoordinator:
             for waiter in waiters:
                 waiter.cancel()
 
-    def _cut_the_rest(self) -> None:
-        if self._ctx.in_flight.count == 0:
-            return
+    async def _settle(self, in_flight: InFlight, timeout_s: float,
+                      cut: Callable[[], None]) -> None:
+        """Wait until ``in_flight`` is empty, a second signal, or the timeout; then cut."""
+        if not self._force.is_set():
+            idle = self._loop.create_task(in_flight.wait_idle())
+            await self._wait_for_any([self._force], timeout_s, idle)
+        if in_flight.count:
+            cut()
+
+    def _cut_requests(self) -> None:
         cut = sum(connection.cut() for connection in list(self._ctx.connections))
         self._ctx.timeline.cut_requests += cut
         self._ctx.metrics.requests_cut.inc(cut)
         log.warning("drain deadline: cut %d in-flight requests", cut)
+
+    def _cut_tunnels(self) -> None:
+        tunnels = list(self._ctx.tunnels)
+        for tunnel in tunnels:
+            tunnel.cut("drain_deadline")
+        self._ctx.timeline.cut_tunnels += len(tunnels)
+        self._ctx.metrics.tunnels_cut.inc(len(tunnels))
+        log.warning("tunnel drain deadline: cut %d tunnels", len(tunnels))
 
     def _move(self, phase: Phase) -> None:
         timeline = self._ctx.timeline
@@ -119,7 +135,7 @@ class DrainCoordinator:
         self._ctx.metrics.phase.state(phase.value)
         log.info(
             "phase %s (after %s, %.3fs): connections=%d in_flight=%d accepted_while_draining=%d "
-            "served_while_draining=%d closed_by_drain=%d cut=%d",
+            "served_while_draining=%d closed_by_drain=%d cut=%d tunnels=%d",
             phase.value, after, lasted, len(self._ctx.connections), self._ctx.in_flight.count,
             timeline.accepted_while_draining, timeline.served_while_draining,
-            timeline.connections_closed_by_drain, timeline.cut_requests)
+            timeline.connections_closed_by_drain, timeline.cut_requests, len(self._ctx.tunnels))

@@ -67,6 +67,7 @@ class DrainTimeline:
     served_while_draining: int = 0
     connections_closed_by_drain: int = 0
     cut_requests: int = 0
+    cut_tunnels: int = 0
 
     def move_to(self, phase: Phase, now: float) -> float:
         """Enter ``phase``; return how long the previous phase lasted (0 for the first)."""
@@ -116,6 +117,7 @@ class DrainTimeline:
             "requests_served_while_draining": self.served_while_draining,
             "connections_closed_by_drain": self.connections_closed_by_drain,
             "requests_cut": self.cut_requests,
+            "tunnels_cut": self.cut_tunnels,
             "forced": self.forced,
         }
 

@@ -66,6 +66,20 @@ class Metrics:
         self.served_while_draining = Counter(
             "drain_proxy_requests_served_while_draining",
             "Responses completed after the drain started.", registry=r)
+        self.propagation_window = Gauge(
+            "drain_proxy_propagation_window_seconds",
+            "The configured --propagation-window (alerts compare the measured lag to it).",
+            registry=r)
+        self.drain_timeout = Gauge(
+            "drain_proxy_drain_timeout_seconds", "The configured --drain-timeout.", registry=r)
+        self.tunnels_active = Gauge(
+            "drain_proxy_tunnels_active",
+            "Byte tunnels open now: TCP-mode connections and upgraded HTTP connections.",
+            registry=r)
+        self.tunnels_cut = Counter(
+            "drain_proxy_tunnels_cut",
+            "Tunnels aborted at the end of --tunnel-drain-timeout or by a second signal.",
+            registry=r)
         self.requests_cut = Counter(
             "drain_proxy_requests_cut",
             "In-flight requests aborted by the drain deadline or a second signal.", registry=r)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 import signal
+from collections.abc import Callable
 
 from proxy.admin import AdminApp, AdminServer
 from proxy.client import ClientConnection
@@ -21,6 +22,7 @@ from proxy.metrics import Metrics
 from proxy.readiness import check_app
 from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
+from proxy.tcp import TcpSession
 from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("drain_proxy")
@@ -37,6 +39,8 @@ class ProxyServer:
                  rng: random.Random | None = None) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.propagation_window.set(settings.propagation_window_s)
+        self.metrics.drain_timeout.set(settings.drain_timeout_s)
         rotation = RotationPolicy(settings.max_requests_per_connection,
                                   settings.max_connection_age_s, settings.rotation_jitter,
                                   rng if rng is not None else random.Random())
@@ -46,7 +50,7 @@ class ProxyServer:
                                 rotation=rotation, pool=UpstreamPool(settings),
                                 in_flight=InFlight())
         try:
-            self.listener = Listener.bind(settings.listen, lambda: ClientConnection(self.ctx))
+            self.listener = Listener.bind(settings.listen, self._protocol_factory())
         except OSError as error:
             raise StartupError(f"--listen {settings.listen}: cannot listen: {error.strerror}") \
                 from None
@@ -54,6 +58,11 @@ class ProxyServer:
         self.coordinator: DrainCoordinator | None = None
         self._admin: AdminServer | None = None
         self.admin_port = 0
+
+    def _protocol_factory(self) -> Callable[[], asyncio.Protocol]:
+        if self.settings.mode == "tcp":
+            return lambda: TcpSession(self.ctx).client_end
+        return lambda: ClientConnection(self.ctx)
 
     @property
     def port(self) -> int:
@@ -80,6 +89,8 @@ class ProxyServer:
             await self._admin.close()
         for connection in list(self.ctx.connections):
             connection.cut()
+        for tunnel in list(self.ctx.tunnels):
+            tunnel.cut("drain_deadline")
         self.ctx.pool.close()
         # Closed transports release their sockets on the next loop iterations;
         # uvloop refuses to close a loop that still has them (EBUSY).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -93,6 +94,15 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _optional_seconds(text: str) -> float | None:
+    if text == "":
+        return None
+    try:
+        return _seconds(text)
+    except ValueError:
+        raise ValueError("allowed: a number of seconds >= 0, or empty to unset") from None
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -156,8 +166,8 @@ FLAGS: tuple[Flag, ...] = (
          "the app in the same pod, on localhost"),
     Flag("--admin", parse_host_port, "0.0.0.0:9901", "HOST:PORT",
          "probes and Prometheus must reach it from the node"),
-    Flag("--mode", _choice("http"), "http", "http",
-         "HTTP/1.1 forwarding; raw TCP mode is planned"),
+    Flag("--mode", _choice("http", "tcp"), "http", "http|tcp",
+         "http: HTTP/1.1 with rotation and Upgrade tunnels; tcp: a byte relay (gRPC, Redis, ...)"),
     Flag("--loop", _choice("auto", "uvloop", "asyncio"), "auto", "auto|uvloop|asyncio",
          "uvloop is faster when it is installed"),
     Flag("--idle-timeout", _positive_seconds, "75", "S",
@@ -186,6 +196,11 @@ FLAGS: tuple[Flag, ...] = (
          "like nginx keepalive_requests: rebalances keep-alive clients (0 = off)"),
     Flag("--max-connection-age", _seconds, "0", "S",
          "optional age limit for keep-alive connections (0 = off)"),
+    Flag("--tcp-rotate-idle", _seconds, "0", "S",
+         "tcp mode: close a connection past --max-connection-age once idle this long (0 = off)"),
+    Flag("--tunnel-drain-timeout", _optional_seconds, "", "S",
+         "how long TCP connections and Upgrade tunnels may run on in the drain (unset: "
+         "the drain timeout)"),
     Flag("--rotation-jitter", _fraction, "0.1", "F",
          "spread rotations so connections opened together do not close together"),
     Flag("--readiness-on-drain", _choice("fail", "keep"), "fail", "fail|keep",
@@ -221,6 +236,8 @@ class Settings:
     termination_grace_period_s: float
     max_requests_per_connection: int
     max_connection_age_s: float
+    tcp_rotate_idle_s: float
+    tunnel_drain_timeout: float | None
     rotation_jitter: float
     readiness_on_drain: str
     log_level: str
@@ -230,9 +247,17 @@ class Settings:
     max_request_line_bytes: int = 8192  # nginx's large_client_header_buffers line size
 
     @property
+    def tunnel_drain_timeout_s(self) -> float:
+        """How long tunnels may run on after the window (default: the drain timeout)."""
+        if self.tunnel_drain_timeout is None:
+            return self.drain_timeout_s
+        return self.tunnel_drain_timeout
+
+    @property
     def drain_budget_s(self) -> float:
         """Worst-case time from SIGTERM to exit, with a margin for the final steps."""
-        return self.propagation_window_s + self.drain_timeout_s + 2.0
+        longest = max(self.drain_timeout_s, self.tunnel_drain_timeout_s)
+        return self.propagation_window_s + longest + 2.0
 
 
 _FIELD_FOR_FLAG = {
@@ -245,6 +270,7 @@ _FIELD_FOR_FLAG = {
     "--drain-timeout": "drain_timeout_s",
     "--termination-grace-period": "termination_grace_period_s",
     "--max-connection-age": "max_connection_age_s",
+    "--tcp-rotate-idle": "tcp_rotate_idle_s",
 }
 
 
@@ -281,10 +307,17 @@ def _raw_value(flag: Flag, cli_value: str | None, environ: Mapping[str, str]) ->
     return flag.default, flag.name
 
 
+# What kubelet injects for a Service named drain-proxy[-...] in the namespace
+# (DRAIN_PROXY_SERVICE_HOST, DRAIN_PROXY_PORT_8000_TCP_ADDR, ...): not settings.
+_SERVICE_LINK = re.compile(
+    r"^[A-Z0-9_]*_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT|PORT_\d+_(TCP|UDP|SCTP)"
+    r"(_PROTO|_PORT|_ADDR)?)$")
+
+
 def _check_unknown_env(environ: Mapping[str, str]) -> None:
     known = {flag.env_var for flag in FLAGS}
     for key in environ:
-        if key.startswith(ENV_PREFIX) and key not in known:
+        if key.startswith(ENV_PREFIX) and key not in known and not _SERVICE_LINK.match(key):
             raise SettingsError(f"{key}: unknown setting; allowed: {', '.join(sorted(known))}")
 
 

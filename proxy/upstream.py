@@ -45,6 +45,8 @@ class ResponseSink(Protocol):
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(self) -> None: ...
     def upstream_flush(self) -> None: ...
+    def upstream_switched(self, connection: UpstreamConnection, reason: bytes,
+                          headers: Headers, tail: bytes) -> None: ...
     def upstream_lost(self, failure: UpstreamFailure, response_started: bool) -> None: ...
     def upstream_writable(self, writable: bool) -> None: ...
 
@@ -54,7 +56,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_body_allowed", "_close_delimited", "_done", "_head_seen", "_headers", "_interim",
-        "_keep_alive", "_on_deadline", "_parser", "_poisoned", "_reason", "_sink", "_timer",
+        "_keep_alive", "_on_deadline", "_parser", "_poisoned", "_reason", "_sink",
+        "_switching", "_timer", "_upgrade",
         "pool", "reused", "seen_bytes", "transport",
     )
 
@@ -72,6 +75,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = False
         self._head_seen = False
         self._keep_alive = False
+        self._upgrade = False
+        self._switching = False
         self._done = False
         self._poisoned = False
         self._body_allowed = True
@@ -80,9 +85,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.seen_bytes = False
 
     # -- used by the client connection ---------------------------------------------------
-    def bind(self, sink: ResponseSink, expects_body: bool) -> None:
-        """Start an exchange; ``expects_body`` is False for HEAD requests."""
+    def bind(self, sink: ResponseSink, expects_body: bool, upgrade: bool = False) -> None:
+        """Start an exchange; ``expects_body`` is False for HEAD requests; ``upgrade``
+        when the request asks to switch protocols (a 101 then ends HTTP here)."""
         self._cancel_timer()
+        self._upgrade, self._switching = upgrade, False
         self._sink, self._done, self.seen_bytes = sink, False, False
         self._body_allowed, self._head_seen, self._interim = expects_body, False, False
 
@@ -122,7 +129,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.seen_bytes = True
         try:
             self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
+        except httptools.HttpParserUpgrade as upgrade:
+            self._switched(data[upgrade.args[0]:])
+            return
+        except httptools.HttpParserError as error:
             self._fail(UpstreamFailure(502, "protocol", f"invalid response from app: {error}"))
             return
         if self._done:
@@ -172,9 +182,13 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         assert self._sink is not None
         status = self._parser.get_status_code()
+        if status == 101:
+            if not self._upgrade:
+                raise _StrayResponse  # a switch nobody asked for is a protocol error
+            self._switching = True
+            self._cancel_timer()
+            return
         if 100 <= status < 200:
-            if status == 101:
-                raise _StrayResponse  # we never forward Upgrade, so 101 is a protocol error
             self._interim = True
             self._sink.upstream_interim(status, self._reason, self._headers)
             return
@@ -200,6 +214,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink.upstream_body(body)
 
     def on_message_complete(self) -> None:
+        if self._switching:
+            return  # llhttp now pauses: data_received hands the connection over
         if self._interim:
             self._interim = False
         elif not self._done:
@@ -211,6 +227,18 @@ class UpstreamConnection(asyncio.Protocol):
         sink, self._sink = self._sink, None
         if sink is not None:
             sink.upstream_complete()
+
+    def _switched(self, tail: bytes) -> None:
+        """The app agreed to switch protocols: this connection leaves HTTP (and the pool)."""
+        sink, self._sink = self._sink, None
+        if not self._switching or sink is None:
+            self._sink = sink
+            self._fail(UpstreamFailure(502, "protocol", "unexpected protocol switch"))
+            return
+        self._done = True
+        self.pool.forget(self)
+        self._timer.cancel()
+        sink.upstream_switched(self, self._reason, self._headers, tail)
 
     def _after_response(self) -> None:
         """Pool the connection only if it is clean and the app agreed to keep it."""

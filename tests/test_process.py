@@ -27,7 +27,7 @@ def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 @pytest.mark.parametrize(("args", "env", "expected"), [
     (["--idle-timeout", "soon"], {}, "--idle-timeout: invalid value 'soon'; allowed:"),
     (["--upstream", "app"], {}, "--upstream: invalid value 'app'; allowed: HOST:PORT or unix:"),
-    ([], {"DRAIN_PROXY_MODE": "tcp"}, "DRAIN_PROXY_MODE: invalid value 'tcp'; allowed: http"),
+    ([], {"DRAIN_PROXY_MODE": "udp"}, "DRAIN_PROXY_MODE: invalid value 'udp'; allowed: http, tcp"),
     ([], {"DRAIN_PROXY_UPSTREM": "x"}, "DRAIN_PROXY_UPSTREM: unknown setting"),
     (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
 ])
@@ -148,3 +148,61 @@ def test_100mb_bodies_stream_with_bounded_memory(run: Run[None], loop_kind: str)
             app.close()
 
     run(scenario())
+
+
+# -- a long TCP stream through --mode tcp ---------------------------------------------------------
+async def _count_then_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads until the client half-closes, answers with the count, then streams it back."""
+    received = 0
+    while chunk := await reader.read(PIECE):
+        received += len(chunk)
+    writer.write(b"%020d" % received)
+    piece = b"z" * PIECE
+    for _ in range(received // PIECE):
+        writer.write(piece)
+        await writer.drain()
+    writer.close()
+
+
+async def _tcp_round_trip(port: int, size: int) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=PIECE)
+    piece = b"y" * PIECE
+    for _ in range(size // PIECE):
+        writer.write(piece)
+        await writer.drain()
+    writer.write_eof()  # half-close: the other direction must keep flowing
+    count = int(await reader.readexactly(20))
+    await asyncio.sleep(0.3)  # a slow reader: the relay must stop reading the app
+    returned = 0
+    while chunk := await reader.read(PIECE):
+        returned += len(chunk)
+    writer.close()
+    assert returned == count
+    return count
+
+
+async def _tcp_stream_scenario(loop_kind: str, size: int) -> None:
+    app = await asyncio.start_server(_count_then_stream, "127.0.0.1", 0)
+    proxy = await ProxyProcess.start(app.sockets[0].getsockname()[1], "--loop", loop_kind,
+                                     "--mode", "tcp", "--propagation-window", "0")
+    try:
+        baseline = _rss_bytes(proxy.process.pid, "VmRSS")
+        assert await _tcp_round_trip(proxy.port, size) == size
+        growth = _rss_bytes(proxy.process.pid, "VmHWM") - baseline
+        assert growth < RSS_GROWTH_BOUND, f"peak RSS grew by {growth / 2**20:.1f} MiB"
+    finally:
+        proxy.signal(signal.SIGTERM)
+        assert await proxy.wait() == 0
+        app.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_tcp_mode_relays_200mb_each_way_with_half_close_and_bounded_memory(
+        run: Run[None], loop_kind: str) -> None:
+    run(_tcp_stream_scenario(loop_kind, 200 * PIECE))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_tcp_mode_relays_1gb_each_way_with_bounded_memory(run: Run[None], loop_kind: str) -> None:
+    run(_tcp_stream_scenario(loop_kind, 1024 * PIECE))

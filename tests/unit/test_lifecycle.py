@@ -131,6 +131,7 @@ def test_summary() -> None:
         "requests_served_while_draining": 7,
         "connections_closed_by_drain": 2,
         "requests_cut": 1,
+        "tunnels_cut": 0,
         "forced": True,
     }
 

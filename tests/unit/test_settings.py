@@ -27,6 +27,8 @@ DEFAULTS: list[tuple[str, object]] = [
     ("termination_grace_period_s", 30.0),
     ("max_requests_per_connection", 1000),
     ("max_connection_age_s", 0.0),
+    ("tcp_rotate_idle_s", 0.0),
+    ("tunnel_drain_timeout", None),
     ("rotation_jitter", 0.1),
     ("readiness_on_drain", "fail"),
     ("log_level", "info"),
@@ -148,7 +150,8 @@ BAD_VALUES: list[tuple[list[str], dict[str, str], str, str]] = [
     (["--listen", ":80"], {}, "--listen", ":80"),
     (["--admin", "host:-1"], {}, "--admin", "host:-1"),
     (["--upstream", "unix:relative"], {}, "--upstream", "unix:relative"),
-    (["--mode", "tcp"], {}, "--mode", "tcp"),
+    (["--mode", "udp"], {}, "--mode", "udp"),
+    (["--tunnel-drain-timeout", "-1"], {}, "--tunnel-drain-timeout", "-1"),
     (["--loop", "foo"], {}, "--loop", "foo"),
     (["--rotation-jitter", "0.9"], {}, "--rotation-jitter", "0.9"),
     (["--rotation-jitter", "-0.1"], {}, "--rotation-jitter", "-0.1"),
@@ -223,3 +226,13 @@ def test_settings_are_frozen() -> None:
     settings = parse_settings([], {})
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.idle_timeout_s = 1.0  # type: ignore[misc]
+
+
+def test_kubernetes_service_link_variables_are_not_settings() -> None:
+    """kubelet injects these for a Service named drain-proxy; they must not stop start-up."""
+    links = {"DRAIN_PROXY_SERVICE_HOST": "10.0.0.1", "DRAIN_PROXY_SERVICE_PORT": "8000",
+             "DRAIN_PROXY_SERVICE_PORT_HTTP": "8000", "DRAIN_PROXY_PORT": "tcp://10.0.0.1:8000",
+             "DRAIN_PROXY_PORT_8000_TCP": "tcp://10.0.0.1:8000",
+             "DRAIN_PROXY_PORT_8000_TCP_ADDR": "10.0.0.1",
+             "DRAIN_PROXY_ADMIN_SERVICE_HOST": "10.0.0.2"}
+    assert parse_settings([], links) == parse_settings([], {})

@@ -1,0 +1,102 @@
+"""Raw TCP mode: each client connection is relayed to a new connection to the app.
+
+For protocols that are not HTTP/1.1 (gRPC over HTTP/2, Redis, Postgres, ...).
+The drain follows the same timeline as HTTP: readiness fails, the listener keeps
+accepting through the window, then closes; connections then end by themselves
+until ``--tunnel-drain-timeout`` and the rest are aborted and counted.
+
+With ``--max-connection-age`` and ``--tcp-rotate-idle`` both set, a connection
+past its age is closed the first time it has been idle in both directions for
+``--tcp-rotate-idle`` seconds, so a request/response protocol is never cut in the
+middle of an exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from proxy.context import ProxyContext
+from proxy.tunnel import Tunnel, TunnelEnd
+
+log = logging.getLogger("drain_proxy.tcp")
+
+
+class _ClientEnd(TunnelEnd):
+    """The accepted side: connecting to the app starts when the client connects."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, tunnel: Tunnel, session: TcpSession) -> None:
+        super().__init__(tunnel)
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.session.start()
+
+
+class TcpSession:
+    """One relayed connection, as the connection registry and the drain see it."""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self._loop = asyncio.get_running_loop()
+        self.tunnel = Tunnel(self._loop, self._ended)
+        self.tunnel.client = self.client_end = _ClientEnd(self.tunnel, self)
+        self._connecting: asyncio.Task[None] | None = None
+        self._rotation: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        now = self._loop.time()
+        self.ctx.register(self, now)
+        self.ctx.tunnel_began(self.tunnel)
+        self._connecting = self._loop.create_task(self._connect())
+        settings = self.ctx.settings
+        if settings.max_connection_age_s and settings.tcp_rotate_idle_s:
+            expires_at = self.ctx.rotation.expiry(now)
+            self._rotation = self._loop.call_at(expires_at, self._rotate_when_idle)
+
+    async def _connect(self) -> None:
+        settings = self.ctx.settings
+        address = settings.upstream
+        factory = lambda: self.tunnel.upstream  # noqa: E731 - the protocol already exists
+        try:
+            async with asyncio.timeout(settings.upstream_connect_timeout_s):
+                if address.unix_path is not None:
+                    await self._loop.create_unix_connection(factory, address.unix_path)
+                else:
+                    await self._loop.create_connection(factory, address.host, address.port)
+        except (OSError, TimeoutError) as error:
+            reason = "timeout" if isinstance(error, TimeoutError) else "connect"
+            self.ctx.metrics.upstream_errors.labels(reason).inc()
+            log.warning("tcp: cannot connect to the app: %r", error)
+            if self.client_end.transport is not None:
+                self.client_end.transport.close()  # promptly: the client sees EOF, not a hang
+            return
+        self.tunnel.connect_ends()
+
+    def _rotate_when_idle(self) -> None:
+        idle_for = self._loop.time() - self.tunnel.last_activity
+        wait = self.ctx.settings.tcp_rotate_idle_s - idle_for
+        if wait > 0:
+            self._rotation = self._loop.call_later(wait, self._rotate_when_idle)
+            return
+        self._rotation = None
+        self.tunnel.cut("max_age")  # idle both ways: nothing is cut mid-exchange
+
+    def _ended(self, tunnel: Tunnel, reason: str) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._rotation is not None:
+            self._rotation.cancel()
+        self.ctx.tunnel_ended(tunnel)
+        self.ctx.unregister(self, reason)
+
+    # -- Drainable --------------------------------------------------------------------------
+    def drain(self) -> None:
+        """A TCP connection cannot be told to reconnect: it runs on until it ends."""
+
+    def cut(self) -> int:
+        """No requests to cut: the drain cuts the tunnel itself (``ctx.tunnels``)."""
+        return 0

@@ -1,0 +1,190 @@
+"""A byte relay between two transports: raw TCP mode and upgraded HTTP connections.
+
+Each side is a ``TunnelEnd`` protocol; what one end reads is written to the
+other.  The relay does no per-byte work beyond handing buffers over, and it
+keeps the semantics of the two TCP connections it joins:
+
+* backpressure: when one end's write buffer is full (``pause_writing``) the other
+  end stops reading until it drains, so memory stays bounded at the transports'
+  high-water marks whatever the two peers' speeds;
+* half-close: an EOF read on one end becomes ``write_eof`` on the other, and the
+  other direction keeps flowing until it ends too;
+* resets: a connection lost with an error aborts the other end (RST), so the
+  peer sees a failure, not a clean end of stream.
+
+A tunnel is "in flight" for the drain from its start to the loss of both ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import Callable
+from typing import cast
+
+MAX_EARLY_BYTES = 256 * 1024  # read before the far end is connected; then pause
+
+
+_LINGER_OFF = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends RST
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Abort with a TCP reset.  ``abort()`` alone closes with FIN, which the peer would
+    read as a clean end of stream."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+    transport.abort()
+
+
+class TunnelEnd(asyncio.Protocol):
+    """One connection of a tunnel."""
+
+    __slots__ = ("_early", "_early_size", "_reading_paused", "lost", "peer", "read_eof",
+                 "transport", "tunnel")
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        self.transport: asyncio.Transport | None = None
+        self.peer: TunnelEnd | None = None
+        self.read_eof = False
+        self.lost = False
+        self._early: list[bytes] = []  # bytes read before the peer existed
+        self._early_size = 0
+        self._reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def adopt(self, transport: asyncio.Transport) -> None:
+        """Take over a transport that was speaking HTTP (``set_protocol``)."""
+        self.transport = transport
+        transport.set_protocol(self)
+        transport.resume_reading()
+
+    def join(self, peer: TunnelEnd) -> None:
+        """The far end is connected: flush what was read early, and relay from now on."""
+        self.peer = peer
+        if self._early and peer.transport is not None:
+            peer.transport.write(b"".join(self._early))
+        self._early.clear()
+        if self.read_eof and peer.transport is not None and peer.transport.can_write_eof():
+            peer.transport.write_eof()
+        self._set_reading(True)
+
+    def data_received(self, data: bytes) -> None:
+        self.tunnel.touch()
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+            return
+        self._early.append(data)
+        self._early_size += len(data)
+        if self._early_size > MAX_EARLY_BYTES:
+            self._set_reading(False)
+
+    def eof_received(self) -> bool:
+        self.read_eof = True
+        self.tunnel.touch()
+        peer = self.peer
+        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
+            peer.transport.write_eof()
+        if peer is not None and peer.read_eof:
+            self.tunnel.close()  # both directions have ended
+        return True  # keep our write side open for the other direction
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.tunnel.end_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer._set_reading(False)
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer._set_reading(True)
+
+    def _set_reading(self, reading: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing() or reading != self._reading_paused:
+            return
+        self._reading_paused = not reading
+        if reading:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+
+
+class Tunnel:
+    """Two joined connections; reports its end once, with the reason it ended."""
+
+    __slots__ = ("_ended", "_on_end", "client", "cut_reason", "last_activity", "loop",
+                 "upstream")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 on_end: Callable[[Tunnel, str], None]) -> None:
+        self.loop = loop
+        self._on_end = on_end
+        self._ended = False
+        self.cut_reason: str | None = None
+        self.last_activity = loop.time()
+        self.client = TunnelEnd(self)
+        self.upstream = TunnelEnd(self)
+
+    def touch(self) -> None:
+        self.last_activity = self.loop.time()
+
+    def connect_ends(self) -> None:
+        self.client.join(self.upstream)
+        self.upstream.join(self.client)
+
+    def end_lost(self, end: TunnelEnd, exc: Exception | None) -> None:
+        other = self.upstream if end is self.client else self.client
+        if other.transport is not None and not other.lost:
+            if exc is not None:
+                reset(other.transport)  # pass the reset on
+            else:
+                other.transport.close()  # after flushing what we relayed to it
+        if (self.client.lost or self.client.transport is None) and \
+                (self.upstream.lost or self.upstream.transport is None):
+            self._finish("error" if exc is not None else "peer")
+
+    def close(self) -> None:
+        """Both directions ended cleanly: close after flushing."""
+        for end in (self.client, self.upstream):
+            if end.transport is not None:
+                end.transport.close()
+
+    def cut(self, reason: str) -> None:
+        """Abort both connections now (drain deadline, rotation of an idle tunnel)."""
+        self.cut_reason = reason
+        for end in (self.client, self.upstream):
+            if end.transport is not None and not end.lost:
+                end.transport.abort()
+        if self.upstream.transport is None:
+            self._finish(reason)
+
+    def _finish(self, reason: str) -> None:
+        if not self._ended:
+            self._ended = True
+            self._on_end(self, self.cut_reason or reason)
+
+
+def splice(loop: asyncio.AbstractEventLoop, client: asyncio.Transport,
+           upstream: asyncio.Transport, to_upstream: bytes, to_client: bytes,
+           on_end: Callable[[Tunnel, str], None]) -> Tunnel:
+    """Turn two HTTP connections into a tunnel after a 101 (the bytes each side sent
+    past the HTTP exchange are delivered first)."""
+    tunnel = Tunnel(loop, on_end)
+    tunnel.client.adopt(client)
+    tunnel.upstream.adopt(upstream)
+    if to_upstream:
+        upstream.write(to_upstream)
+    if to_client:
+        client.write(to_client)
+    tunnel.connect_ends()
+    return tunnel

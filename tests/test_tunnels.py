@@ -1,0 +1,211 @@
+"""Raw TCP mode and HTTP Upgrade (WebSocket) tunnels, including their drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import cast
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from proxy.tunnel import reset
+
+from conftest import Run
+from helpers import App, ParsedRequest, Reply, eventually, running_proxy, sample
+
+
+@contextlib.asynccontextmanager
+async def echo_server() -> AsyncIterator[int]:
+    """A TCP echo app: answers each read, and says BYE once the client half-closes."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.write(b"BYE")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+
+def test_tcp_mode_relays_both_ways_with_half_close(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with echo_server() as port, running_proxy(f"127.0.0.1:{port}",
+                                                         "--mode", "tcp") as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            writer.write_eof()  # our direction ends; the app's keeps flowing
+            assert await reader.read() == b"BYE"
+            writer.close()
+            await eventually(lambda: not proxy.ctx.tunnels)
+            assert sample(proxy, "drain_proxy_connections_closed_total", {"reason": "peer"}) == 1
+
+    run(scenario())
+
+
+def test_tcp_mode_closes_the_client_promptly_when_the_app_is_down(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with echo_server() as port:
+            pass  # the port is closed now
+        async with running_proxy(f"127.0.0.1:{port}", "--mode", "tcp") as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            assert await asyncio.wait_for(reader.read(), 2) == b""
+            writer.close()
+            assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "connect"}) == 1
+
+    run(scenario())
+
+
+def test_tcp_mode_passes_a_reset_on(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async def reset_after_hello(reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter) -> None:
+            await reader.readexactly(5)
+            reset(cast(asyncio.Transport, writer.transport))  # a real RST, not a FIN
+
+        server = await asyncio.start_server(reset_after_hello, "127.0.0.1", 0)
+        async with running_proxy(f"127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                                 "--mode", "tcp") as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"hello")
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(), 2)
+            writer.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_tcp_connection_survives_the_window_and_is_cut_at_its_deadline(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with echo_server() as port, running_proxy(
+                f"127.0.0.1:{port}", "--mode", "tcp", "--propagation-window", "0.2",
+                "--tunnel-drain-timeout", "0.3") as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            assert proxy.coordinator is not None
+            proxy.coordinator.trigger("test")
+            writer.write(b"still here")
+            assert await reader.readexactly(10) == b"still here"
+            await proxy.coordinator.wait_drained()
+            assert await reader.read() == b"", "cut at the tunnel deadline"
+            assert sample(proxy, "drain_proxy_tunnels_cut_total") == 1
+            await eventually(lambda: sample(proxy, "drain_proxy_connections_closed_total",
+                                            {"reason": "drain_deadline"}) == 1)
+            assert proxy.coordinator.exit_code == 0, "a cut tunnel is not a cut request"
+            writer.close()
+
+    run(scenario())
+
+
+def test_tcp_rotation_waits_for_an_idle_moment(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with echo_server() as port, running_proxy(
+                f"127.0.0.1:{port}", "--mode", "tcp", "--max-connection-age", "0.2",
+                "--tcp-rotate-idle", "0.15", "--rotation-jitter", "0") as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            loop = asyncio.get_running_loop()
+            busy_until = loop.time() + 0.5
+            while loop.time() < busy_until:  # busy past its age: never cut mid-exchange
+                writer.write(b"x")
+                assert await reader.readexactly(1) == b"x"
+                await asyncio.sleep(0.05)
+            assert await asyncio.wait_for(reader.read(), 2) == b""
+            idle_closed_at = loop.time()
+            assert idle_closed_at - busy_until >= 0.1
+            writer.close()
+            await eventually(lambda: sample(proxy, "drain_proxy_connections_closed_total",
+                                            {"reason": "max_age"}) == 1)
+
+    run(scenario())
+
+
+# -- WebSocket through --mode http ---------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def websocket_app() -> AsyncIterator[int]:
+    async def echo(connection: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in connection:
+                await connection.send(message)
+
+    async with serve(echo, "127.0.0.1", 0) as server:
+        yield next(iter(server.sockets)).getsockname()[1]
+
+
+def test_websocket_conversation_through_the_proxy(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with websocket_app() as port, running_proxy(f"127.0.0.1:{port}") as proxy:
+            async with connect(f"ws://127.0.0.1:{proxy.port}/chat") as websocket:
+                for text in ("hello", "x" * 100_000, "bye"):
+                    await websocket.send(text)
+                    assert await websocket.recv() == text
+                assert sample(proxy, "drain_proxy_tunnels_active") == 1
+            await eventually(lambda: sample(proxy, "drain_proxy_tunnels_active") == 0)
+            assert sample(proxy, "drain_proxy_requests_total", {"code": "101"}) == 1
+
+    run(scenario())
+
+
+def test_websocket_survives_the_window_and_is_cut_at_the_tunnel_deadline(
+        run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with websocket_app() as port, running_proxy(
+                f"127.0.0.1:{port}", "--propagation-window", "0.3",
+                "--tunnel-drain-timeout", "0.3") as proxy:
+            async with connect(f"ws://127.0.0.1:{proxy.port}/") as websocket:
+                assert proxy.coordinator is not None
+                proxy.coordinator.trigger("test")
+                await websocket.send("during the window")
+                assert await websocket.recv() == "during the window"
+                await proxy.coordinator.wait_drained()
+                with pytest.raises(ConnectionClosed):
+                    await websocket.recv()
+            assert sample(proxy, "drain_proxy_tunnels_cut_total") == 1
+            await eventually(lambda: sample(proxy, "drain_proxy_connections_closed_total",
+                                            {"reason": "drain_deadline"}) == 1)
+
+    run(scenario())
+
+
+async def _refuse_upgrades(request: ParsedRequest) -> Reply:
+    upgrade = dict(request.headers).get(b"upgrade", b"-").decode()
+    return 200, [("Content-Type", "text/plain")], f"no switch, upgrade={upgrade}".encode()
+
+
+def test_refused_upgrade_continues_as_http_and_h2c_is_dropped(run: Run[None]) -> None:
+    async def scenario() -> None:
+        app = await App(_refuse_upgrades).start()
+        async with running_proxy(f"127.0.0.1:{app.port}") as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: websocket\r\n\r\n"
+                         b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+                         b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            reply = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            assert reply.count(b"HTTP/1.1 200 ") == 3, reply
+            assert b"no switch, upgrade=websocket" in reply
+            assert b"no switch, upgrade=-" in reply  # h2c never reaches the app
+        await app.stop()
+        targets = [r.target for r in app.requests]
+        assert targets == [b"/ws", b"/h2c", b"/after"]
+        assert all(name != b"http2-settings" for name, _ in app.requests[1].headers)
+
+    run(scenario())
