@@ -139,11 +139,14 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = True
         if self._active is not None and self._active.upstream is not None:
             self._active.upstream.pause_reading(True)
+        self._arm(self.ctx.settings.body_timeout_s, self._send_timed_out)
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._active is not None and self._active.upstream is not None:
             self._active.upstream.pause_reading(False)
+        if self._on_deadline == self._send_timed_out:
+            self._cancel_timer()
 
     # -- llhttp callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -171,6 +174,8 @@ class ClientConnection(asyncio.Protocol):
             self._parser.get_method(), collector.url, self._parser.get_http_version(),
             collector.headers, self._parser.should_keep_alive(), self._client_ip,
             self.ctx.upstream_authority, self._parser.should_upgrade())
+        if exchange.request.framing is not Framing.NONE:
+            self._arm(self.ctx.settings.body_timeout_s, self._body_timed_out)
         if self._active is None:
             self._active = self._ready = exchange
         else:
@@ -181,6 +186,7 @@ class ClientConnection(asyncio.Protocol):
         exchange = self._parsing
         assert exchange is not None and exchange.request is not None
         data = http_policy.chunk(body) if exchange.request.framing is Framing.CHUNKED else body
+        self._deadline.set(self.ctx.settings.body_timeout_s)  # progress: the body timer restarts
         if exchange.add_body(data):
             self._pause_reading(_READ_BUFFER_FULL, True)
 
@@ -189,6 +195,8 @@ class ClientConnection(asyncio.Protocol):
         assert exchange is not None and exchange.request is not None
         if exchange.request.framing is Framing.CHUNKED:
             exchange.add_body(http_policy.LAST_CHUNK)
+        if exchange.request.framing is not Framing.NONE:
+            self._cancel_timer()  # the body timer
         exchange.body_done = True
         if exchange.upstream is not None:
             exchange.upstream.request_sent()
@@ -478,6 +486,26 @@ class ClientConnection(asyncio.Protocol):
     def _header_timed_out(self) -> None:
         if self._parsing is not None and self._collector is not None:
             self._reject(HttpError(408, "request head not received in time"))
+
+    def _body_timed_out(self) -> None:
+        """No request body bytes for --body-timeout: whose fault decides the answer."""
+        exchange = self._parsing
+        if exchange is None:
+            return
+        if self._read_paused & _READ_UPSTREAM_FULL and exchange is self._active:
+            if exchange.upstream is not None:
+                exchange.upstream.abort()
+                exchange.upstream = None
+            self._upstream_failed(exchange, UpstreamFailure(
+                504, "timeout", "the app stopped reading the request body"))
+            return
+        self._reject(HttpError(408, "request body stalled"))
+
+    def _send_timed_out(self) -> None:
+        """The client has not read its response for --body-timeout: give up on it."""
+        log.info("client %s stopped reading its response", self._client_ip.decode())
+        self._close_reason = "error"
+        self._abort()
 
     def _linger_over(self) -> None:
         if self.transport is not None:

@@ -174,6 +174,8 @@ FLAGS: tuple[Flag, ...] = (
          "longer than common client and load-balancer idle timeouts (60 s)"),
     Flag("--header-timeout", _positive_seconds, "10", "S",
          "total time for a request head; stops slow-header clients (408)"),
+    Flag("--body-timeout", _positive_seconds, "60", "S",
+         "longest pause in a request body upload or in a client reading its response"),
     Flag("--upstream-connect-timeout", _positive_seconds, "2", "S",
          "the app is on localhost: a slow connect means it is overloaded (504)"),
     Flag("--upstream-timeout", _positive_seconds, "60", "S",
@@ -225,6 +227,7 @@ class Settings:
     loop: str
     idle_timeout_s: float
     header_timeout_s: float
+    body_timeout_s: float
     upstream_connect_timeout_s: float
     upstream_timeout_s: float
     upstream_idle_timeout_s: float
@@ -263,6 +266,7 @@ class Settings:
 _FIELD_FOR_FLAG = {
     "--idle-timeout": "idle_timeout_s",
     "--header-timeout": "header_timeout_s",
+    "--body-timeout": "body_timeout_s",
     "--upstream-connect-timeout": "upstream_connect_timeout_s",
     "--upstream-timeout": "upstream_timeout_s",
     "--upstream-idle-timeout": "upstream_idle_timeout_s",

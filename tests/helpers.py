@@ -72,8 +72,7 @@ def parse_with_llhttp(raw: bytes) -> list[ParsedRequest]:
 
 def parse_with_h11(raw: bytes) -> list[ParsedRequest]:
     connection = h11.Connection(h11.SERVER)
-    connection.receive_data(raw)
-    connection.receive_data(b"")
+    connection.receive_data(raw)  # no EOF: a request cut short (aborted) is simply not listed
     requests: list[ParsedRequest] = []
     current: ParsedRequest | None = None
     while True:

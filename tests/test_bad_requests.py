@@ -130,3 +130,16 @@ def test_idle_keep_alive_connection_is_closed_after_idle_timeout(run: Run[None])
             client.close()
 
     run(scenario())
+
+
+def test_stalled_request_body_gets_408_and_the_app_never_sees_a_request(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with app_and_proxy("--body-timeout", "0.3") as (app, proxy):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+            reply = await asyncio.wait_for(reader.read(), 5)
+            assert reply.startswith(b"HTTP/1.1 408 ")
+            assert app.requests == []
+            writer.close()
+
+    run(scenario())

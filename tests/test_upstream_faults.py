@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -219,5 +220,92 @@ def test_requests_in_flight_returns_to_zero(run: Run[None]) -> None:
             await raw_exchange(proxy.port, GET)
             await eventually(lambda: proxy.ctx.in_flight.count == 0)
             assert sample(proxy, "drain_proxy_requests_in_flight") == 0
+
+    run(scenario())
+
+
+async def _reads_head_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    await asyncio.sleep(3)  # the app stops reading the request body (the fault under test)
+
+
+def test_app_that_stops_reading_a_large_body_gives_504(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_reads_head_only) as port, running_proxy(
+                f"127.0.0.1:{port}", "--body-timeout", "0.3") as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            size = 64 * 1024 * 1024
+            writer.write(b"PUT /big HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
+            sender = asyncio.get_running_loop().create_task(_send_forever(writer, size))
+            reply = await asyncio.wait_for(reader.read(65536), 5)
+            assert reply.startswith(b"HTTP/1.1 504 ")
+            sender.cancel()
+            writer.close()
+            assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "timeout"}) == 1
+
+    run(scenario())
+
+
+async def _send_forever(writer: asyncio.StreamWriter, size: int) -> None:
+    piece = b"b" * 65536
+    with contextlib.suppress(ConnectionError):
+        for _ in range(size // len(piece)):
+            writer.write(piece)
+            await writer.drain()
+
+
+async def _streams_a_lot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    size = 64 * 1024 * 1024
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+    piece = b"r" * 65536
+    for _ in range(size // len(piece)):
+        writer.write(piece)
+        await writer.drain()
+
+
+def test_client_that_stops_reading_is_dropped_after_body_timeout(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_streams_a_lot) as port, running_proxy(
+                f"127.0.0.1:{port}", "--body-timeout", "0.3") as proxy:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(GET)  # and never read the answer
+            await eventually(lambda: sample(proxy, "drain_proxy_connections_closed_total",
+                                            {"reason": "error"}) == 1)
+            writer.close()
+
+    run(scenario())
+
+
+async def _closes_when_idle_100ms(reader: asyncio.StreamReader,
+                                  writer: asyncio.StreamWriter) -> None:
+    """Like an app server with a 100 ms keep-alive timeout: an idle connection is closed."""
+    while True:
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.1)
+        except TimeoutError:
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+
+def test_app_closing_idle_connections_every_100ms_costs_no_idempotent_request(
+        run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_closes_when_idle_100ms) as port, running_proxy(
+                f"127.0.0.1:{port}", "--upstream-idle-timeout", "30") as proxy:
+            rng = random.Random(7)
+            statuses: list[int] = []
+
+            async def client() -> None:
+                connection = await Client.open(proxy.port)
+                for _ in range(25):
+                    statuses.append((await connection.request()).status)
+                    await asyncio.sleep(rng.uniform(0.05, 0.15))  # idle around the app's limit
+                connection.close()
+
+            await asyncio.gather(*(client() for _ in range(8)))
+            assert statuses == [200] * 200
+            assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "reset"}) == 0
 
     run(scenario())

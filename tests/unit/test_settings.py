@@ -16,6 +16,7 @@ DEFAULTS: list[tuple[str, object]] = [
     ("loop", "auto"),
     ("idle_timeout_s", 75.0),
     ("header_timeout_s", 10.0),
+    ("body_timeout_s", 60.0),
     ("upstream_connect_timeout_s", 2.0),
     ("upstream_timeout_s", 60.0),
     ("upstream_idle_timeout_s", 2.0),
