@@ -288,6 +288,32 @@ async def raw_exchange(port: int, data: bytes, timeout_s: float = IO_TIMEOUT_S) 
     return bytes(received)
 
 
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def scripted_app(script: Script, backlog: int = 100) -> AsyncIterator[int]:
+    """A raw-socket app running ``script`` for every connection; yields its port, and
+    at the end waits for every connection's script to finish."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await script(reader, writer)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=backlog)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        if tasks:
+            await asyncio.wait(tasks, timeout=IO_TIMEOUT_S)
+
+
 # -- the proxy in-process ------------------------------------------------------------------------
 @contextlib.asynccontextmanager
 async def running_proxy(upstream: str, *flags: str,

@@ -6,37 +6,13 @@ import asyncio
 import contextlib
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from conftest import Run
-from helpers import Client, eventually, raw_exchange, running_proxy, sample
+from helpers import Client, Script, eventually, raw_exchange, running_proxy, sample, scripted_app
 
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 GET = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-
-
-@contextlib.asynccontextmanager
-async def scripted_app(script: Script) -> AsyncIterator[int]:
-    """A raw-socket app running ``script`` for every connection; yields its port."""
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await script(reader, writer)
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
 
 
 def closed_port() -> int:
