@@ -285,6 +285,8 @@ class ClientConnection(asyncio.Protocol):
         if self._out:
             if self.transport is not None:
                 self.transport.write(b"".join(self._out))
+                if self._active is not None and self._active.head_sent:
+                    self._active.head_flushed = True
             self._out.clear()
 
     def upstream_lost(self, failure: UpstreamFailure, response_started: bool) -> None:
@@ -379,10 +381,11 @@ class ClientConnection(asyncio.Protocol):
     def _upstream_failed(self, exchange: Exchange, failure: UpstreamFailure) -> None:
         self.ctx.metrics.upstream_errors.labels(failure.reason).inc()
         log.warning("upstream %s: %s", failure.reason, failure)
-        if exchange.head_sent or self.transport is None:
+        if exchange.head_flushed or self.transport is None:
             self._close_reason = "error"
             self._abort()  # the truncation must be visible: no fake end of body
             return
+        self._out.clear()  # a head still in our buffer: the client can get a clean 502
         exchange.error = http_policy.error_response(failure.status, str(failure))
         exchange.status = failure.status
         self._answer_with_error(exchange)

@@ -21,7 +21,7 @@ class Exchange:
     """State of one request from its first byte to the end of its response."""
 
     __slots__ = (
-        "body_done", "error", "finished", "framing_chunked", "head_sent", "pending",
+        "body_done", "error", "finished", "framing_chunked", "head_flushed", "head_sent", "pending",
         "pending_bytes", "replay", "replay_bytes", "request", "retried", "started_at",
         "status", "upstream",
     )
@@ -36,7 +36,8 @@ class Exchange:
         self.replay: list[bytes] | None = []
         self.replay_bytes = 0
         self.upstream: UpstreamConnection | None = None
-        self.head_sent = False
+        self.head_sent = False  # the response head is decided (it may still be buffered)
+        self.head_flushed = False  # ... and written to the client: an error now must abort
         self.framing_chunked = False
         self.status = 0
         self.retried = False

@@ -285,3 +285,64 @@ def test_app_closing_idle_connections_every_100ms_costs_no_idempotent_request(
             assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "reset"}) == 0
 
     run(scenario())
+
+
+async def _bad_chunk_after_head(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+    await reader.read()
+
+
+def test_invalid_chunking_from_the_app_gives_502_or_a_visible_truncation(
+        run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_bad_chunk_after_head) as port, running_proxy(
+                f"127.0.0.1:{port}") as proxy:
+            reply = await raw_exchange(proxy.port, GET)
+            # Head and bad chunk arrive in one read: nothing was sent yet, so a clean 502.
+            assert reply.startswith(b"HTTP/1.1 502 "), reply
+            assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "protocol"}) == 1
+
+    run(scenario())
+
+
+async def _early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while await reader.readuntil(b"\r\n\r\n"):
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                     b"HTTP/1.1 100 Continue\r\n\r\n"
+                     b"HTTP/1.1 103 Early Hints\r\nLink: </b.js>; rel=preload\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_1xx_sequences_are_relayed_and_unasked_100_is_not(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_early_hints) as port, running_proxy(
+                f"127.0.0.1:{port}") as proxy:
+            reply = await raw_exchange(proxy.port, GET)
+            assert reply.count(b"HTTP/1.1 103 ") == 2 and b"HTTP/1.1 100 " not in reply
+            assert reply.endswith(b"\r\n\r\nok")
+            old = await raw_exchange(proxy.port, b"GET / HTTP/1.0\r\n\r\n")
+            assert old.startswith(b"HTTP/1.1 200 "), "no 1xx for an HTTP/1.0 client"
+
+    run(scenario())
+
+
+async def _head_with_a_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while head := await reader.readuntil(b"\r\n\r\n"):
+        # A broken app: a body after a response to HEAD would poison a reused connection.
+        body = b"SMUGGLED RESPONSE" if head.startswith(b"HEAD") else b"ok"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def test_a_body_sent_after_a_head_response_never_reaches_the_next_request(
+        run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_head_with_a_body) as port, running_proxy(
+                f"127.0.0.1:{port}") as proxy:
+            client = await Client.open(proxy.port)
+            assert (await client.request("HEAD", "/")).body == b""
+            assert (await client.request("GET", "/")).body == b"ok"
+            client.close()
+
+    run(scenario())
