@@ -122,8 +122,9 @@ class App:
     raw_by_connection: list[bytearray] = field(default_factory=list)
     requests: list[ParsedRequest] = field(default_factory=list)
     server: asyncio.Server | None = None
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    record: bool = True  # keep raw bytes and requests (off for long runs)
 
     @property
     def port(self) -> int:
@@ -146,7 +147,7 @@ class App:
         """Close everything and let each connection handler end by itself."""
         if self.server is not None:
             self.server.close()
-        for writer in self.writers:
+        for writer in list(self.writers):
             writer.close()
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=IO_TIMEOUT_S)
@@ -157,17 +158,20 @@ class App:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raw = bytearray()
-        self.raw_by_connection.append(raw)
-        self.writers.append(writer)
+        if self.record:
+            self.raw_by_connection.append(raw)
+        self.writers.add(writer)
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
         connection = h11.Connection(h11.SERVER)
         # RuntimeError: uvloop's answer to a write on a transport the peer reset.
         with contextlib.suppress(ConnectionError, h11.ProtocolError, RuntimeError):
             while await self._serve_one(connection, reader, writer, raw):
                 connection.start_next_cycle()
         writer.close()
+        self.writers.discard(writer)
 
     async def _serve_one(self, connection: h11.Connection, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter, raw: bytearray) -> bool:
@@ -176,7 +180,8 @@ class App:
             event = connection.next_event()
             if event is h11.NEED_DATA:
                 data = await reader.read(65536)
-                raw += data
+                if self.record:
+                    raw += data
                 connection.receive_data(data)
             elif isinstance(event, h11.Request):
                 request = ParsedRequest(event.method, event.target, list(event.headers), b"")
@@ -191,7 +196,8 @@ class App:
             else:
                 return False
         assert request is not None
-        self.requests.append(request)
+        if self.record:
+            self.requests.append(request)
         status, headers, body = await self.handler(request)
         framed = any(n.lower() in ("content-length", "transfer-encoding") for n, _ in headers)
         if not framed and status >= 200 and status not in (204, 304):

@@ -31,6 +31,11 @@ BAD_REQUESTS = {
     "no-host": b"GET / HTTP/1.1\r\n\r\n",
     "two-hosts": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    "bare-cr": b"GET / HTTP/1.1\rHost: a\r\n\r\n",
+    "chunked-not-last": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+    "control-in-name": b"GET / HTTP/1.1\r\nHost: a\r\nX\x01Y: z\r\n\r\n",
+    "cl-in-trailers": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"3\r\nabc\r\n0\r\nContent-Length: 5\r\n\r\n",
 }
 
 

@@ -185,6 +185,9 @@ def test_max_connections_queues_new_connections_until_one_closes(run: Run[None])
             queued = asyncio.get_running_loop().create_task(waiting.request("GET", "/queued"))
             done, _ = await asyncio.wait({queued}, timeout=0.3)
             assert not done, "served beyond --max-connections"
+            admin = await Client.open(proxy.admin_port)
+            assert (await admin.request("GET", "/readyz")).status == 200, "no flapping"
+            admin.close()
             first.close()
             assert (await queued).body == b"GET /queued 0"
             second.close()

@@ -11,6 +11,7 @@ body, never two, and never more requests than llhttp found in what was sent.
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import h11
 import httptools
@@ -74,11 +75,14 @@ class _Replay:
         self.forwarded.append(b"".join([self.request.head, *self.body, last]))
 
 
-def forwarded(raw: bytes) -> tuple[list[bytes], int]:
+def forwarded(raw: bytes, cuts: list[int] | None = None) -> tuple[list[bytes], int]:
+    """Feed ``raw`` as the proxy would, in reads split at ``cuts``."""
     replay = _Replay()
+    bounds = [0, *sorted(set(cuts or [])), len(raw)]
     # Refused: what was complete before the error is all that was forwarded.
     with contextlib.suppress(HttpError, httptools.HttpParserError, httptools.HttpParserUpgrade):
-        replay.parser.feed_data(raw)
+        for start, end in itertools.pairwise(bounds):
+            replay.parser.feed_data(raw[start:end])
     return replay.forwarded, replay.parsed
 
 
@@ -143,7 +147,8 @@ def _mutate(data: st.DataObject, raw: bytes) -> bytes:
 def test_forwarded_requests_are_canonical_under_mutation(data: st.DataObject) -> None:
     raw = b"".join(data.draw(st.lists(st.sampled_from(SEEDS), min_size=1, max_size=3)))
     raw = _mutate(data, raw)
-    requests, parsed = forwarded(raw)
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=4))  # read boundaries
+    requests, parsed = forwarded(raw, cuts)
     assert len(requests) <= parsed
     for request in requests:
         assert _one_request_llhttp(request) == _one_request_h11(request), request
