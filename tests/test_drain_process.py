@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from conftest import Run
@@ -21,6 +22,19 @@ from helpers import (
 )
 
 WINDOW = ("--propagation-window", "1", "--drain-timeout", "3")
+
+
+@contextlib.asynccontextmanager
+async def process_under_test(loop_kind: str,
+                             *flags: str) -> AsyncIterator[tuple[SlowApp, ProxyProcess]]:
+    """The app in this process, ``python -m proxy`` in front of it; both stopped at the end."""
+    app = await SlowApp().start()
+    proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, *flags)
+    try:
+        yield app, proxy
+    finally:
+        await proxy.kill()
+        await app.stop()
 
 
 class SlowApp(App):
@@ -100,10 +114,8 @@ async def _wait_until_refused(port: int, deadline_s: float) -> float:
 
 def test_sigterm_under_load_loses_no_request(run: Run[None], loop_kind: str) -> None:
     async def scenario() -> None:
-        app = await SlowApp().start()
-        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, *WINDOW)
-        loop = asyncio.get_running_loop()
-        try:
+        async with process_under_test(loop_kind, *WINDOW) as (app, proxy):
+            loop = asyncio.get_running_loop()
             admin = await Client.open(proxy.admin_port)
             load = Load(proxy.port)
             workers = [loop.create_task(load.keep_alive_client()) for _ in range(4)]
@@ -136,9 +148,6 @@ def test_sigterm_under_load_loses_no_request(run: Run[None], loop_kind: str) -> 
             assert load.closes_seen > 0
             for client in (admin, idle, slow, late):
                 client.close()
-        finally:
-            await proxy.kill()
-            await app.stop()
         assert "phase drained" in proxy.log_text()
 
     run(scenario())
@@ -147,10 +156,8 @@ def test_sigterm_under_load_loses_no_request(run: Run[None], loop_kind: str) -> 
 def test_drain_endpoint_blocks_until_drained_then_sigterm_exits_at_once(
         run: Run[None], loop_kind: str) -> None:
     async def scenario() -> None:
-        app = await SlowApp().start()
-        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, *WINDOW)
-        loop = asyncio.get_running_loop()
-        try:
+        async with process_under_test(loop_kind, *WINDOW) as (_app, proxy):
+            loop = asyncio.get_running_loop()
             slow = await Client.open(proxy.port)
             slow_request = loop.create_task(slow.request("GET", "/slow?s=1.5"))
             pre_stop = await Client.open(proxy.admin_port)  # the app container's preStop hook
@@ -173,18 +180,13 @@ def test_drain_endpoint_blocks_until_drained_then_sigterm_exits_at_once(
             assert loop.time() - sent < 1.0
             for client in (slow, pre_stop, admin):
                 client.close()
-        finally:
-            await proxy.kill()
-            await app.stop()
 
     run(scenario())
 
 
 def test_drain_without_waiting_answers_202(run: Run[None], loop_kind: str) -> None:
     async def scenario() -> None:
-        app = await App().start()
-        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, *WINDOW)
-        try:
+        async with process_under_test(loop_kind, *WINDOW) as (_app, proxy):
             admin = await Client.open(proxy.admin_port)
             response = await admin.request("GET", "/drain?wait=false")
             assert response.status == 202
@@ -193,20 +195,15 @@ def test_drain_without_waiting_answers_202(run: Run[None], loop_kind: str) -> No
             admin.close()
             proxy.signal(signal.SIGTERM)  # joins the running drain, exits when it is over
             assert await proxy.wait() == 0
-        finally:
-            await proxy.kill()
-            await app.stop()
 
     run(scenario())
 
 
 def test_second_signal_cuts_in_flight_work_and_exits_1(run: Run[None], loop_kind: str) -> None:
     async def scenario() -> None:
-        app = await SlowApp().start()
-        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, "--propagation-window", "5",
-                                         "--drain-timeout", "10")
-        loop = asyncio.get_running_loop()
-        try:
+        async with process_under_test(
+                loop_kind, "--propagation-window", "5", "--drain-timeout", "10") as (app, proxy):
+            loop = asyncio.get_running_loop()
             slow = await Client.open(proxy.port)
             slow_request = loop.create_task(slow.request("GET", "/slow?s=5"))
             await app.slow_arrived.wait()
@@ -224,9 +221,6 @@ def test_second_signal_cuts_in_flight_work_and_exits_1(run: Run[None], loop_kind
             except (ConnectionError, TimeoutError):
                 pass
             slow.close()
-        finally:
-            await proxy.kill()
-            await app.stop()
         assert "cut 1 in-flight requests" in proxy.log_text()
 
     run(scenario())
@@ -235,11 +229,9 @@ def test_second_signal_cuts_in_flight_work_and_exits_1(run: Run[None], loop_kind
 def test_drain_deadline_cuts_a_request_slower_than_the_timeout(
         run: Run[None], loop_kind: str) -> None:
     async def scenario() -> None:
-        app = await SlowApp().start()
-        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind,
-                                         "--propagation-window", "0.2", "--drain-timeout", "0.5")
-        loop = asyncio.get_running_loop()
-        try:
+        async with process_under_test(
+                loop_kind, "--propagation-window", "0.2", "--drain-timeout", "0.5") as (app, proxy):
+            loop = asyncio.get_running_loop()
             slow = await Client.open(proxy.port)
             slow_request = loop.create_task(slow.request("GET", "/slow?s=5"))
             await app.slow_arrived.wait()
@@ -250,9 +242,6 @@ def test_drain_deadline_cuts_a_request_slower_than_the_timeout(
             outcome = (await asyncio.gather(slow_request, return_exceptions=True))[0]
             assert isinstance(outcome, ConnectionError | TimeoutError)
             slow.close()
-        finally:
-            await proxy.kill()
-            await app.stop()
         assert "cut 1 in-flight requests" in proxy.log_text()
 
     run(scenario())
@@ -263,10 +252,8 @@ def test_kubelet_classic_sidecar_sequence_loses_nothing(run: Run[None], loop_kin
     SIGTERM start together; the app is stopped only when its preStop returns."""
 
     async def scenario() -> None:
-        app = await SlowApp().start()
-        proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, *WINDOW)
-        loop = asyncio.get_running_loop()
-        try:
+        async with process_under_test(loop_kind, *WINDOW) as (app, proxy):
+            loop = asyncio.get_running_loop()
             load = Load(proxy.port)
             workers = [loop.create_task(load.keep_alive_client()) for _ in range(4)]
             slow = await Client.open(proxy.port)
@@ -285,8 +272,5 @@ def test_kubelet_classic_sidecar_sequence_loses_nothing(run: Run[None], loop_kin
             assert load.failures == [] and load.served > 20
             slow.close()
             pre_stop_hook.close()
-        finally:
-            await proxy.kill()
-            await app.stop()
 
     run(scenario())
