@@ -1,4 +1,4 @@
-"""Latency/throughput/CPU benchmark: drain-proxy vs nginx and haproxy as reverse proxies.
+"""Latency/throughput/CPU benchmark: drain-proxy vs nginx and haproxy (HTTP), nginx stream (TCP).
 
 A proxy's cost is what it *adds* over calling the app directly, so every proxy fronts the same
 trivial app and is compared with `direct`.  Runs are interleaved (A B C A B C) so drift hits all
@@ -26,12 +26,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import tcp_targets as tcp  # the TCP-mode targets (drain-proxy --mode tcp, nginx stream)
+
 ROOT = Path(__file__).resolve().parent.parent
 SELF = str(Path(__file__).resolve())
-ALL_TARGETS = ["direct", "drain-proxy-uvloop", "drain-proxy-asyncio", "nginx-proxy", "haproxy"]
+ALL_TARGETS = ["direct", "drain-proxy-uvloop", "drain-proxy-asyncio", "nginx-proxy", "haproxy",
+               *tcp.TCP_TARGETS]
 UNIT_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
 HEADER = ("| target | conns | req/s (median) | spread | p50 us | p99 us "
-          "| added p50 vs direct (us) | proxy CPU us/req | CPU ratio vs nginx-proxy |")
+          "| added p50 vs direct (us) | proxy CPU us/req | CPU ratio vs {base} |")
 Proc = subprocess.Popen[bytes]
 SBIN = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"  # nginx/haproxy are in /usr/sbin
 
@@ -186,11 +189,11 @@ class Bench:
             time.sleep(0.05)
         return f"no 200 on {path} within 15 s"
 
-    def start_nginx(self, name: str, server_conf: str, port: int) -> Target:
+    def start_nginx(self, name: str, server_conf: str, port: int, conf: str = NGINX_CONF) -> Target:
         """Foreground nginx with its own prefix dir, so no system path is read or written."""
         d = self.tmp / name
         d.mkdir()
-        (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, server=server_conf))
+        (d / "nginx.conf").write_text(conf.format(d=d, server=server_conf))
         argv = [self.nginx or "nginx", "-p", str(d), "-e", str(d / "error.log"),
                 "-c", str(d / "nginx.conf"), "-g", "daemon off;"]
         proc = self.spawn(argv, name)
@@ -209,30 +212,34 @@ class Bench:
         if t.error:
             raise SystemExit(f"app failed to start: {t.error}")
 
-    def start_drain(self, name: str, loop: str) -> Target:
+    def start_drain(self, name: str, extra: list[str]) -> Target:
         """`python -m proxy` from the repo root; ready once /livez *and* a proxied GET give 200."""
         if not (ROOT / "proxy" / "__main__.py").exists():
             return Target(name, error="not available: proxy/__main__.py missing")
         port, admin = free_port(), free_port()
         argv = [sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{port}",
                 "--upstream", f"127.0.0.1:{self.app_port}", "--admin", f"127.0.0.1:{admin}",
-                "--loop", loop, "--log-level", "warning",  # and on SIGTERM exit now, not drain:
+                *extra, "--log-level", "warning",  # and on SIGTERM exit now, not drain:
                 "--propagation-window", "0", "--drain-timeout", "1"]
         proc = self.spawn(argv, name, cwd=ROOT)
         err = self.wait_ready(proc, admin, "/livez", name) or self.wait_ready(proc, port, "/", name)
         return Target(name, port, proc.pid, proc, f"not available: {err}" if err else None)
 
     def start_target(self, name: str) -> Target:
-        """Start one target; a missing binary gives a skipped row rather than an abort."""
+        """Start one target; a missing binary or module gives a skipped row, not an abort."""
         if name == "direct":
             return Target(name, self.app_port)
         if name.startswith("drain-proxy-"):
-            return self.start_drain(name, name.removeprefix("drain-proxy-"))
-        port, exe = free_port(), self.nginx if name == "nginx-proxy" else self.haproxy
+            return self.start_drain(name, tcp.DRAIN_ARGS[name])
+        port, exe = free_port(), self.haproxy if name == "haproxy" else self.nginx
         if not exe:
             return Target(name, error=f"skipped: {name.split('-')[0]} not installed")
         if name == "nginx-proxy":  # upstream keep-alive: nginx's fast proxy configuration
             return self.start_nginx(name, NGINX_PROXY % (self.app_port, port), port)
+        if name == "nginx-stream":  # a plain TCP relay: the CPU baseline of the TCP-mode table
+            if conf := tcp.stream_conf(exe):  # None: the stream module is not installed
+                return self.start_nginx(name, tcp.STREAM_SERVER % (port, self.app_port), port, conf)
+            return Target(name, error=tcp.NO_STREAM)
         (self.tmp / "haproxy.cfg").write_text(HAPROXY % (port, self.app_port))
         proc = self.spawn([exe, "-db", "-f", str(self.tmp / "haproxy.cfg")], name)
         return Target(name, port, proc.pid, proc, self.wait_ready(proc, port, "/", name))
@@ -277,18 +284,18 @@ class Bench:
                         t.samples.setdefault(conns, []).extend([s] if i >= 0 else [])
 
 
-def row(name: str, c: int, m: Stats, direct: Stats | None, ngx: Stats | None) -> str:
+def row(name: str, c: int, m: Stats, direct: Stats | None, base: Stats | None) -> str:
     """One table row; deltas only where the reference row was measured."""
     added = f"{m.p50_us - direct.p50_us:+.0f}" if direct and name != "direct" else "-"
-    cpu, ncpu = m.cpu_us_per_req, ngx.cpu_us_per_req if ngx else None
+    cpu, ncpu = m.cpu_us_per_req, base.cpu_us_per_req if base else None
     ratio = f"{cpu / ncpu:.2f}x" if cpu is not None and ncpu else "-"
     return (f"| {name} | {c} | {m.rps:.0f} | {m.rps_min:.0f}-{m.rps_max:.0f} | {m.p50_us:.0f}"
             f" | {m.p99_us:.0f} | {added} | {'-' if cpu is None else f'{cpu:.1f}'} | {ratio} |")
 
 
-def table(targets: list[Target], conns_list: list[int]) -> tuple[str, list[dict[str, object]]]:
-    """Markdown table plus the raw medians (for --json), per target and connection count."""
-    lines, raw = [HEADER, "|" + "---|" * 9], []
+def table(targets: list[Target], conns_list: list[int], base: str) -> str:
+    """Markdown table per target and connection count; the CPU ratio is against `base`."""
+    lines = [HEADER.format(base=base), "|" + "---|" * 9]
     for c in conns_list:
         st = {t.name: Stats.of(t.samples[c]) for t in targets if t.samples.get(c)}
         for t in targets:
@@ -296,10 +303,8 @@ def table(targets: list[Target], conns_list: list[int]) -> tuple[str, list[dict[
             if t.name not in st:
                 lines.append(f"| {name} | {c} | {t.error or 'no data'} |" + " - |" * 6)
                 continue
-            raw.append({"target": t.name, "conns": c, **asdict(st[t.name]),
-                        "samples": [asdict(s) for s in t.samples[c]]})
-            lines.append(row(name, c, st[t.name], st.get("direct"), st.get("nginx-proxy")))
-    return "\n".join(lines), raw
+            lines.append(row(name, c, st[t.name], st.get("direct"), st.get(base)))
+    return "\n".join(lines)
 
 
 async def serve_app(port: int) -> None:
@@ -369,7 +374,10 @@ def report(b: Bench, targets: list[Target], args: argparse.Namespace) -> None:
     load = "wrk -t1 --latency" if b.wrk else "built-in asyncio client (wrk not installed)"
     meta = {"app": b.app_kind, "load": f"{load}, {args.duration} s x {args.repeat} interleaved",
             "pinning": pin}
-    text, raw = table(targets, args.connections)
+    raw = [{"target": t.name, "conns": c, **asdict(Stats.of(ss)), "samples": list(map(asdict, ss))}
+           for c in args.connections for t in targets if (ss := t.samples.get(c))]
+    text = "\n\n".join(f"{title}\n\n{table(ts, args.connections, base)}"
+                       for title, base, ts in tcp.table_groups(targets))
     print("\n".join(f"{k}: {v}" for k, v in meta.items()) + f"\n\n{text}")
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "results": raw}, indent=2) + "\n")
