@@ -2,7 +2,7 @@
 
 This protocol only moves bytes, timers and flow control; what a message may
 contain and how it is re-framed is ``http_policy``'s job, and whether a response
-ends the connection is decided in exactly one place, ``_close_reason_for``
+ends the connection is decided in exactly one place, ``rotation.close_reason``
 (client wish, framing, drain, rotation).  Every close has a counted reason.
 
 Flow control is explicit both ways: when the app's socket is full we stop
@@ -26,7 +26,7 @@ from proxy.context import ProxyContext
 from proxy.deadline import Deadline
 from proxy.exchange import Exchange
 from proxy.http_policy import Framing, HeadCollector, Headers, HttpError
-from proxy.rotation import rotation_reason
+from proxy.rotation import close_reason
 from proxy.tunnel import Tunnel, splice
 from proxy.upstream import UpstreamConnection, UpstreamFailure
 
@@ -331,17 +331,12 @@ class ClientConnection(asyncio.Protocol):
     # -- the one place that decides whether a response ends the connection -------------------
     def _close_reason_for(self, exchange: Exchange, framing: Framing) -> str | None:
         assert exchange.request is not None
-        if not exchange.request.client_keep_alive or framing is Framing.CLOSE:
-            return "peer"
-        if not exchange.body_done:
-            return "error"  # the app answered early; the rest of the body cannot be resynced
-        if self._queue:
-            return None  # answer the pipelined requests first; the last response closes
-        if self._input_closed:
-            return "peer"
-        if self.ctx.timeline.close_after_response:
-            return "drain"
-        return rotation_reason(self._served + 1, self._budget, self._expires_at, self._loop.time())
+        return close_reason(
+            client_keep_alive=exchange.request.client_keep_alive,
+            close_delimited=framing is Framing.CLOSE, body_done=exchange.body_done,
+            pipelined=bool(self._queue), input_closed=self._input_closed,
+            draining=self.ctx.timeline.close_after_response, served=self._served + 1,
+            budget=self._budget, expires_at=self._expires_at, now=self._loop.time())
 
     # -- ending exchanges and the connection --------------------------------------------------
     def _complete(self, exchange: Exchange) -> None:

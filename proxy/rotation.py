@@ -1,4 +1,4 @@
-"""Keep-alive rotation: when a connection has served enough, ask the client to reconnect.
+"""Whether a response ends its connection: keep-alive rotation, the drain, the client.
 
 Clients that hold keep-alive connections stay pinned to the pods they first
 reached, so pods added by an autoscaler get no traffic.  Like nginx's
@@ -8,6 +8,8 @@ opens a new connection, which the Service balances afresh.  No request fails.
 
 Each connection's budget is drawn uniformly in ``[N(1-F), N(1+F)]`` (the same for
 age), so connections opened together do not all rotate in the same instant.
+``close_reason`` is the one decision every response goes through (client wish,
+framing, drain, rotation); the client connection only carries it out.
 Sans-IO: the random source and the clock are passed in.
 """
 
@@ -49,3 +51,21 @@ def rotation_reason(served: int, budget: int, expires_at: float, now: float) -> 
     if now >= expires_at:
         return "max_age"
     return None
+
+
+def close_reason(*, client_keep_alive: bool, close_delimited: bool, body_done: bool,
+                 pipelined: bool, input_closed: bool, draining: bool, served: int,
+                 budget: int, expires_at: float, now: float) -> str | None:
+    """Why this response must carry ``Connection: close`` (a closed-connections label),
+    or None to keep the connection.  ``served`` counts this response."""
+    if not client_keep_alive or close_delimited:
+        return "peer"
+    if not body_done:
+        return "error"  # the app answered early; the rest of the body cannot be resynced
+    if pipelined:
+        return None  # answer the pipelined requests first; the last response closes
+    if input_closed:
+        return "peer"
+    if draining:
+        return "drain"
+    return rotation_reason(served, budget, expires_at, now)
