@@ -18,6 +18,7 @@ import logging
 
 from proxy.context import ProxyContext
 from proxy.tunnel import Tunnel, TunnelEnd
+from proxy.upstream import UpstreamFailure, connect_to_app
 
 log = logging.getLogger("drain_proxy.tcp")
 
@@ -58,19 +59,11 @@ class TcpSession:
             self._rotation = self._loop.call_at(expires_at, self._rotate_when_idle)
 
     async def _connect(self) -> None:
-        settings = self.ctx.settings
-        address = settings.upstream
-        factory = lambda: self.tunnel.upstream  # noqa: E731 - the protocol already exists
         try:
-            async with asyncio.timeout(settings.upstream_connect_timeout_s):
-                if address.unix_path is not None:
-                    await self._loop.create_unix_connection(factory, address.unix_path)
-                else:
-                    await self._loop.create_connection(factory, address.host, address.port)
-        except (OSError, TimeoutError) as error:
-            reason = "timeout" if isinstance(error, TimeoutError) else "connect"
-            self.ctx.metrics.upstream_errors.labels(reason).inc()
-            log.warning("tcp: cannot connect to the app: %r", error)
+            await connect_to_app(self.ctx.settings, self.tunnel.upstream)
+        except UpstreamFailure as failure:
+            self.ctx.metrics.upstream_errors.labels(failure.reason).inc()
+            log.warning("tcp: %s", failure)
             if self.client_end.transport is not None:
                 self.client_end.transport.close()  # promptly: the client sees EOF, not a hang
             return

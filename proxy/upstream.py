@@ -284,6 +284,24 @@ class _StrayResponse(Exception):
     """Raised inside llhttp callbacks to stop parsing a response we did not ask for."""
 
 
+async def connect_to_app(settings: Settings, protocol: asyncio.Protocol) -> None:
+    """Connect ``protocol`` to the app (TCP or unix socket) within the connect timeout;
+    UpstreamFailure 502 when refused, 504 when it timed out.  Used by the pool and by
+    TCP mode."""
+    loop = asyncio.get_running_loop()
+    address = settings.upstream
+    try:
+        async with asyncio.timeout(settings.upstream_connect_timeout_s):
+            if address.unix_path is not None:
+                await loop.create_unix_connection(lambda: protocol, address.unix_path)
+            else:
+                await loop.create_connection(lambda: protocol, address.host, address.port)
+    except TimeoutError:
+        raise UpstreamFailure(504, "timeout", "connecting to the app timed out") from None
+    except OSError as error:
+        raise UpstreamFailure(502, "connect", f"cannot connect to the app: {error}") from None
+
+
 class UpstreamPool:
     """Idle keep-alive connections to the app, and new connections when none is idle."""
 
@@ -302,21 +320,9 @@ class UpstreamPool:
 
     async def connect(self) -> UpstreamConnection:
         """A fresh connection, or UpstreamFailure (502 refused, 504 timed out)."""
-        loop = asyncio.get_running_loop()
-        address = self.settings.upstream
-        try:
-            async with asyncio.timeout(self.settings.upstream_connect_timeout_s):
-                if address.unix_path is not None:
-                    _, protocol = await loop.create_unix_connection(
-                        lambda: UpstreamConnection(self), address.unix_path)
-                else:
-                    _, protocol = await loop.create_connection(
-                        lambda: UpstreamConnection(self), address.host, address.port)
-        except TimeoutError:
-            raise UpstreamFailure(504, "timeout", "connecting to the app timed out") from None
-        except OSError as error:
-            raise UpstreamFailure(502, "connect", f"cannot connect to the app: {error}") from None
-        return protocol
+        connection = UpstreamConnection(self)
+        await connect_to_app(self.settings, connection)
+        return connection
 
     def release(self, connection: UpstreamConnection) -> None:
         transport = connection.transport

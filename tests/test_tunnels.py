@@ -15,33 +15,20 @@ from websockets.exceptions import ConnectionClosed
 from proxy.tunnel import reset
 
 from conftest import Run
-from helpers import App, ParsedRequest, Reply, eventually, running_proxy, sample
+from helpers import App, ParsedRequest, Reply, eventually, running_proxy, sample, scripted_app
 
 
-@contextlib.asynccontextmanager
-async def echo_server() -> AsyncIterator[int]:
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """A TCP echo app: answers each read, and says BYE once the client half-closes."""
-    tasks: set[asyncio.Task[None]] = set()
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.write(b"BYE")
+    await writer.drain()
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-            writer.write(b"BYE")
-            await writer.drain()
-        writer.close()
 
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+def echo_server() -> contextlib.AbstractAsyncContextManager[int]:
+    return scripted_app(_echo)
 
 
 def test_tcp_mode_relays_both_ways_with_half_close(run: Run[None]) -> None:
