@@ -142,39 +142,54 @@ _REQUEST_ROLES = {
 }
 # Connection tokens that name nothing we would forward anyway.
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"te", b""})
+_NO_TOKENS: frozenset[bytes] = frozenset()
+_PLAIN_TOKEN_SETS = {token: frozenset({token}) for token in _PLAIN_CONNECTION_TOKENS}
 
 
 class _RequestScan:
     """What one pass over the request headers found."""
 
-    __slots__ = ("expects", "framing", "host", "hosts", "length", "lines", "noted", "tokens",
-                 "upgrade", "xff")
+    __slots__ = ("expects", "forwarded_host", "forwarded_proto", "framing", "host", "hosts",
+                 "length", "lines", "tokens", "upgrade", "xff")
 
     def __init__(self) -> None:
         self.framing, self.length, self.hosts = Framing.NONE, 0, 0
         self.host: bytes | None = None
         self.xff = b""
-        self.noted: set[bytes] = set()
-        self.tokens: set[bytes] = set()
-        self.expects = False
+        self.forwarded_proto = self.forwarded_host = self.expects = False
+        self.tokens = _NO_TOKENS  # replaced, not updated: most requests have no Connection
         self.upgrade = b""
         self.lines: list[bytes] = []
+
+
+def _connection_tokens(value: bytes) -> frozenset[bytes]:
+    """The lowercased tokens of one Connection field value (most are one plain token)."""
+    plain = _PLAIN_TOKEN_SETS.get(value.lower())
+    if plain is not None:
+        return plain
+    return frozenset(token.strip().lower() for token in value.split(b","))
 
 
 def _scan_request_headers(headers: Headers, http_10: bool, authority: bytes | None,
                           strip: frozenset[bytes]) -> _RequestScan:
     scan = _RequestScan()
     lines = scan.lines
+    roles = _REQUEST_ROLES
     for name, value in headers:
         lowered = name.lower()
-        role = _REQUEST_ROLES.get(lowered)
-        if lowered in strip:
-            continue
+        role = roles.get(lowered)
         if role is None:
-            lines += (name, b": ", value, b"\r\n")
+            if lowered not in strip:
+                lines += (name, b": ", value, b"\r\n")
+        elif lowered in strip:
+            continue
         elif role == _NOTED:
-            scan.noted.add(lowered)
-            scan.expects |= lowered == b"expect" and value.strip().lower() == b"100-continue"
+            if lowered == b"expect":
+                scan.expects = value.strip().lower() == b"100-continue"
+            elif lowered == b"x-forwarded-proto":
+                scan.forwarded_proto = True
+            else:
+                scan.forwarded_host = True
             lines += (name, b": ", value, b"\r\n")
         elif role == _LENGTH:
             scan.framing, scan.length = Framing.LENGTH, int(value)  # llhttp: digits, single
@@ -187,7 +202,7 @@ def _scan_request_headers(headers: Headers, http_10: bool, authority: bytes | No
             scan.host = value
             lines += (name, b": ", authority or value, b"\r\n")
         elif role == _CONNECTION:
-            scan.tokens.update(t.strip().lower() for t in value.split(b","))
+            scan.tokens = scan.tokens | _connection_tokens(value)
         elif role == _XFF:
             scan.xff = scan.xff + b", " + value if scan.xff else value
         elif role == _ALIAS:
@@ -219,10 +234,10 @@ def check_request(
         raise HttpError(405, "CONNECT is not supported")
     http_10 = version == "1.0"
     target, authority = _origin_form(method, url)
-    scan = _scan_request_headers(headers, http_10, authority, frozenset())
-    extra_tokens = scan.tokens - _PLAIN_CONNECTION_TOKENS - _NEVER_STRIPPED
+    scan = _scan_request_headers(headers, http_10, authority, _NO_TOKENS)
+    extra_tokens = scan.tokens and scan.tokens - _PLAIN_CONNECTION_TOKENS - _NEVER_STRIPPED
     if extra_tokens:  # rare: Connection names end-to-end-looking headers to drop
-        scan = _scan_request_headers(headers, http_10, authority, frozenset(extra_tokens))
+        scan = _scan_request_headers(headers, http_10, authority, extra_tokens)
     if scan.hosts > 1 or (scan.hosts == 0 and not http_10):
         raise HttpError(400, "HTTP/1.1 requests need exactly one Host header")
     upgrade = None
@@ -239,10 +254,10 @@ def check_request(
         lines += (b"Host: ", authority or default_host, b"\r\n")
     lines += (b"X-Forwarded-For: ", scan.xff + b", " + client_ip if scan.xff else client_ip,
               b"\r\n")
-    if b"x-forwarded-proto" not in scan.noted:
+    if not scan.forwarded_proto:
         lines.append(b"X-Forwarded-Proto: http\r\n")
     forwarded_host = authority or scan.host  # absolute form: the target's authority wins
-    if b"x-forwarded-host" not in scan.noted and forwarded_host is not None:
+    if not scan.forwarded_host and forwarded_host is not None:
         lines += (b"X-Forwarded-Host: ", forwarded_host, b"\r\n")
     lines.append(_framing_line(scan.framing, scan.length))
     return ForwardRequest(
@@ -293,31 +308,33 @@ def build_response_head(
     client_http_10: bool,
 ) -> bytes:
     """Serialise the response head for the client with our framing and Connection."""
-    lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
     length = b""
-    tokens: set[bytes] = set()
+    tokens = _NO_TOKENS
+    hop_by_hop = _HOP_BY_HOP
     for name, value in headers:
         lowered = name.lower()
-        if lowered not in _HOP_BY_HOP:
+        if lowered not in hop_by_hop:
             lines += (name, b": ", value, b"\r\n")
         elif lowered == b"content-length":
             length = value
         elif lowered == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    extra_tokens = tokens - _PLAIN_CONNECTION_TOKENS - _NEVER_STRIPPED
+            tokens = tokens | _connection_tokens(value)
+    extra_tokens = tokens and tokens - _PLAIN_CONNECTION_TOKENS - _NEVER_STRIPPED
     if extra_tokens:  # rare: drop the fields that Connection names, then start over
         dropped = extra_tokens | {b"connection"}  # its tokens are now dealt with
         kept = [(n, v) for n, v in headers if n.lower() not in dropped]
         return build_response_head(status, reason, kept, framing, close, client_http_10)
     if framing is Framing.LENGTH or (length and framing is Framing.NONE and status != 204):
-        lines += (b"Content-Length: ", b"%d" % int(length), b"\r\n")  # HEAD, 304 keep theirs
+        lines.append(b"Content-Length: %d\r\n" % int(length))  # HEAD, 304 keep theirs
     elif framing is Framing.CHUNKED:
         lines.append(b"Transfer-Encoding: chunked\r\n")
     if close:
-        lines.append(b"Connection: close\r\n")
+        lines.append(b"Connection: close\r\n\r\n")
     elif client_http_10:
-        lines.append(b"Connection: keep-alive\r\n")
-    lines.append(b"\r\n")
+        lines.append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        lines.append(b"\r\n")
     return b"".join(lines)
 
 
