@@ -1,6 +1,6 @@
-"""TCP-mode targets for bench_latency.py: drain-proxy `--mode tcp` against nginx's `stream` module.
+"""TCP-mode targets for the benchmark: drain-proxy `--mode tcp` against nginx's `stream` module.
 
-Both are plain byte relays in front of the same app, so wrk's keep-alive HTTP passes through them
+Both are plain byte relays in front of the same app, so keep-alive HTTP passes through them
 unparsed.  Their CPU ratio is taken against `nginx-stream` (a relay), never `nginx-proxy` (an HTTP
 proxy): comparing a relay's cost with a parser's would flatter the relay.
 """
@@ -20,8 +20,8 @@ DRAIN_ARGS = {  # extra `python -m proxy` flags per drain-proxy target
 }
 MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules")
 NO_STREAM = "skipped: nginx stream module not installed (apt-get install libnginx-mod-stream)"
-# A str.format template like bench_latency.NGINX_CONF: stream_conf() fills {load}, then
-# Bench.start_nginx fills {d} (its prefix dir) and {server}.  1 worker; no http block is needed.
+# A str.format template like targets.NGINX_CONF: stream_conf() fills {load}, then
+# Servers.nginx_argv fills {d} (its prefix dir) and {server}.  1 worker; no http block is needed.
 STREAM_CONF = """{load}worker_processes 1; pid {d}/nginx.pid; events {{ worker_connections 4096; }}
 stream {{ {server} }}
 """
@@ -29,7 +29,7 @@ STREAM_SERVER = "server { listen 127.0.0.1:%d; proxy_pass 127.0.0.1:%d; }"
 
 
 class Named(Protocol):
-    """Anything with a target name (bench_latency.Target)."""
+    """Anything with a target name (targets.Target)."""
     name: str
 
 
@@ -56,19 +56,20 @@ def stream_conf(nginx: str) -> str | None:
 
 
 def table_groups(targets: list[T]) -> list[tuple[str, str, list[T]]]:
-    """(title, CPU-ratio baseline, targets) per table; `direct` is repeated atop the TCP table.
+    """(title, CPU-ratio baseline, targets) per mode; `direct` is repeated atop the TCP table.
 
-    The HTTP table is printed unless only `direct` and TCP targets were chosen; the TCP table
-    only when a TCP target was chosen.
+    The title has a `{body}` field: each mode gets one table per body size.  The HTTP tables are
+    printed unless only `direct` and TCP targets were chosen; the TCP ones only when a TCP
+    target was chosen.
     """
     http = [t for t in targets if t.name not in TCP_TARGETS]
     tcp = [t for t in targets if t.name in TCP_TARGETS]
     groups = []
     if any(t.name != "direct" for t in http) or (http and not tcp):
-        groups.append(("HTTP mode: reverse proxies, CPU ratio vs nginx-proxy", "nginx-proxy",
-                       http))
+        groups.append(("HTTP mode, {body}: reverse proxies, CPU ratio vs nginx-proxy",
+                       "nginx-proxy", http))
     if tcp:
-        groups.append(("TCP mode: byte relays (wrk's HTTP passes through unparsed), "
+        groups.append(("TCP mode, {body}: byte relays (HTTP passes through unparsed), "
                        "CPU ratio vs nginx-stream", "nginx-stream",
                        [t for t in http if t.name == "direct"] + tcp))
     return groups

@@ -1,0 +1,114 @@
+"""The latency benchmark runs end to end and its outputs make sense.
+
+The numbers are not checked (a CI machine is too noisy for that); what is checked is that the
+one documented command works: it starts the targets, prints the tables, and writes a JSON file
+with nonzero figures and a real PNG.  The built-in app and load client are forced where a test
+must behave the same on machines with and without nginx and wrk; they are also what a fresh
+machine falls back to.  The fast test runs without matplotlib (tables only); the slow ones
+(in CI) draw the chart and use every target with whatever tools are installed.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks" / "bench_latency.py"
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="the benchmark reads CPU time from /proc")
+
+
+def run_bench(out: Path, *args: str,
+              python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """A 1 s run at 1 connection, warnings as errors (as in pytest), no warm-up."""
+    argv = [sys.executable, "-W", "error", *python_flags, str(BENCH), "--connections", "1",
+            "--duration", "1", "--repeat", "1", "--warmup", "0", "--out", str(out), *args]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=50, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "warning" not in res.stderr.lower(), res.stderr[-2000:]
+    return res
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from the PNG signature and IHDR chunk; fails on anything else."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", head[16:24])
+    return int(width), int(height)
+
+
+def rows(stdout: str, label: str) -> list[list[str]]:
+    """The cells of every table row for one target."""
+    return [[c.strip() for c in line.strip("|").split("|")]
+            for line in stdout.splitlines() if line.startswith(f"| {label} |")]
+
+
+def check_json(path: Path, targets: tuple[str, ...], bodies: tuple[str, ...]) -> dict[str, Any]:
+    """Every (target, body) measured once, with nonzero figures and CPU billed to proxies only."""
+    doc: dict[str, Any] = json.loads(path.read_text())
+    results = {(r["target"], r["body"]): r for r in doc["results"]}
+    assert set(results) == {(t, b) for t in targets for b in bodies}
+    for (target, _), r in results.items():
+        assert r["rps"] > 0 and r["requests"] > 0 and r["errors"] == 0
+        assert 0 < r["p50_us"] <= r["p75_us"] <= r["p90_us"] <= r["p99_us"]
+        assert (r["cpu_us_per_req"] is None) == (target == "direct")
+        assert target == "direct" or r["cpu_us_per_req"] > 0
+        assert len(r["samples"]) == 1
+    assert doc["errors"] == {}
+    return doc
+
+
+def test_tables_and_json_without_matplotlib(tmp_path: Path) -> None:
+    """-S hides site-packages: the benchmark itself needs only the standard library."""
+    res = run_bench(tmp_path, "--targets", "direct,drain-proxy-uvloop", "--bodies", "64k",
+                    "--load-client", "python", "--app", "python", python_flags=("-S",))
+
+    first = res.stdout.splitlines()[0]
+    assert first.startswith("machine: ") and "pinning: " in first
+    assert "### HTTP mode, 64 KiB body" in res.stdout and "TCP mode" not in res.stdout
+    assert len(rows(res.stdout, "direct")) == 1
+    [cells] = rows(res.stdout, "drain-proxy/uvloop")
+    assert float(cells[2]) > 0 and cells[6][0] in "+-"  # req/s, added p50 vs direct
+    assert float(cells[7]) > 0  # proxy CPU us/req
+    doc = check_json(tmp_path / "bench_latency.json", ("direct", "drain-proxy-uvloop"), ("64k",))
+    assert doc["meta"]["machine"] == first.removeprefix("machine: ")
+    assert "built-in" in doc["meta"]["app"] and "built-in" in doc["meta"]["load"]
+    assert "pip install '.[bench]'" in res.stderr
+    assert not (tmp_path / "bench_latency.png").exists()
+
+
+@pytest.mark.slow
+def test_smoke_fallback_app_and_client(tmp_path: Path) -> None:
+    """Both bodies through the built-in app and client, and the chart (about 7 s)."""
+    stdout = run_bench(tmp_path, "--targets", "direct,drain-proxy-uvloop",
+                       "--load-client", "python", "--app", "python").stdout
+    assert "### HTTP mode, tiny body (2 B)" in stdout
+    assert "### HTTP mode, 64 KiB body" in stdout
+    assert len(rows(stdout, "direct")) == len(rows(stdout, "drain-proxy/uvloop")) == 2
+    check_json(tmp_path / "bench_latency.json", ("direct", "drain-proxy-uvloop"),
+               ("tiny", "64k"))
+    width, height = png_size(tmp_path / "bench_latency.png")
+    assert width > 300 and height > 300
+
+
+@pytest.mark.slow
+def test_every_target_with_installed_tools(tmp_path: Path) -> None:
+    """Each target either measures or says why not (a missing tool), in both modes."""
+    stdout = run_bench(tmp_path).stdout
+    assert "### TCP mode, 64 KiB body" in stdout and "failed:" not in stdout
+    for label in ("drain-proxy/uvloop", "drain-proxy/asyncio", "drain-proxy/tcp", "nginx-proxy",
+                  "haproxy", "nginx-stream"):
+        cells = rows(stdout, label)
+        assert len(cells) == 2
+        assert all(c[2].startswith("skipped:") or float(c[2]) > 0 for c in cells)
+    doc: dict[str, Any] = json.loads((tmp_path / "bench_latency.json").read_text())
+    assert all(r["rps"] > 0 for r in doc["results"])
+    png_size(tmp_path / "bench_latency.png")
