@@ -1,4 +1,9 @@
-"""The ``drain-proxy`` command: settings, logging, event loop, run."""
+"""The ``drain-proxy`` command: settings, logging, event loop, run.
+
+``drain-proxy demo`` (only as the first argument) runs the rollout simulation
+instead; anything else is the proxy's flags, and a stray positional is still an
+error there.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +32,14 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["demo"]:
+        # Imported here: the sidecar itself never loads the simulation.
+        from proxy.rollout.demo import main as demo
+
+        return demo(args[1:])
     try:
-        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+        settings = parse_settings(args)
         factory = loop_factory(settings.loop)
     except SettingsError as error:
         print(f"drain-proxy: error: {error}", file=sys.stderr)

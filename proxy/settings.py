@@ -292,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # "--idle 5" must not silently mean --idle-timeout
         description="Reverse-proxy sidecar that drains connections for zero-loss rollouts. "
         "Every flag also reads DRAIN_PROXY_<FLAG_IN_UPPER_SNAKE>.",
+        epilog="`drain-proxy demo` runs a simulated rollout (naive app vs drain-proxy) in "
+        "about 10 s on 127.0.0.1; `drain-proxy demo --help` lists its options.",
     )
     for flag in FLAGS:
         help_text = f"{flag.why} (default {flag.default or 'unset'}; env {flag.env_var})"
