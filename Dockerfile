@@ -2,24 +2,26 @@
 #
 #   docker build -t drain-proxy:0.1.0 .
 #
-# Stage 1 builds wheels for drain-proxy and its dependencies (uvloop, httptools and
-# prometheus-client ship binary wheels for linux x86_64 and arm64, so no compiler is needed)
-# and installs them into a virtualenv. Stage 2 copies only that virtualenv: no pip run, no
-# build tools, no source tree, and nothing in it needs a shell at run time.
+# Stage 1 builds wheels for drain-proxy and its dependencies and installs them into a
+# virtualenv. It uses the full python image for its C compiler: setup.py compiles drain-proxy's
+# per-request modules with mypyc (uvloop, httptools and prometheus-client ship binary wheels).
+# Both images are Debian bookworm with Python in /usr/local, so the compiled modules run in the
+# slim image. Stage 2 copies only that virtualenv: no pip run, no build tools, no source tree,
+# and nothing in it needs a shell at run time.
 
-FROM python:3.11-slim AS build
+FROM python:3.11-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ONLY_BINARY=uvloop,httptools
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY proxy ./proxy
 RUN pip wheel --wheel-dir /wheels . \
  && python -m venv /opt/drain-proxy \
  && /opt/drain-proxy/bin/pip install --no-index --find-links=/wheels drain-proxy \
  && /opt/drain-proxy/bin/pip uninstall --yes pip setuptools
 
-FROM python:3.11-slim
+FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="drain-proxy" \
       org.opencontainers.image.description="Reverse-proxy sidecar for zero-loss Kubernetes rollouts" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -13,6 +13,8 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,12 +101,34 @@ def package(name: str) -> str:
         return f"{name} absent"
 
 
+def proxy_home() -> Path:
+    """Where `python -m proxy` is started: outside the source tree when drain-proxy is
+    installed, so the benchmark measures the installed build (compiled where possible)."""
+    try:
+        importlib.metadata.distribution("drain-proxy")
+    except importlib.metadata.PackageNotFoundError:
+        return Path(__file__).resolve().parent.parent
+    return Path(tempfile.gettempdir())
+
+
+def proxy_build() -> str:
+    """`drain-proxy 0.1.0 (compiled)`, as the measured process will import it."""
+    probe = "import proxy; print(proxy.__version__, proxy.build())"
+    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+        out = subprocess.run([sys.executable, "-c", probe], cwd=proxy_home(), text=True,
+                             capture_output=True, timeout=30, check=True).stdout
+        release, build = out.split()
+        return f"drain-proxy {release} ({build})"
+    return "drain-proxy build unknown"
+
+
 def describe(tools: Tools, pinning: Pinning) -> str:
     """One line: CPU, cores, OS, kernel, Python (+ uvloop, httptools), tools, pinning."""
     usable = len(os.sched_getaffinity(0))
     parts = [cpu_model(), f"{os.cpu_count()} CPUs ({usable} usable)", os_name(),
              f"kernel {platform.release()}",
-             f"Python {platform.python_version()} ({package('uvloop')}, {package('httptools')})"]
+             f"Python {platform.python_version()} ({package('uvloop')}, {package('httptools')})",
+             proxy_build()]
     for name, path in (("nginx", tools.nginx), ("HAProxy", tools.haproxy), ("wrk", tools.wrk)):
         parts.append(f"{name} {version([path, '-v'])}" if path else f"{name} absent")
     return ", ".join(parts) + f"; pinning: {pinning.describe()}"

@@ -24,8 +24,8 @@ from pathlib import Path
 import tcp_targets as tcp
 from app import BODIES
 from load import Sample
+from machine import proxy_home
 
-ROOT = Path(__file__).resolve().parent.parent
 APP_SCRIPT = str(Path(__file__).resolve().parent / "app.py")
 HTTP_TARGETS = ["direct", "drain-proxy-uvloop", "drain-proxy-asyncio", "nginx-proxy", "haproxy"]
 ALL_TARGETS = HTTP_TARGETS + tcp.TCP_TARGETS
@@ -185,15 +185,14 @@ class Servers:
         return kind
 
     def start_drain(self, name: str) -> Target:
-        """`python -m proxy` from the repo root; ready once /livez *and* a proxied GET give 200."""
-        if not (ROOT / "proxy" / "__main__.py").exists():
-            return Target(name, error="not available: proxy/__main__.py missing")
+        """`python -m proxy` (the installed build if there is one); ready once /livez *and* a
+        proxied GET give 200."""
         port, admin = free_port(), free_port()
         argv = [sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{port}",
                 "--upstream", f"127.0.0.1:{self.app_port}", "--admin", f"127.0.0.1:{admin}",
                 *tcp.DRAIN_ARGS[name], "--log-level", "warning",  # on SIGTERM exit now, not drain:
                 "--propagation-window", "0", "--drain-timeout", "1"]
-        proc = self.spawn(argv, name, cwd=ROOT)
+        proc = self.spawn(argv, name, cwd=proxy_home())
         err = self.wait_ready(proc, admin, "/livez", name) or self.wait_ready(proc, port, "/", name)
         return Target(name, port, proc.pid, proc, f"not available: {err}" if err else None)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -79,6 +79,9 @@ class Metrics:
         self.tunnels_cut = Counter(
             "drain_proxy_tunnels_cut",
             "Tunnels aborted at the end of --tunnel-drain-timeout or by a second signal.",
+            registry=r)
+        self.build = Info(
+            "drain_proxy_build", "Version, and whether the per-request modules are compiled.",
             registry=r)
         self.requests_cut = Counter(
             "drain_proxy_requests_cut",

@@ -12,6 +12,7 @@ import random
 import signal
 from collections.abc import Callable
 
+from proxy import __version__, build
 from proxy.admin import AdminApp, AdminServer
 from proxy.client import ClientConnection
 from proxy.context import InFlight, ProxyContext
@@ -41,6 +42,7 @@ class ProxyServer:
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.propagation_window.set(settings.propagation_window_s)
         self.metrics.drain_timeout.set(settings.drain_timeout_s)
+        self.metrics.build.info({"version": __version__, "build": build()})
         rotation = RotationPolicy(settings.max_requests_per_connection,
                                   settings.max_connection_age_s, settings.rotation_jitter,
                                   rng if rng is not None else random.Random())
@@ -79,8 +81,9 @@ class ProxyServer:
             self.listener.close()
             raise StartupError(f"--admin {admin}: cannot listen: {error.strerror}") from None
         await self.listener.start()
-        log.info("listening on %s:%d, admin on %s:%d, upstream %s", self.settings.listen.host,
-                 self.port, self.settings.admin.host, self.admin_port, self.settings.upstream)
+        log.info("listening on %s:%d, admin on %s:%d, upstream %s (drain-proxy %s, %s)",
+                 self.settings.listen.host, self.port, self.settings.admin.host,
+                 self.admin_port, self.settings.upstream, __version__, build())
 
     async def close(self) -> None:
         """Stop everything now (tests and the end of ``run``); no drain."""

@@ -320,10 +320,15 @@ _SERVICE_LINK = re.compile(
     r"(_PROTO|_PORT|_ADDR)?)$")
 
 
+# Read by setup.py when installing (skip the mypyc build), not at run time.
+BUILD_ENV_VARS = frozenset({"DRAIN_PROXY_NO_EXTENSIONS"})
+
+
 def _check_unknown_env(environ: Mapping[str, str]) -> None:
     known = {flag.env_var for flag in FLAGS}
     for key in environ:
-        if key.startswith(ENV_PREFIX) and key not in known and not _SERVICE_LINK.match(key):
+        if key.startswith(ENV_PREFIX) and key not in known | BUILD_ENV_VARS \
+                and not _SERVICE_LINK.match(key):
             raise SettingsError(f"{key}: unknown setting; allowed: {', '.join(sorted(known))}")
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import os
 import re
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,7 +393,7 @@ class ProxyProcess:
             sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
             "--upstream", f"127.0.0.1:{upstream_port}", *flags,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env=child_env())
+            stderr=asyncio.subprocess.PIPE, env=child_env(), cwd=CHILD_CWD)
         proxy = cls(process)
         await proxy._wait_listening()
         return proxy
@@ -432,8 +434,25 @@ class ProxyProcess:
             await self.wait()
 
 
+def _installed() -> bool:
+    try:
+        importlib.metadata.distribution("drain-proxy")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+# ``python -m proxy`` children run the *installed* drain-proxy, the build users get (its
+# per-request modules compiled by mypyc where a compiler was available; see setup.py),
+# while in-process tests import the source tree: both builds are tested.  Children start
+# outside the source tree, which would otherwise come first on their sys.path.
+_INSTALLED = _installed()
+CHILD_CWD = tempfile.gettempdir() if _INSTALLED else str(Path(__file__).resolve().parent.parent)
+
+
 def child_env() -> dict[str, str]:
+    """The environment of a ``python -m proxy`` child: no DRAIN_PROXY_* settings leak in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRAIN_PROXY_")}
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    if not _INSTALLED:
+        env["PYTHONPATH"] = CHILD_CWD + os.pathsep + env.get("PYTHONPATH", "")
     return env

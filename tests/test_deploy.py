@@ -818,7 +818,7 @@ def test_dockerfile_final_stage() -> None:
     assert len(stages) >= 2, "multi-stage"
     final = stages[-1]
     instructions = {name: args for name, args in final}
-    assert instructions["FROM"].split()[0] == "python:3.11-slim"
+    assert instructions["FROM"].split()[0] == "python:3.11-slim-bookworm"
     assert "RUN" not in instructions, "the final stage runs nothing: no shell needed"
     assert instructions["USER"] in (str(NON_ROOT_UID), f"{NON_ROOT_UID}:{NON_ROOT_UID}")
     assert json.loads(instructions["ENTRYPOINT"]) == ["drain-proxy"]  # exec form
@@ -830,13 +830,20 @@ def test_dockerfile_final_stage() -> None:
     assert "drain-proxy" in scripts
 
 
+def test_builder_matches_the_final_image() -> None:
+    """The builder compiles C extensions (mypyc) that the final stage runs: same Python
+    release and Debian suite, and a compiler (the full image has one, slim does not)."""
+    builder = dict(dockerfile_stages()[0])
+    assert builder["FROM"].split()[0] == "python:3.11-bookworm"
+
+
 def test_build_context_holds_only_what_the_image_needs() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     sent = docker.utils.build.exclude_paths(str(ROOT), patterns)
-    assert {"pyproject.toml", "README.md", "proxy/settings.py", "proxy/cli.py"} <= sent
+    assert {"pyproject.toml", "setup.py", "README.md", "proxy/settings.py", "proxy/cli.py"} <= sent
     # The builder always receives the Dockerfile and .dockerignore themselves.
-    wanted = {"pyproject.toml", "README.md", "proxy", "Dockerfile", ".dockerignore"}
+    wanted = {"pyproject.toml", "setup.py", "README.md", "proxy", "Dockerfile", ".dockerignore"}
     leaked = {path for path in sent
               if not (path in wanted or path.startswith("proxy/")) or "__pycache__" in path}
     assert not leaked, sorted(leaked)[:10]
@@ -942,6 +949,7 @@ def test_image_serves_and_drains_in_front_of_an_app() -> None:
         metrics = _get(f"http://127.0.0.1:{admin}/metrics")[1]
         assert re.search(r'^drain_proxy_requests_total\{[^}]*code="200"[^}]*\} 1\.0$', metrics,
                          re.MULTILINE), metrics
+        assert 'build="compiled"' in metrics, "the builder stage has a compiler: mypyc must run"
         proxy.stop(timeout=30)  # SIGTERM (the image's STOPSIGNAL): window, drain, exit
         assert proxy.wait(timeout=30)["StatusCode"] == 0, logs().decode()
     finally:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 
 from conftest import Run
-from helpers import ProxyProcess, child_env, scripted_app
+from helpers import CHILD_CWD, ProxyProcess, child_env, scripted_app
 
 BIG = 100 * 1024 * 1024
 PIECE = 1024 * 1024
@@ -22,7 +24,8 @@ RSS_GROWTH_BOUND = 20 * 1024 * 1024
 
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True,
-                          timeout=20, env={**child_env(), **(env or {})}, check=False)
+                          timeout=20, env={**child_env(), **(env or {})}, check=False,
+                          cwd=CHILD_CWD)
 
 
 @pytest.mark.parametrize(("args", "env", "expected"), [
@@ -276,3 +279,20 @@ async def _download_small(port: int, count: int) -> int:
         served += await reader.readexactly(2) == b"ss"
     writer.close()
     return served
+
+
+# -- the build users get -----------------------------------------------------------------------
+def test_installed_package_runs_compiled_where_a_compiler_exists() -> None:
+    """setup.py compiles the per-request modules with mypyc and falls back to pure Python
+    without a compiler; where one exists, a silent fallback would halve the speed unseen."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import proxy; print(proxy.__file__); print(proxy.build())"],
+        capture_output=True, text=True, timeout=20, env=child_env(), cwd=CHILD_CWD, check=True)
+    location, build = probe.stdout.split()
+    if Path(location).resolve().is_relative_to(Path(__file__).resolve().parent.parent):
+        pytest.skip("drain-proxy runs from the source tree (editable install): pure Python")
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if shutil.which(compiler) is None or not headers.exists():
+        pytest.skip(f"no C compiler ({compiler}) or no Python headers: pure Python by design")
+    assert build == "compiled", f"installed from {location} without its compiled modules"

@@ -237,3 +237,8 @@ def test_kubernetes_service_link_variables_are_not_settings() -> None:
              "DRAIN_PROXY_PORT_8000_TCP_ADDR": "10.0.0.1",
              "DRAIN_PROXY_ADMIN_SERVICE_HOST": "10.0.0.2"}
     assert parse_settings([], links) == parse_settings([], {})
+
+
+def test_the_build_switch_is_not_a_setting() -> None:
+    """DRAIN_PROXY_NO_EXTENSIONS is read by setup.py; left in a shell it must not stop start-up."""
+    assert parse_settings([], {"DRAIN_PROXY_NO_EXTENSIONS": "1"}) == parse_settings([], {})
