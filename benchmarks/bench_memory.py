@@ -15,17 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
-import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from machine import proxy_home
+from targets import APP_SCRIPT, free_port, stop
+
 TARGET_MIB = 64  # the design goal for 1000 idle keep-alive connections
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
@@ -48,24 +47,6 @@ def memory_mib(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class App(asyncio.Protocol):
-    """A keep-alive app answering every request (a GET without body) with two bytes."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        assert isinstance(self.transport, asyncio.WriteTransport)
-        self.transport.write(RESPONSE * data.count(b"\r\n\r\n"))
 
 
 async def wait_listening(port: int, deadline_s: float) -> None:
@@ -103,7 +84,7 @@ async def measure(loop: str, connections: int, app_port: int) -> Sample:
         [sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{port}",
          "--admin", f"127.0.0.1:{admin}", "--upstream", f"127.0.0.1:{app_port}",
          "--loop", loop, "--propagation-window", "0", "--log-level", "warning"],
-        cwd=ROOT)
+        cwd=proxy_home())  # the installed build, as bench_latency.py measures it
     try:
         await wait_listening(port, 10)
         start = memory_mib(proc.pid, "VmRSS")
@@ -115,8 +96,7 @@ async def measure(loop: str, connections: int, app_port: int) -> Sample:
             writer.close()
         return sample
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        stop(proc)
 
 
 def table(samples: list[Sample]) -> str:
@@ -135,10 +115,13 @@ async def main(args: argparse.Namespace) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2 * args.connections + 100:  # both ends of every connection live here
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * args.connections), hard))
-    app = await asyncio.get_running_loop().create_server(App, "127.0.0.1", 0, backlog=1024)
-    app_port = app.sockets[0].getsockname()[1]
-    samples = [await measure(loop, args.connections, app_port) for loop in args.loops]
-    app.close()
+    app_port = free_port()
+    app = subprocess.Popen([sys.executable, APP_SCRIPT, str(app_port)])  # bench_latency's app
+    try:
+        await wait_listening(app_port, 10)
+        samples = [await measure(loop, args.connections, app_port) for loop in args.loops]
+    finally:
+        stop(app)
     print(table(samples))
 
 
