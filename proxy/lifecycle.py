@@ -76,7 +76,7 @@ class DrainTimeline:
         previous = self.entered_at.get(self.phase)
         self.phase = phase
         self.entered_at[phase] = now
-        return 0.0 if previous is None else now - previous
+        return 0.0 if previous is None else _lasted(previous, now)
 
     def trigger(self, now: float) -> bool:
         """Start the drain; False when it has already started (callers join it)."""
@@ -128,5 +128,12 @@ class DrainTimeline:
         for phase, following in itertools.pairwise(order):
             if phase in self.entered_at:
                 end = self.entered_at.get(following, now)
-                result[phase.value] = round(end - self.entered_at[phase], 6)
+                result[phase.value] = _lasted(self.entered_at[phase], end)
         return result
+
+
+def _lasted(start: float, end: float) -> float:
+    """A phase's length, to the microsecond: loop clocks are coarse (uvloop's counts whole
+    milliseconds), and the float difference of two such readings can land a hair below the
+    configured window it measures (1234.567 - 1234.267 = 0.29999999999927)."""
+    return round(end - start, 6)

@@ -148,3 +148,11 @@ def test_summary_before_drain() -> None:
                                               (D, "draining"), (X, "drained")])
 def test_phase_values_are_metric_state_names(phase: Phase, value: str) -> None:
     assert phase.value == value
+
+
+def test_phase_durations_do_not_fall_below_the_window_by_float_error() -> None:
+    """A 300 ms window read off a millisecond clock is 0.3, not 0.29999999999927."""
+    timeline = DrainTimeline(propagation_window_s=0.3, drain_timeout_s=1.0)
+    timeline.trigger(1234.267)
+    assert timeline.move_to(Phase.DRAINING, 1234.567) == 0.3
+    assert timeline.durations(1234.567)["propagating"] == 0.3
