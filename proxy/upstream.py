@@ -56,7 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_body_allowed", "_close_delimited", "_done", "_head_seen", "_headers", "_interim",
-        "_keep_alive", "_on_deadline", "_parser", "_poisoned", "_reason", "_sink",
+        "_keep_alive", "_on_deadline", "_parser", "_poisoned", "_reason", "_request_sent", "_sink",
         "_switching", "_timer", "_upgrade",
         "pool", "reused", "seen_bytes", "transport",
     )
@@ -78,6 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgrade = False
         self._switching = False
         self._done = False
+        self._request_sent = False  # the whole request was handed to the transport
         self._poisoned = False
         self._body_allowed = True
         self._close_delimited = False
@@ -91,6 +92,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._cancel_timer()
         self._upgrade, self._switching = upgrade, False
         self._sink, self._done, self.seen_bytes = sink, False, False
+        self._request_sent = False
         self._body_allowed, self._head_seen, self._interim = expects_body, False, False
 
     def send(self, data: bytes) -> None:
@@ -99,6 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def request_sent(self) -> None:
         """The whole request is out: from now on the app has ``--upstream-timeout``."""
+        self._request_sent = True
         if self._sink is not None and not self._done:
             self._on_deadline = self._response_timed_out
             self._timer.set(self.pool.settings.upstream_timeout_s)
@@ -241,8 +244,10 @@ class UpstreamConnection(asyncio.Protocol):
         sink.upstream_switched(self, self._reason, self._headers, tail)
 
     def _after_response(self) -> None:
-        """Pool the connection only if it is clean and the app agreed to keep it."""
-        reusable = (not self._poisoned and not self._close_delimited
+        """Pool the connection only if it is clean, the app agreed to keep it, and the
+        whole request went out: an app that answered early (401, 413) still expects the
+        rest of the body, and would read the next client's request as that body."""
+        reusable = (self._request_sent and not self._poisoned and not self._close_delimited
                     and self._keep_alive and self._body_allowed)
         if reusable:
             self.reused = True
