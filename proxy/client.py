@@ -93,13 +93,15 @@ class ClientConnection(asyncio.Protocol):
             self._parser.feed_data(data)
             if self._collector is not None:  # a head is still incomplete after this read
                 self._collector.add_raw(len(data))
-        except HttpError as error:
-            self._reject(error)
+        # One name per except clause: mypyc types a local from its first binding, so a
+        # name reused for another exception type raises TypeError in the compiled build.
+        except HttpError as refused:
+            self._reject(refused)
         except httptools.HttpParserUpgrade as upgrade:
             tail = data[upgrade.args[0]:]
-        except httptools.HttpParserError as error:
-            cause = error.__context__
-            self._reject(cause if isinstance(cause, HttpError) else HttpError(400, str(error)))
+        except httptools.HttpParserError as parse_error:
+            cause = parse_error.__context__
+            self._reject(cause if isinstance(cause, HttpError) else HttpError(400, str(parse_error)))
         if self._ready is not None:
             # Forward a new request only once the whole read has parsed: a request
             # malformed within it is then refused with nothing sent to the app, and
