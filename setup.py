@@ -9,13 +9,18 @@ Compilation is skipped, and the pure-Python package installed, when
 ``DRAIN_PROXY_NO_EXTENSIONS=1`` is set (use it for editable installs during development:
 a compiled module in the source tree would shadow every edit to its ``.py`` file), and,
 with a warning, when there is no C compiler or no Python headers or mypyc fails: an
-install never fails for want of the speed-up.  ``drain-proxy`` logs which build runs.
+install never fails for want of the speed-up.  ``DRAIN_PROXY_REQUIRE_EXTENSIONS=1``
+turns that warning into a failed install, for builds that must ship the compiled
+modules (the Docker image).  ``drain-proxy`` logs which build runs.
 """
 
 from __future__ import annotations
 
 import os
+import atexit
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +34,37 @@ HOT_MODULES = [
     "proxy/deadline.py", "proxy/rotation.py", "proxy/tunnel.py", "proxy/tcp.py",
 ]
 OPT_OUT = "DRAIN_PROXY_NO_EXTENSIONS"
+REQUIRED = "DRAIN_PROXY_REQUIRE_EXTENSIONS"
 BUILD_ERRORS = (CCompilerError, CompileError, ExecError, LinkError, PlatformError, OSError)
+# A fresh build directory for every run: setuptools and mypyc otherwise reuse ./build,
+# so a compile that should fail (no compiler) or should not happen (OPT_OUT) would
+# silently ship the compiled modules of an earlier install.
+BUILD_DIR = tempfile.mkdtemp(prefix="drain-proxy-build-")
+atexit.register(shutil.rmtree, BUILD_DIR, ignore_errors=True)
 
 
 def warn(message: str) -> None:
+    if os.environ.get(REQUIRED) == "1":
+        sys.exit(f"drain-proxy build: {message}, and {REQUIRED}=1 forbids the pure-Python "
+                 f"fallback")
     print(f"drain-proxy build: {message}; installing the pure-Python package (slower)",
           file=sys.stderr)
 
 
 def compiled_extensions() -> list[Any]:
     if os.environ.get(OPT_OUT) == "1":
+        if os.environ.get(REQUIRED) == "1":
+            sys.exit(f"drain-proxy build: {OPT_OUT}=1 and {REQUIRED}=1 contradict each other")
         return []
+    print(f"drain-proxy build: compiling {len(HOT_MODULES)} modules with mypyc "
+          f"(about a minute; {OPT_OUT}=1 skips it)", file=sys.stderr)
     try:
         from mypyc.build import mypycify
     except ImportError:
         warn("mypyc is not available")
         return []
     try:
-        return list(mypycify(HOT_MODULES, opt_level="3"))
+        return list(mypycify(HOT_MODULES, opt_level="3", target_dir=f"{BUILD_DIR}/mypyc"))
     except (SystemExit, Exception) as error:  # mypyc reports type errors with SystemExit
         warn(f"mypyc failed ({error!r})")
         return []
@@ -65,4 +83,5 @@ class OptionalBuildExt(build_ext):
             warn(f"cannot compile the C extensions ({error})")
 
 
-setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": OptionalBuildExt},
+      options={"build": {"build_base": BUILD_DIR}})

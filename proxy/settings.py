@@ -320,8 +320,11 @@ _SERVICE_LINK = re.compile(
     r"(_PROTO|_PORT|_ADDR)?)$")
 
 
-# Read by setup.py when installing (skip the mypyc build), not at run time.
-BUILD_ENV_VARS = frozenset({"DRAIN_PROXY_NO_EXTENSIONS"})
+# Read by setup.py when installing (the mypyc build) and by the test suite (which build
+# it must run), not at run time.
+BUILD_ENV_VARS = frozenset({
+    "DRAIN_PROXY_NO_EXTENSIONS", "DRAIN_PROXY_REQUIRE_EXTENSIONS", "DRAIN_PROXY_TEST_BUILD",
+})
 
 
 def _check_unknown_env(environ: Mapping[str, str]) -> None:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import os
 import re
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Self
 
 import h11
@@ -434,25 +432,12 @@ class ProxyProcess:
             await self.wait()
 
 
-def _installed() -> bool:
-    try:
-        importlib.metadata.distribution("drain-proxy")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-# ``python -m proxy`` children run the *installed* drain-proxy, the build users get (its
-# per-request modules compiled by mypyc where a compiler was available; see setup.py),
-# while in-process tests import the source tree: both builds are tested.  Children start
-# outside the source tree, which would otherwise come first on their sys.path.
-_INSTALLED = _installed()
-CHILD_CWD = tempfile.gettempdir() if _INSTALLED else str(Path(__file__).resolve().parent.parent)
+# ``python -m proxy`` children run the installed drain-proxy, like the in-process tests
+# (``build_under_test``); they start outside the source tree, which would otherwise come
+# first on their sys.path.
+CHILD_CWD = tempfile.gettempdir()
 
 
 def child_env() -> dict[str, str]:
     """The environment of a ``python -m proxy`` child: no DRAIN_PROXY_* settings leak in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRAIN_PROXY_")}
-    if not _INSTALLED:
-        env["PYTHONPATH"] = CHILD_CWD + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return {k: v for k, v in os.environ.items() if not k.startswith("DRAIN_PROXY_")}
