@@ -1,14 +1,18 @@
-"""Client connections: parse requests with llhttp, forward them, relay the responses.
+"""Client connections: the asyncio side of ``client_state``.
 
-This protocol only moves bytes, timers and flow control; what a message may
-contain and how it is re-framed is ``http_policy``'s job, and whether a response
-ends the connection is decided in exactly one place, ``rotation.close_reason``
-(client wish, framing, drain, rotation).  Every close has a counted reason.
+This protocol parses requests with llhttp, forwards them through an app connection
+and relays the responses.  What state the connection is in, what follows a response
+and whether it ends the connection is ``client_state.ClientMachine``'s decision; what
+a message may contain and how it is re-framed is ``http_policy``'s; when a failed
+exchange is retried is ``upstream_state.may_retry``'s.  Every close has a counted
+reason.
 
-Flow control is explicit both ways: when the app's socket is full we stop
-reading the client (``_READ_UPSTREAM_FULL``), and when the client's socket is
-full we stop reading the app.  Reading is paused for a set of reasons at once,
-resumed only when none is left.
+Flow control (``flow.ReadGate``): when the app's socket is full we stop reading the
+client, and when the client's socket is full the app connection stops reading the
+app.  Two timers, one per concern: *reading* the client (idle, request head, request
+body, the linger of a close, chosen by the state) and *writing* to it (a client that
+stops reading its response for ``--body-timeout`` is dropped).  The read timer stops
+while we pause reading: a client we do not read cannot be slow.
 """
 
 from __future__ import annotations
@@ -16,29 +20,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
 from typing import cast
 
 import httptools
 
-from proxy import http_policy
+from proxy import flow, http_policy
+from proxy.client_state import AfterResponse, ClientMachine, ClientState
 from proxy.context import ProxyContext
 from proxy.deadline import Deadline
 from proxy.exchange import Exchange
 from proxy.http_policy import Framing, HeadCollector, Headers, HttpError
-from proxy.rotation import close_reason
-from proxy.tunnel import Tunnel, splice
+from proxy.tracker import Kind
+from proxy.tunnel import Tunnel, reset, splice
 from proxy.upstream import UpstreamConnection, UpstreamFailure
+from proxy.upstream_state import may_retry
 
 log = logging.getLogger("drain_proxy.client")
 access_log = logging.getLogger("drain_proxy.access")
 
-_READ_PIPELINE = 1  # a pipelined request waits for the one before it
-_READ_UPSTREAM_FULL = 2  # the app is not reading the request body fast enough
-_READ_BUFFER_FULL = 4  # body arriving while we are still connecting to the app
-_READ_SWITCH = 8  # bytes past an Upgrade request, while the app decides
-MAX_SWITCH_TAIL_BYTES = 64 * 1024
-LINGER_S = 2.0  # after an error response: read and discard so the client gets it
+MAX_HELD_BYTES = 64 * 1024  # bytes past an Upgrade request, while the app decides
+LINGER_S = 2.0  # after the last response: read and discard so the client gets it
+_GONE = frozenset({ClientState.CLOSING, ClientState.CLOSED})
 
 
 class ClientConnection(asyncio.Protocol):
@@ -48,167 +50,186 @@ class ClientConnection(asyncio.Protocol):
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
+        rotation = ctx.rotation
+        self.machine = ClientMachine(rotation.request_budget(), rotation.expiry(self._loop.time()))
         self._parser = httptools.HttpRequestParser(self)
-        self._collector: HeadCollector | None = None
+        self._collector: HeadCollector | None = None  # the head llhttp is reading
         self._parsing: Exchange | None = None  # the request llhttp is reading
         self._ready: Exchange | None = None  # to forward once the current read is parsed
         self._active: Exchange | None = None  # the request being answered
-        self._queue: deque[Exchange] = deque()  # pipelined requests, in order
-        self._connect_task: asyncio.Task[None] | None = None
+        self._queue: deque[Exchange] = deque()  # complete pipelined requests, in order
+        self._held: bytearray | None = None  # bytes past an Upgrade request, unparsed
+        self._gate = flow.ReadGate()
         settings = ctx.settings
-        self._deadline = Deadline(self._loop, self._deadline_passed,
-                                  min(settings.header_timeout_s, settings.idle_timeout_s))
-        self._on_deadline: Callable[[], None] = self._idle_timed_out
-        self._out: list[bytes] = []  # response bytes batched into one write per upstream read
-        self._read_paused = 0
+        self._read_deadline = Deadline(self._loop, self._read_timed_out,
+                                       min(settings.header_timeout_s, settings.idle_timeout_s))
+        self._write_deadline = Deadline(self._loop, self._write_timed_out,
+                                        settings.body_timeout_s)
+        self._out: list[bytes] = []  # response bytes batched into one write per app read
         self._write_paused = False
-        self._input_closed = False  # client EOF, an upgrade tail, or an error: read no more
         self._peer_eof = False
-        self._switch_tail: bytearray | None = None  # bytes past an Upgrade request
-        self._tunnelled = False
-        self._closing = False
-        self._close_reason: str | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._tunnel: Tunnel | None = None
         self._client_ip = b""
-        self._served = 0
-        self._budget = ctx.rotation.request_budget()
-        self._expires_at = ctx.rotation.expiry(self._loop.time())
 
-    # -- asyncio.Protocol -----------------------------------------------------------------
+    # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = self._gate.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._client_ip = peer[0].encode() if isinstance(peer, tuple) else b"unix"
         self.ctx.register(self, self._loop.time())
-        self._arm(self.ctx.settings.idle_timeout_s, self._idle_timed_out)
+        self._read_deadline.set(self.ctx.settings.idle_timeout_s)
 
     def data_received(self, data: bytes) -> None:
-        if self._switch_tail is not None:  # waiting for the app to accept an Upgrade
-            self._switch_tail += data
-            self._pause_reading(_READ_SWITCH, len(self._switch_tail) > MAX_SWITCH_TAIL_BYTES)
+        if self.machine.input_closed or self.machine.state in _GONE:
+            return  # after an error or the last response: discard
+        if self._held is not None:  # an Upgrade is with the app: not HTTP, not yet tunnel
+            self._held += data
+            self._pause(flow.HELD, len(self._held) > MAX_HELD_BYTES)
             return
-        if self._input_closed:
-            return  # lingering or finishing: discard
-        tail = None
-        try:
-            self._parser.feed_data(data)
-            if self._collector is not None:  # a head is still incomplete after this read
-                self._collector.add_raw(len(data))
-        # One name per except clause: mypyc types a local from its first binding, so a
-        # name reused for another exception type raises TypeError in the compiled build.
-        except HttpError as refused:
-            self._reject(refused)
-        except httptools.HttpParserUpgrade as upgrade:
-            tail = data[upgrade.args[0]:]
-        except httptools.HttpParserError as parse_error:
-            cause = parse_error.__context__
-            self._reject(cause if isinstance(cause, HttpError) else HttpError(400, str(parse_error)))
-        if self._ready is not None:
-            # Forward a new request only once the whole read has parsed: a request
-            # malformed within it is then refused with nothing sent to the app, and
-            # its head and body go out in one write.
-            self._dispatch(self._ready)
-        if tail is not None:
-            self._after_upgrade_request(tail)
-
-    def _after_upgrade_request(self, tail: bytes) -> None:
-        """Past an Upgrade request, bytes wait for the app's answer: a 101 sends them
-        into the tunnel, anything else means they are HTTP after all."""
-        last = self._queue[-1] if self._queue else self._active
-        if last is not None and last.request is not None and last.request.upgrade:
-            self._switch_tail = bytearray()
-            self.data_received(tail)
-        elif tail:
-            self.data_received(tail)  # an Upgrade we do not forward (h2c): HTTP goes on
+        self._parse(data)
 
     def eof_received(self) -> bool:
-        self._input_closed = self._peer_eof = True
+        self._peer_eof = True
+        self.machine.input_closed = True
         # Half-closed with a request outstanding: still answer it.  Otherwise close.
-        return not self._closing and (self._active is not None or bool(self._queue))
+        return self._active is not None or bool(self._queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._deadline.cancel()
-        if self._connect_task is not None:
-            self._connect_task.cancel()
+        self._stop()
         for exchange in self._unfinished():
             if exchange.upstream is not None:
                 exchange.upstream.abort()
-            self._finish(exchange, status=exchange.status or 499)
-        reason = self._close_reason or ("error" if exc is not None else "peer")
-        self.ctx.unregister(self, reason)
-        self.transport = None
+            self._finish(exchange, exchange.status or 499)
+        closed_by = self.machine.close_reason
+        self.machine.lost()
+        self.ctx.unregister(self, closed_by or ("error" if exc is not None else "peer"))
+        self.transport = self._gate.transport = None
 
     def pause_writing(self) -> None:
         self._write_paused = True
         if self._active is not None and self._active.upstream is not None:
-            self._active.upstream.pause_reading(True)
-        self._arm(self.ctx.settings.body_timeout_s, self._send_timed_out)
+            self._active.upstream.client_full(True)
+        self._write_deadline.set(self.ctx.settings.body_timeout_s)
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._active is not None and self._active.upstream is not None:
-            self._active.upstream.pause_reading(False)
-        if self._on_deadline == self._send_timed_out:
-            self._cancel_timer()
+            self._active.upstream.client_full(False)
+        self._write_deadline.clear()
+        if self.machine.state is ClientState.CLOSING:  # the last response is flushed
+            self.ctx.connections.reclassify(self, Kind.SETTLED)
 
-    # -- llhttp callbacks -------------------------------------------------------------------
+    # -- parsing --------------------------------------------------------------------------------
+    def _parse(self, data: bytes) -> None:
+        """Feed llhttp; forward what became ready; past an Upgrade request, hold the rest
+        (forwarded Upgrade) or parse on (an Upgrade we drop, h2c).  A loop, not recursion:
+        a pipeline of dropped Upgrades must not grow the stack."""
+        while True:
+            tail: bytes | None = None
+            # One name per except clause: mypyc types a local from its first binding, so a
+            # name reused for another exception type raises TypeError in the compiled build.
+            try:
+                self._parser.feed_data(data)
+                if self._collector is not None:  # a head is still incomplete after this read
+                    self._collector.add_raw(len(data))
+            except HttpError as refused:
+                self._reject(refused)
+            except httptools.HttpParserUpgrade as upgrade:
+                tail = data[upgrade.args[0]:]
+            except httptools.HttpParserError as parse_error:
+                cause = parse_error.__context__
+                self._reject(cause if isinstance(cause, HttpError)
+                             else HttpError(400, str(parse_error)))
+            if self._ready is not None:
+                # Forward a new request only once the whole read has parsed: a request
+                # malformed within it is then refused with nothing sent to the app, and
+                # its head and body go out in one write.
+                self._dispatch(self._ready)
+            if tail is None or self.machine.input_closed or self.machine.state in _GONE:
+                return
+            last = self._queue[-1] if self._queue else self._active
+            if last is not None and last.request is not None and last.request.upgrade:
+                self._held = bytearray(tail)
+                self._pause(flow.HELD, len(tail) > MAX_HELD_BYTES)
+                return
+            data = tail  # an Upgrade we do not forward (h2c): HTTP goes on
+
+    # -- llhttp callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
         settings = self.ctx.settings
-        self._parsing = Exchange(self._loop.time())
-        self.ctx.in_flight.begin()  # a request is in flight from its first byte
+        self._parsing = Exchange()
+        self.ctx.requests_in_flight += 1  # a request is in flight from its first byte
+        self.machine.request_begins()
         self._collector = HeadCollector(
             settings.max_request_line_bytes, settings.max_header_bytes, settings.max_header_count)
-        self._arm(settings.header_timeout_s, self._header_timed_out)
+        self._read_deadline.set(settings.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         assert self._collector is not None
         self._collector.add_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self._collector is not None
-        self._collector.add_header(name, value)
+        if self._collector is not None:
+            self._collector.add_header(name, value)
+        else:  # a field of a chunked request's trailer section
+            self._add_trailer(name, value)
 
     def on_headers_complete(self) -> None:
         exchange, collector = self._parsing, self._collector
         assert exchange is not None and collector is not None
-        self._cancel_timer()
         self._collector = None
-        exchange.request = http_policy.check_request(
+        exchange.request = request = http_policy.check_request(
             self._parser.get_method(), collector.url, self._parser.get_http_version(),
             collector.headers, self._parser.should_keep_alive(), self._client_ip,
             self.ctx.upstream_authority, self._parser.should_upgrade())
-        if exchange.request.framing is not Framing.NONE:
-            self._arm(self.ctx.settings.body_timeout_s, self._body_timed_out)
+        if request.framing is not Framing.NONE:
+            self._read_deadline.set(self.ctx.settings.body_timeout_s)
+        else:
+            self._read_deadline.clear()
         if self._active is None:
             self._active = self._ready = exchange
         else:
             self._queue.append(exchange)
-            self._pause_reading(_READ_PIPELINE, True)
+            self.machine.request_queued()
+            self._pause(flow.PIPELINE, True)
 
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing
         assert exchange is not None and exchange.request is not None
         data = http_policy.chunk(body) if exchange.request.framing is Framing.CHUNKED else body
-        self._deadline.set(self.ctx.settings.body_timeout_s)  # progress: the body timer restarts
+        self._read_deadline.set(self.ctx.settings.body_timeout_s)  # progress: it restarts
         if exchange.add_body(data):
-            self._pause_reading(_READ_BUFFER_FULL, True)
+            self._pause(flow.CONNECTING, True)
 
     def on_message_complete(self) -> None:
         exchange, self._parsing = self._parsing, None
         assert exchange is not None and exchange.request is not None
         if exchange.request.framing is Framing.CHUNKED:
-            exchange.add_body(http_policy.LAST_CHUNK)
+            exchange.add_body(http_policy.last_chunk(exchange.trailers, request=True))
         if exchange.request.framing is not Framing.NONE:
-            self._cancel_timer()  # the body timer
-        exchange.body_done = True
+            self._read_deadline.clear()  # the body timer
+        exchange.request_complete = True
         if exchange.upstream is not None:
             exchange.upstream.request_sent()
 
-    # -- forwarding -------------------------------------------------------------------------
+    def _add_trailer(self, name: bytes, value: bytes) -> None:
+        exchange = self._parsing
+        assert exchange is not None
+        exchange.trailers.append((name, value))
+        size = sum(len(n) + len(v) + 4 for n, v in exchange.trailers)
+        if size > self.ctx.settings.max_header_bytes:
+            raise HttpError(431, "request trailer fields too large")
+
+    # -- forwarding -----------------------------------------------------------------------------
     def _dispatch(self, exchange: Exchange) -> None:
         self._ready = None
         if exchange.error is not None:
             self._answer_with_error(exchange)
             return
+        assert exchange.request is not None
+        if exchange.request.upgrade:
+            self.machine.upgrade_forwarded()
         connection = self.ctx.pool.take_idle()
         if connection is not None:
             self._attach(exchange, connection, exchange.take_pending())
@@ -233,17 +254,16 @@ class ClientConnection(asyncio.Protocol):
     def _attach(self, exchange: Exchange, connection: UpstreamConnection, payload: bytes) -> None:
         assert exchange.request is not None
         exchange.upstream = connection
-        connection.bind(self, expects_body=exchange.request.method != b"HEAD",
-                        upgrade=exchange.request.upgrade)
+        connection.bind(self, exchange.request.method == b"HEAD", exchange.request.upgrade)
         if self._write_paused:
-            connection.pause_reading(True)
+            connection.client_full(True)
         connection.send(payload)
-        self._pause_reading(_READ_BUFFER_FULL, False)
-        if exchange.body_done:
+        self._pause(flow.CONNECTING, False)
+        if exchange.request_complete:
             connection.request_sent()
 
-    # -- ResponseSink: called by the active exchange's upstream connection ---------------------
-    def upstream_interim(self, status: int, reason: bytes, headers: Headers) -> None:
+    # -- ResponseSink: called by the active exchange's app connection -------------------------
+    def response_interim(self, status: int, reason: bytes, headers: Headers) -> None:
         request = self._active.request if self._active is not None else None
         if request is None or request.http_10 or self.transport is None:
             return  # HTTP/1.0 clients must never see a 1xx
@@ -251,20 +271,22 @@ class ClientConnection(asyncio.Protocol):
             return
         self._out.append(http_policy.interim_head(status, reason, headers))
 
-    def upstream_head(self, status: int, reason: bytes, headers: Headers,
+    def response_head(self, status: int, reason: bytes, headers: Headers,
                       app_framing: Framing) -> None:
         exchange = self._active
         assert exchange is not None and exchange.request is not None
-        framing = http_policy.client_response_framing(app_framing, exchange.request.http_10)
-        close_reason = self._close_reason_for(exchange, framing)
-        if close_reason is not None:
-            self._close_reason = close_reason
+        request = exchange.request
+        framing = http_policy.client_response_framing(app_framing, request.http_10)
+        close = self.machine.close_decision(
+            client_keep_alive=request.client_keep_alive, close_delimited=framing is Framing.CLOSE,
+            request_complete=exchange.request_complete, pipelined=bool(self._queue),
+            draining=self.ctx.timeline.close_after_response, now=self._loop.time())
         exchange.status, exchange.head_sent = status, True
         exchange.framing_chunked = framing is Framing.CHUNKED
         self._out.append(http_policy.build_response_head(
-            status, reason, headers, framing, close_reason is not None, exchange.request.http_10))
+            status, reason, headers, framing, close is not None, request.http_10))
 
-    def upstream_body(self, data: bytes) -> None:
+    def response_body(self, data: bytes) -> None:
         exchange = self._active
         if exchange is None or self.transport is None:
             return
@@ -273,16 +295,16 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._out.append(data)
 
-    def upstream_complete(self) -> None:
+    def response_complete(self, trailers: Headers) -> None:
         exchange = self._active
         assert exchange is not None
         if exchange.framing_chunked:
-            self._out.append(http_policy.LAST_CHUNK)
-        self.upstream_flush()
+            self._out.append(http_policy.last_chunk(trailers, request=False))
+        self.response_flush()
         exchange.upstream = None
         self._complete(exchange)
 
-    def upstream_flush(self) -> None:
+    def response_flush(self) -> None:
         """End of one read from the app: one write to the client for all of it."""
         if self._out:
             if self.transport is not None:
@@ -291,114 +313,104 @@ class ClientConnection(asyncio.Protocol):
                     self._active.head_flushed = True
             self._out.clear()
 
-    def upstream_lost(self, failure: UpstreamFailure, response_started: bool) -> None:
+    def response_failed(self, failure: UpstreamFailure) -> None:
         exchange = self._active
         assert exchange is not None
-        connection, exchange.upstream = exchange.upstream, None
-        retryable = (connection is not None and connection.reused
-                     and not connection.seen_bytes and exchange.can_retry())
-        if retryable and not response_started:
+        exchange.upstream = None
+        if may_retry(failure.failure, reused=failure.reused,
+                     response_bytes=failure.response_bytes, replayable=exchange.replayable):
             self.ctx.metrics.upstream_errors.labels("retried").inc()
             exchange.retried = True
             self._connect_task = self._loop.create_task(self._connect(exchange, retry=True))
             return
         self._upstream_failed(exchange, failure)
 
-    def upstream_switched(self, connection: UpstreamConnection, reason: bytes,
+    def response_switched(self, connection: UpstreamConnection, reason: bytes,
                           headers: Headers, tail: bytes) -> None:
         """101: this connection becomes a byte tunnel to the app."""
         exchange = self._active
         assert exchange is not None and self.transport is not None
         assert connection.transport is not None
         self._out.append(http_policy.switching_head(reason, headers))
-        self.upstream_flush()
-        self._deadline.cancel()
-        self._tunnelled = True
+        self.response_flush()
+        self._stop()
+        self.machine.switched()
         exchange.upstream, self._active = None, None
         self._finish(exchange, 101)
-        to_upstream = bytes(self._switch_tail or b"")
-        self._switch_tail = None
-        tunnel = splice(self._loop, self.transport, connection.transport, to_upstream, tail,
-                        self._tunnel_ended)
-        self.ctx.tunnel_began(tunnel)
+        to_app = bytes(self._held or b"")
+        self._held = None
+        self._tunnel = splice(self._loop, self.transport, connection.transport, to_app, tail,
+                              self._tunnel_ended)
+        self.ctx.connections.reclassify(self, Kind.TUNNEL)
 
     def _tunnel_ended(self, tunnel: Tunnel, reason: str) -> None:
-        self.ctx.tunnel_ended(tunnel)
+        self.machine.lost()
         self.ctx.unregister(self, reason)
-        self.transport = None
+        self.transport = self._gate.transport = None
 
-    def upstream_writable(self, writable: bool) -> None:
-        self._pause_reading(_READ_UPSTREAM_FULL, not writable)
+    def app_writable(self, writable: bool) -> None:
+        self._pause(flow.APP_FULL, not writable)
 
-    # -- the one place that decides whether a response ends the connection -------------------
-    def _close_reason_for(self, exchange: Exchange, framing: Framing) -> str | None:
-        assert exchange.request is not None
-        return close_reason(
-            client_keep_alive=exchange.request.client_keep_alive,
-            close_delimited=framing is Framing.CLOSE, body_done=exchange.body_done,
-            pipelined=bool(self._queue), input_closed=self._input_closed,
-            draining=self.ctx.timeline.close_after_response, served=self._served + 1,
-            budget=self._budget, expires_at=self._expires_at, now=self._loop.time())
-
-    # -- ending exchanges and the connection --------------------------------------------------
+    # -- ending exchanges and the connection ----------------------------------------------------
     def _complete(self, exchange: Exchange) -> None:
         self._finish(exchange, exchange.status)
-        self._served += 1
         self._active = None
-        if self._close_reason is not None:
-            self._close(self._close_reason)
-        elif self._switch_tail is not None:  # the app refused the Upgrade: still HTTP
-            tail, self._switch_tail = bytes(self._switch_tail), None
-            self._pause_reading(_READ_SWITCH, False)
-            self._arm(self.ctx.settings.idle_timeout_s, self._idle_timed_out)
-            self.data_received(tail)
-        elif self._queue:
+        after = self.machine.response_done(
+            queued=len(self._queue), reading=self._parsing is not None,
+            draining=self.ctx.timeline.close_after_response)
+        if after is AfterResponse.CLOSE:
+            for dropped in self._unfinished():  # pipelined past a closing response: the
+                self._finish(dropped, 0, answered=False)  # client must send them again
+            self._queue.clear()
+            self._close_gracefully()
+        elif after is AfterResponse.DISPATCH_NEXT:
             self._active = self._queue.popleft()
-            self._pause_reading(_READ_PIPELINE, bool(self._queue))
+            self._pause(flow.PIPELINE, bool(self._queue))
             self._dispatch(self._active)
-        elif self._input_closed:
-            self._close("peer")
-        elif self._parsing is None:
-            self._arm(self.ctx.settings.idle_timeout_s, self._idle_timed_out)
+        elif after is AfterResponse.PARSE_HELD:  # the app refused the Upgrade: still HTTP
+            held, self._held = bytes(self._held or b""), None
+            self._pause(flow.HELD, False)
+            self._read_deadline.set(self.ctx.settings.idle_timeout_s)
+            self._parse(held)
+        elif after is AfterResponse.AWAIT_REQUEST:
+            self._read_deadline.set(self.ctx.settings.idle_timeout_s)
 
-    def _finish(self, exchange: Exchange, status: int) -> None:
+    def _finish(self, exchange: Exchange, status: int, answered: bool = True) -> None:
+        """The exchange is over: a response of ``status``, or not ``answered`` at all (cut
+        by the drain, or dropped behind a closing response): then no response is counted."""
         if exchange.finished:
             return
         exchange.finished = True
         exchange.status = status
-        self.ctx.in_flight.end()
-        if exchange.request is None and status in (0, 499):
-            return  # the client went away mid-head: nothing was asked
-        duration = self._loop.time() - exchange.started_at
-        self.ctx.count_response(status, duration)
-        if self.ctx.settings.access_log and exchange.request is not None:
-            access_log.info("%s %s %d %.6f", self._client_ip.decode(),
-                            exchange.request.method.decode(), status, duration)
+        self.ctx.requests_in_flight -= 1
+        if not answered or (exchange.request is None and status in (0, 499)):
+            return  # nothing was answered (the client may have gone away mid-head)
+        self.ctx.count_response(exchange, self._client_ip)
 
     def _upstream_failed(self, exchange: Exchange, failure: UpstreamFailure) -> None:
-        self.ctx.metrics.upstream_errors.labels(failure.reason).inc()
-        log.warning("upstream %s: %s", failure.reason, failure)
+        self.ctx.upstream_failed(failure)
         if exchange.head_flushed or self.transport is None:
-            self._close_reason = "error"
             self._abort()  # the truncation must be visible: no fake end of body
             return
         self._out.clear()  # a head still in our buffer: the client can get a clean 502
-        exchange.error = http_policy.error_response(failure.status, str(failure))
-        exchange.status = failure.status
+        exchange.error = http_policy.error_response(failure.failure.status, str(failure))
+        exchange.status = failure.failure.status
         self._answer_with_error(exchange)
 
     def _reject(self, error: HttpError) -> None:
         """A malformed request: answer ``error`` in turn, forward nothing more, close."""
-        log.info("rejecting request from %s: %d %s", self._client_ip.decode(), error.status,
-                 error.reason)
-        self._input_closed = True
-        self._cancel_timer()
-        exchange = self._parsing or Exchange(self._loop.time())
+        log.debug("rejecting a request from %s: %d %s", self._client_ip.decode(),
+                  error.status, error.reason)
+        self.machine.input_closed = True
+        self._read_deadline.clear()
+        exchange = self._parsing
+        if exchange is None:  # refused before llhttp saw a request begin
+            exchange = Exchange()
+            self.ctx.requests_in_flight += 1
+            self.machine.request_begins()
+        self._parsing = self._collector = None
         if self._ready is exchange:
             self._ready = None
-        if self._parsing is None:
-            self.ctx.in_flight.begin()
-        self._parsing = None
         exchange.error = http_policy.error_response(error.status, error.reason)
         exchange.status = error.status
         if exchange is self._active and exchange.upstream is not None:
@@ -412,115 +424,108 @@ class ClientConnection(asyncio.Protocol):
             self._answer_with_error(exchange)
         elif exchange not in self._queue:
             self._queue.append(exchange)
+            self.machine.request_queued()
 
     def _answer_with_error(self, exchange: Exchange) -> None:
         assert exchange.error is not None
-        self.upstream_flush()
-        self._write(exchange.error)
+        self.response_flush()
+        if self.transport is not None:
+            self.transport.write(exchange.error)
         exchange.head_sent = True
-        self._close_reason = self._close_reason or "error"
+        self.machine.close_reason = self.machine.close_reason or "error"
         self._complete(exchange)
 
-    def _close(self, reason: str) -> None:
-        """Close after what was written: half-close, then discard input briefly."""
-        if self._closing or self.transport is None:
+    def _close_gracefully(self) -> None:
+        """After the last response: half-close, then discard input for a while, so the
+        client reads the response instead of a reset."""
+        transport = self.transport
+        if transport is None:
             return
-        self._closing, self._close_reason, self._input_closed = True, reason, True
-        self._read_paused = 0
-        self.transport.resume_reading()
-        if not self._peer_eof and self.transport.can_write_eof():
-            self.transport.write_eof()
-            self._arm(LINGER_S, self._linger_over)
+        self._gate.open()
+        if self._peer_eof or not transport.can_write_eof():
+            transport.close()  # flushes; connection_lost follows
+            return
+        transport.write_eof()
+        self._read_deadline.set(LINGER_S)
+        # The drain need not wait out the linger, only the flush of what we wrote: with
+        # both limits at 0, resume_writing tells us when the buffer is empty.
+        if transport.get_write_buffer_size():
+            transport.set_write_buffer_limits(high=0, low=0)
         else:
-            self.transport.close()
+            self.ctx.connections.reclassify(self, Kind.SETTLED)
 
-    def _abort(self) -> None:
-        self._closing = True
+    def _abort(self, reason: str = "error") -> None:
+        """End with a reset: the client must see that what it got is incomplete."""
+        self.machine.close(reason)
+        self.machine.close_reason = reason  # whatever was decided before, it ends this way
         self._out.clear()
         if self.transport is not None:
-            self.transport.abort()
+            reset(self.transport)
 
     def _unfinished(self) -> list[Exchange]:
         candidates = [self._active, *self._queue, self._parsing]
         return [e for e in candidates if e is not None and not e.finished]
 
-    # -- drain hooks (called by the drain coordinator) ----------------------------------------
+    def _stop(self) -> None:
+        self._read_deadline.cancel()
+        self._write_deadline.cancel()
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+
+    # -- the drain (tracker.Drainable) ----------------------------------------------------------
     def drain(self) -> None:
-        """Close now if idle; a busy connection closes after its current response."""
-        if self._served == 0 or self._tunnelled:
-            return  # just accepted: its client is about to send a request
-        if not self._unfinished() and not self._closing and self.transport is not None:
-            self._close_reason = "drain"
-            self._closing = True
+        """The listener closed: an idle connection closes now; a fresh one is served when
+        its first request comes; a busy one closes after its response."""
+        idle = self.machine.state is ClientState.IDLE
+        if idle and self.machine.close("drain") and self.transport is not None:
             self.transport.close()
 
     def cut(self) -> int:
-        """The drain deadline: abort everything still running; return requests cut."""
-        if self._tunnelled:
-            return 0  # the drain cuts tunnels on their own deadline
+        """The deadline: abort what is still running; return the requests cut."""
+        if self._tunnel is not None:
+            self._tunnel.cut("drain_deadline")
+            return 0
         unfinished = self._unfinished()
         for exchange in unfinished:
             if exchange.upstream is not None:
                 exchange.upstream.abort()
-            self._finish(exchange, status=exchange.status or 499)
-        self._close_reason = "drain_deadline" if unfinished else self._close_reason or "drain"
-        self._abort()
+            self._finish(exchange, exchange.status, answered=False)
+        if unfinished:
+            self._abort("drain_deadline")
+        elif self.machine.close("drain") and self.transport is not None:
+            self.transport.close()  # nothing was asked on it: a clean close
+        elif self.transport is not None:
+            self.transport.close()  # lingering after its last response
         return len(unfinished)
 
     # -- timers and flow control ----------------------------------------------------------------
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        self._on_deadline = callback
-        self._deadline.set(delay)
-
-    def _cancel_timer(self) -> None:
-        self._deadline.clear()
-
-    def _deadline_passed(self) -> None:
-        self._on_deadline()
-
-    def _idle_timed_out(self) -> None:
-        if self.transport is not None and not self._unfinished():
-            self._close_reason, self._closing = "idle_timeout", True
-            self.transport.close()
-
-    def _header_timed_out(self) -> None:
-        if self._parsing is not None and self._collector is not None:
+    def _read_timed_out(self) -> None:
+        """The read timer fired; what it meant depends on what we were waiting for."""
+        state = self.machine.state
+        if state is ClientState.CLOSING:
+            if self.transport is not None:
+                self.transport.close()  # the linger is over
+        elif self._collector is not None:
             self._reject(HttpError(408, "request head not received in time"))
+        elif self._parsing is not None:
+            self._reject(HttpError(408, "request body stalled"))
+        elif state is ClientState.FRESH or state is ClientState.IDLE:
+            self.machine.close("idle_timeout")
+            if self.transport is not None:
+                self.transport.close()
 
-    def _body_timed_out(self) -> None:
-        """No request body bytes for --body-timeout: whose fault decides the answer."""
-        exchange = self._parsing
-        if exchange is None:
-            return
-        if self._read_paused & _READ_UPSTREAM_FULL and exchange is self._active:
-            if exchange.upstream is not None:
-                exchange.upstream.abort()
-                exchange.upstream = None
-            self._upstream_failed(exchange, UpstreamFailure(
-                504, "timeout", "the app stopped reading the request body"))
-            return
-        self._reject(HttpError(408, "request body stalled"))
-
-    def _send_timed_out(self) -> None:
+    def _write_timed_out(self) -> None:
         """The client has not read its response for --body-timeout: give up on it."""
         log.info("client %s stopped reading its response", self._client_ip.decode())
-        self._close_reason = "error"
         self._abort()
 
-    def _linger_over(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def _pause_reading(self, reason: int, paused: bool) -> None:
-        before = self._read_paused
-        self._read_paused = before | reason if paused else before & ~reason
-        if self.transport is None or self._closing or bool(before) == bool(self._read_paused):
-            return
-        if self._read_paused:
-            self.transport.pause_reading()
-        else:
-            self.transport.resume_reading()
-
-    def _write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+    def _pause(self, reason: int, paused: bool) -> None:
+        """Pause or resume reading the client for ``reason``; the read timer is stopped while
+        reading is paused and restarted for whatever we wait for once it resumes."""
+        self._gate.set(reason, paused)
+        if self._gate.paused:
+            self._read_deadline.clear()
+        elif self._parsing is not None and self._collector is None:
+            self._read_deadline.set(self.ctx.settings.body_timeout_s)
+        elif self._parsing is not None:
+            self._read_deadline.set(self.ctx.settings.header_timeout_s)

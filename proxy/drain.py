@@ -1,15 +1,19 @@
 """Runs the drain timeline of ``lifecycle`` against the real listener and connections.
 
-The sequence and its reasons are in ``proxy.lifecycle``; this module executes it
-in that order.  Waits are on events (the last in-flight request ending, a second
-signal), each bounded by its deadline; nothing polls.  We never rely on
-``asyncio.Server.wait_closed()``: on Python 3.11.7 it waits for every open
-connection and uvloop behaves differently again.
+The sequence and its reasons are in ``proxy.lifecycle``; this module executes it in
+that order.  Completion is observed, not sampled: the drain is over when the
+connection tracker has no connection left (``proxy.tracker``), awaited in a loop
+with the deadline, so a request that starts after another one ended is waited for
+too.  Nothing polls.  We never rely on ``asyncio.Server.wait_closed()``: on Python
+3.11.7 it waits for every open connection and uvloop behaves differently again.
 
-Signals only change state: the first SIGTERM/SIGINT starts the drain (or joins
-one started by ``/drain``) and asks for exit once it is over; a second one skips
-to the deadline.  ``/drain`` starts the same drain without asking for exit, so a
-preStop hook can hold the app until we are done and SIGTERM then exits at once.
+The drain task is supervised: whatever fails inside it, what is left is cut and
+counted, the phase reaches ``drained`` and the process exits (with 1).
+
+Signals only change state: the first SIGTERM/SIGINT starts the drain (or joins one
+started by ``/drain``) and asks for exit once it is over; a second one skips to the
+deadline.  ``/drain`` starts the same drain without asking for exit, so a preStop
+hook can hold the app until we are done and SIGTERM then exits at once.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from proxy.context import InFlight, ProxyContext
+from proxy.context import ProxyContext
 from proxy.lifecycle import Phase
 from proxy.listener import Listener
+from proxy.tracker import Kind
 
 log = logging.getLogger("drain_proxy.drain")
 
@@ -45,9 +50,10 @@ class DrainCoordinator:
 
     @property
     def exit_code(self) -> int:
-        """0 when the drain cut nothing; 1 when the deadline or a second signal cut work."""
+        """0 when the drain cut no request; 1 when it did, or when the drain itself failed.
+        A second signal alone does not make it 1: it only matters if it cut something."""
         timeline = self._ctx.timeline
-        return 1 if timeline.cut_requests or timeline.forced else 0
+        return 1 if timeline.cut_requests or timeline.failed else 0
 
     def trigger(self, source: str) -> None:
         """Start the drain (a no-op once started): state change plus one task."""
@@ -55,7 +61,7 @@ class DrainCoordinator:
             return
         self._ctx.metrics.drain_started.set(time.time())
         self._on_phase(Phase.PROPAGATING, 0.0, source)
-        self._task = self._loop.create_task(self._run())
+        self._task = self._loop.create_task(self._supervised())
 
     def on_signal(self, name: str) -> None:
         """Signal handler: first signal drains then exits, a second one forces."""
@@ -76,52 +82,77 @@ class DrainCoordinator:
         await self._exit_requested.wait()
         await self._drained.wait()
 
-    async def _run(self) -> None:
+    async def _supervised(self) -> None:
+        try:
+            await self._sequence()
+        except Exception:
+            log.exception("the drain failed; cutting every connection left")
+            self._ctx.timeline.failed = True
+            self._cut(tunnels=False)
+            self._cut(tunnels=True)
+        finally:
+            self._ctx.pool.close()
+            if self._ctx.timeline.phase is Phase.PROPAGATING:
+                self._move(Phase.DRAINING)
+            self._move(Phase.DRAINED)
+            self._drained.set()
+
+    async def _sequence(self) -> None:
         settings = self._ctx.settings
-        await self._wait_for_any([self._force], settings.propagation_window_s)
+        await self._first_of([], settings.propagation_window_s)
         self._move(Phase.DRAINING)
         self._listener.close()
-        for connection in list(self._ctx.connections):
+        for connection in self._ctx.connections.connections(Kind.HTTP):
             connection.drain()
         await asyncio.gather(
-            self._settle(self._ctx.in_flight, settings.drain_timeout_s, self._cut_requests),
-            self._settle(self._ctx.tunnels_in_flight, settings.tunnel_drain_timeout_s,
-                         self._cut_tunnels))
-        self._ctx.pool.close()
-        self._move(Phase.DRAINED)
-        self._drained.set()
+            self._settle(tunnels=False, timeout_s=settings.drain_timeout_s),
+            self._settle(tunnels=True, timeout_s=settings.tunnel_drain_timeout_s))
 
-    async def _wait_for_any(self, events: list[asyncio.Event], timeout_s: float,
-                            *tasks: asyncio.Task[None]) -> None:
-        waiters = [self._loop.create_task(event.wait()) for event in events] + list(tasks)
+    async def _settle(self, tunnels: bool, timeout_s: float) -> None:
+        """Wait until no connection of the kind is left, a second signal, or the deadline;
+        then cut what is left.  A loop: woken by the last connection ending, it looks again
+        (one adopted from the backlog may have registered since)."""
+        tracker = self._ctx.connections
+        left: Callable[[], int] = (lambda: tracker.tunnels) if tunnels else \
+            (lambda: tracker.http)
+        wait_none = tracker.wait_no_tunnels if tunnels else tracker.wait_no_http
+        deadline = self._loop.time() + timeout_s
+        while left() and not self._force.is_set():
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                break
+            await self._first_of([wait_none()], remaining)
+        if left():
+            self._cut(tunnels)
+
+    def _cut(self, tunnels: bool) -> None:
+        """Cut every connection of the kind; one failing does not spare the others."""
+        cut = ended = 0
+        for connection in self._ctx.connections.connections(Kind.TUNNEL if tunnels else Kind.HTTP):
+            try:
+                cut += connection.cut()
+                ended += 1
+            except Exception:
+                log.exception("cutting a connection failed")
+        timeline, metrics = self._ctx.timeline, self._ctx.metrics
+        if tunnels:
+            timeline.cut_tunnels += ended
+            metrics.tunnels_cut.inc(ended)
+            log.warning("tunnel drain deadline: cut %d tunnels", ended)
+        else:
+            timeline.cut_requests += cut
+            metrics.requests_cut.inc(cut)
+            log.warning("drain deadline: cut %d in-flight requests, closed %d connections",
+                        cut, ended)
+
+    async def _first_of(self, waits: list[Awaitable[None]], timeout_s: float) -> None:
+        """Wait for the first of ``waits``, a second signal, or ``timeout_s``."""
+        tasks = [asyncio.ensure_future(w) for w in [*waits, self._force.wait()]]
         try:
-            await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
-
-    async def _settle(self, in_flight: InFlight, timeout_s: float,
-                      cut: Callable[[], None]) -> None:
-        """Wait until ``in_flight`` is empty, a second signal, or the timeout; then cut."""
-        if not self._force.is_set():
-            idle = self._loop.create_task(in_flight.wait_idle())
-            await self._wait_for_any([self._force], timeout_s, idle)
-        if in_flight.count:
-            cut()
-
-    def _cut_requests(self) -> None:
-        cut = sum(connection.cut() for connection in list(self._ctx.connections))
-        self._ctx.timeline.cut_requests += cut
-        self._ctx.metrics.requests_cut.inc(cut)
-        log.warning("drain deadline: cut %d in-flight requests", cut)
-
-    def _cut_tunnels(self) -> None:
-        tunnels = list(self._ctx.tunnels)
-        for tunnel in tunnels:
-            tunnel.cut("drain_deadline")
-        self._ctx.timeline.cut_tunnels += len(tunnels)
-        self._ctx.metrics.tunnels_cut.inc(len(tunnels))
-        log.warning("tunnel drain deadline: cut %d tunnels", len(tunnels))
+            for task in tasks:
+                task.cancel()
 
     def _move(self, phase: Phase) -> None:
         timeline = self._ctx.timeline
@@ -133,9 +164,11 @@ class DrainCoordinator:
     def _on_phase(self, phase: Phase, lasted: float, after: str) -> None:
         timeline = self._ctx.timeline
         self._ctx.metrics.phase.state(phase.value)
+        connections = self._ctx.connections
         log.info(
-            "phase %s (after %s, %.3fs): connections=%d in_flight=%d accepted_while_draining=%d "
-            "served_while_draining=%d closed_by_drain=%d cut=%d tunnels=%d",
-            phase.value, after, lasted, len(self._ctx.connections), self._ctx.in_flight.count,
-            timeline.accepted_while_draining, timeline.served_while_draining,
-            timeline.connections_closed_by_drain, timeline.cut_requests, len(self._ctx.tunnels))
+            "phase %s (after %s, %.3fs): connections=%d tunnels=%d in_flight=%d "
+            "accepted_while_draining=%d served_while_draining=%d closed_by_drain=%d cut=%d",
+            phase.value, after, lasted, connections.http, connections.tunnels,
+            self._ctx.requests_in_flight, timeline.accepted_while_draining,
+            timeline.served_while_draining, timeline.connections_closed_by_drain,
+            timeline.cut_requests)

@@ -1,16 +1,22 @@
 """One request/response exchange on a client connection, and its request-side buffering.
 
-The request body is streamed to the app as it arrives.  Until an upstream
-connection is attached, it waits in ``pending`` (bounded: the client connection
-stops reading past ``MAX_PENDING_BODY_BYTES``).  A copy of everything sent
-upstream is kept in ``replay`` while it stays small, so that an idempotent
-request whose pooled connection turned out dead can be retried once
-(RFC 9112 section 9.3.1) without asking the client to resend.
+The request body is streamed to the app as it arrives.  Until an app connection is
+attached it waits in ``pending`` (bounded: the client connection stops reading past
+``MAX_PENDING_BODY_BYTES``).  A copy of everything sent upstream is kept in
+``replay`` while it stays small, so that an idempotent request whose pooled
+connection turned out dead can be sent once more (RFC 9112 section 9.3.1) without
+asking the client to resend.
+
+``started_at`` comes from ``time.monotonic()``, not the event loop's clock: uvloop's
+counts whole milliseconds, which would make the sub-millisecond buckets of the
+request-duration histogram meaningless.
 """
 
 from __future__ import annotations
 
-from proxy.http_policy import ForwardRequest
+import time
+
+from proxy.http_policy import ForwardRequest, Headers
 from proxy.upstream import UpstreamConnection
 
 MAX_PENDING_BODY_BYTES = 256 * 1024  # a few socket reads; beyond it, backpressure
@@ -18,19 +24,20 @@ MAX_REPLAY_BYTES = 64 * 1024  # requests larger than this are not retried
 
 
 class Exchange:
-    """State of one request from its first byte to the end of its response."""
+    """One request from its first byte to the end of its response."""
 
     __slots__ = (
-        "body_done", "error", "finished", "framing_chunked", "head_flushed", "head_sent", "pending",
-        "pending_bytes", "replay", "replay_bytes", "request", "retried", "started_at",
-        "status", "upstream",
+        "error", "finished", "framing_chunked", "head_flushed", "head_sent", "pending",
+        "pending_bytes", "replay", "replay_bytes", "request", "request_complete", "retried",
+        "started_at", "status", "trailers", "upstream",
     )
 
-    def __init__(self, started_at: float) -> None:
-        self.started_at = started_at
-        self.request: ForwardRequest | None = None
+    def __init__(self) -> None:
+        self.started_at = time.monotonic()
+        self.request: ForwardRequest | None = None  # None until its head is complete
         self.error: bytes | None = None  # a response the proxy must send instead
-        self.body_done = False
+        self.request_complete = False  # the whole request (body, trailers) was read
+        self.trailers: Headers = []  # a chunked request's trailer fields, to forward
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.replay: list[bytes] | None = []
@@ -38,13 +45,13 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None
         self.head_sent = False  # the response head is decided (it may still be buffered)
         self.head_flushed = False  # ... and written to the client: an error now must abort
-        self.framing_chunked = False
+        self.framing_chunked = False  # the response goes to the client chunked
         self.status = 0
         self.retried = False
         self.finished = False
 
     def take_pending(self) -> bytes:
-        """The head and any body received so far, to send on a new upstream connection."""
+        """The head and any body received so far, to send on a new app connection."""
         assert self.request is not None
         data = b"".join([self.request.head, *self.pending])
         self.pending.clear()
@@ -71,10 +78,12 @@ class Exchange:
         else:
             self.replay.append(data)
 
-    def can_retry(self) -> bool:
-        """RFC 9112 9.3.1: only idempotent requests, once, with the whole body at hand."""
+    @property
+    def replayable(self) -> bool:
+        """RFC 9112 9.3.1: an idempotent request, not retried yet, whole and at hand, with
+        nothing of its response sent to the client."""
         return (self.request is not None and self.request.idempotent and not self.retried
-                and self.body_done and self.replay is not None and not self.head_sent)
+                and self.request_complete and self.replay is not None and not self.head_sent)
 
     def replay_bytes_for_retry(self) -> bytes:
         assert self.replay is not None

@@ -377,6 +377,40 @@ def error_response(status: int, detail: str, close: bool = True) -> bytes:
     return head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body
 
 
+# Fields that must not come from a trailer section (RFC 9110 section 6.5.1): framing,
+# routing, authentication, request modifiers and response controls are evaluated before
+# the content.  They are dropped when forwarding trailers; framing fields in a *request*
+# trailer are refused outright, as a smuggling attempt.
+_NOT_IN_TRAILERS = _HOP_BY_HOP | {
+    b"host", b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"expect",
+    b"range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
+    b"max-forwards", b"cache-control", b"content-encoding", b"content-type",
+    b"content-range", b"location", b"retry-after", b"vary", b"www-authenticate",
+    b"proxy-authenticate", b"forwarded", b"x-forwarded-for", b"x-forwarded-host",
+    b"x-forwarded-proto",
+}
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"}) | _FRAMING_ALIASES
+
+
+def last_chunk(trailers: Headers, request: bool) -> bytes:
+    """The end of a chunked body, with the trailer fields that may be forwarded.
+
+    RFC 9112 section 7.1.2 allows trailers on any chunked message; a proxy forwards or
+    drops them, never refuses the message for them (except a request trailer that
+    tries to declare framing)."""
+    if not trailers:
+        return LAST_CHUNK
+    lines = [b"0\r\n"]
+    for name, value in trailers:
+        lowered = name.lower()
+        if request and lowered in _FRAMING:
+            raise HttpError(400, "framing header in the request trailers")
+        if lowered not in _NOT_IN_TRAILERS:
+            lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
 def chunk(data: bytes) -> bytes:
     """Frame one chunk of a chunked body (nothing for no data: that would end the body)."""
     if not data:

@@ -16,10 +16,12 @@ with one deadline:
    here: a client may be sending on one at this very moment.
 3. ``draining``: close the listener, close connections that are idle now; busy
    ones close after their current response.
-4. Wait for the last in-flight request (requests and tunnels, not connections),
-   bounded by ``--drain-timeout``; at the deadline abort what remains and count it.
-5. Close the upstream pool, ``drained``; answer ``/drain`` waiters; exit 0 if
-   nothing was cut, 1 if the deadline or a second signal cut work.
+4. Wait until every connection has ended, bounded by ``--drain-timeout`` (tunnels:
+   ``--tunnel-drain-timeout``).  A connection accepted in the window whose first
+   request comes only now is served too.  At the deadline abort what remains and
+   count the requests cut.
+5. Close the upstream pool, ``drained``; answer ``/drain`` waiters; exit 0 if no
+   request was cut, 1 if the deadline or a second signal cut one.
 
 A second SIGTERM/SIGINT in any phase skips straight to the deadline.
 """
@@ -61,7 +63,8 @@ class DrainTimeline:
     fail_readiness_on_drain: bool = True
     phase: Phase = Phase.SERVING
     entered_at: dict[Phase, float] = field(default_factory=dict)
-    forced: bool = False
+    forced: bool = False  # a second signal skipped to the deadline
+    failed: bool = False  # the drain itself raised: everything left was cut
     # What this drain did, for the /drain summary and the phase log lines.
     accepted_while_draining: int = 0
     served_while_draining: int = 0
@@ -119,6 +122,7 @@ class DrainTimeline:
             "requests_cut": self.cut_requests,
             "tunnels_cut": self.cut_tunnels,
             "forced": self.forced,
+            "failed": self.failed,
         }
 
     def durations(self, now: float) -> dict[str, float]:

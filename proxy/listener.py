@@ -18,6 +18,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
+from typing import Protocol
 
 from proxy.settings import Address
 
@@ -25,19 +26,30 @@ log = logging.getLogger("drain_proxy.listener")
 BACKLOG = 1024  # absorbs a burst while paused at --max-connections
 
 
+class Adoptions(Protocol):
+    """Told about connections taken from the backlog until their protocol exists, so the
+    drain cannot finish (and the process exit) between their accept and their register."""
+
+    def adoption_started(self) -> None: ...
+    def adoption_ended(self) -> None: ...
+
+
 class Listener:
     """Owns one listening TCP socket and the asyncio server accepting on it."""
 
-    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
+                 adoptions: Adoptions) -> None:
         self._sock: socket.socket | None = sock
         self._factory = factory
+        self._adoptions = adoptions
         self._server: asyncio.Server | None = None
         self._want_serving = False
-        self._resuming: asyncio.Task[None] | None = None
+        self._reconciling: asyncio.Task[None] | None = None
         self._adopting: set[asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]] = set()
 
     @classmethod
-    def bind(cls, address: Address, factory: Callable[[], asyncio.Protocol]) -> Listener:
+    def bind(cls, address: Address, factory: Callable[[], asyncio.Protocol],
+             adoptions: Adoptions) -> Listener:
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets then.
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -45,21 +57,21 @@ class Listener:
         sock.bind((address.host, address.port))
         sock.listen(BACKLOG)
         sock.setblocking(False)
-        return cls(sock, factory)
+        return cls(sock, factory, adoptions)
 
     @property
     def port(self) -> int:
         assert self._sock is not None
         return int(self._sock.getsockname()[1])
 
+    @property
+    def accepting(self) -> bool:
+        """An asyncio server is accepting on the socket now."""
+        return self._server is not None
+
     async def start(self) -> None:
         self._want_serving = True
-        await self._serve()
-
-    async def _serve(self) -> None:
-        if self._server is None and self._sock is not None and self._want_serving:
-            self._server = await asyncio.get_running_loop().create_server(
-                self._factory, sock=self._sock.dup(), backlog=BACKLOG)
+        await self._reconcile()
 
     def pause(self) -> None:
         """Stop accepting; new connections queue in the kernel backlog."""
@@ -72,7 +84,20 @@ class Listener:
         if self._want_serving or self._sock is None:
             return
         self._want_serving = True
-        self._resuming = asyncio.get_running_loop().create_task(self._serve())
+        if self._reconciling is None or self._reconciling.done():
+            self._reconciling = asyncio.get_running_loop().create_task(self._reconcile())
+
+    async def _reconcile(self) -> None:
+        """Make the server match ``_want_serving``.  Creating a server awaits, and pause and
+        resume may both come meanwhile: one task at a time, looking again after each await,
+        so there is never a second server on the socket."""
+        while self._want_serving and self._server is None and self._sock is not None:
+            server = await asyncio.get_running_loop().create_server(
+                self._factory, sock=self._sock.dup(), backlog=BACKLOG)
+            if self._want_serving and self._server is None and self._sock is not None:
+                self._server = server
+            else:
+                server.close()  # paused (or closed) while it was being created
 
     def close(self) -> None:
         """Stop accepting for good: from now on the kernel refuses connections.
@@ -83,8 +108,6 @@ class Listener:
         then the backlog is accepted and served, then the socket is closed.
         """
         self.pause()
-        if self._resuming is not None:
-            self._resuming.cancel()
         if self._sock is None:
             return
         _refuse_new_handshakes(self._sock)
@@ -102,9 +125,16 @@ class Listener:
             except OSError:
                 return  # e.g. EMFILE: nothing more we can take
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._adoptions.adoption_started()
             task = loop.create_task(loop.connect_accepted_socket(self._factory, connection))
             self._adopting.add(task)
-            task.add_done_callback(self._adopting.discard)
+            task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
+        self._adopting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("adopting a backlog connection failed: %s", task.exception())
+        self._adoptions.adoption_ended()
 
 
 # SO_ATTACH_FILTER and a one-instruction classic BPF program: BPF_RET|BPF_K 0, "keep

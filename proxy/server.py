@@ -15,7 +15,7 @@ from collections.abc import Callable
 from proxy import __version__, build
 from proxy.admin import AdminApp, AdminServer
 from proxy.client import ClientConnection
-from proxy.context import InFlight, ProxyContext
+from proxy.context import ProxyContext
 from proxy.drain import DrainCoordinator
 from proxy.lifecycle import DrainTimeline
 from proxy.listener import Listener
@@ -24,6 +24,7 @@ from proxy.readiness import check_app
 from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
 from proxy.tcp import TcpSession
+from proxy.tracker import Kind
 from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("drain_proxy")
@@ -49,10 +50,10 @@ class ProxyServer:
         timeline = DrainTimeline(settings.propagation_window_s, settings.drain_timeout_s,
                                  settings.readiness_on_drain == "fail")
         self.ctx = ProxyContext(settings=settings, metrics=self.metrics, timeline=timeline,
-                                rotation=rotation, pool=UpstreamPool(settings),
-                                in_flight=InFlight())
+                                rotation=rotation, pool=UpstreamPool(settings))
         try:
-            self.listener = Listener.bind(settings.listen, self._protocol_factory())
+            self.listener = Listener.bind(settings.listen, self._protocol_factory(),
+                                          self.ctx.connections)
         except OSError as error:
             raise StartupError(f"--listen {settings.listen}: cannot listen: {error.strerror}") \
                 from None
@@ -90,10 +91,8 @@ class ProxyServer:
         self.listener.close()
         if self._admin is not None:
             await self._admin.close()
-        for connection in list(self.ctx.connections):
+        for connection in self.ctx.connections.connections(*Kind):
             connection.cut()
-        for tunnel in list(self.ctx.tunnels):
-            tunnel.cut("drain_deadline")
         self.ctx.pool.close()
         # Closed transports release their sockets on the next loop iterations;
         # uvloop refuses to close a loop that still has them (EBUSY).

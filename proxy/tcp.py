@@ -14,13 +14,11 @@ middle of an exchange.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from proxy.context import ProxyContext
+from proxy.tracker import Kind
 from proxy.tunnel import Tunnel, TunnelEnd
 from proxy.upstream import UpstreamFailure, connect_to_app
-
-log = logging.getLogger("drain_proxy.tcp")
 
 
 class _ClientEnd(TunnelEnd):
@@ -50,8 +48,7 @@ class TcpSession:
 
     def start(self) -> None:
         now = self._loop.time()
-        self.ctx.register(self, now)
-        self.ctx.tunnel_began(self.tunnel)
+        self.ctx.register(self, now, Kind.TUNNEL)
         self._connecting = self._loop.create_task(self._connect())
         settings = self.ctx.settings
         if settings.max_connection_age_s and settings.tcp_rotate_idle_s:
@@ -62,8 +59,7 @@ class TcpSession:
         try:
             await connect_to_app(self.ctx.settings, self.tunnel.upstream)
         except UpstreamFailure as failure:
-            self.ctx.metrics.upstream_errors.labels(failure.reason).inc()
-            log.warning("tcp: %s", failure)
+            self.ctx.upstream_failed(failure)
             if self.client_end.transport is not None:
                 self.client_end.transport.close()  # promptly: the client sees EOF, not a hang
             return
@@ -76,14 +72,13 @@ class TcpSession:
             self._rotation = self._loop.call_later(wait, self._rotate_when_idle)
             return
         self._rotation = None
-        self.tunnel.cut("max_age")  # idle both ways: nothing is cut mid-exchange
+        self.tunnel.cut("max_age", graceful=True)  # idle both ways: nothing is cut
 
     def _ended(self, tunnel: Tunnel, reason: str) -> None:
         if self._connecting is not None:
             self._connecting.cancel()
         if self._rotation is not None:
             self._rotation.cancel()
-        self.ctx.tunnel_ended(tunnel)
         self.ctx.unregister(self, reason)
 
     # -- Drainable --------------------------------------------------------------------------
@@ -91,5 +86,6 @@ class TcpSession:
         """A TCP connection cannot be told to reconnect: it runs on until it ends."""
 
     def cut(self) -> int:
-        """No requests to cut: the drain cuts the tunnel itself (``ctx.tunnels``)."""
+        """The tunnel deadline: abort both connections (no request is counted as cut)."""
+        self.tunnel.cut("drain_deadline")
         return 0

@@ -12,7 +12,7 @@ keeps the semantics of the two TCP connections it joins:
 * resets: a connection lost with an error aborts the other end (RST), so the
   peer sees a failure, not a clean end of stream.
 
-A tunnel is "in flight" for the drain from its start to the loss of both ends.
+A tunnel counts for the drain (``tracker``) from its start to the loss of both ends.
 """
 
 from __future__ import annotations
@@ -159,12 +159,17 @@ class Tunnel:
             if end.transport is not None:
                 end.transport.close()
 
-    def cut(self, reason: str) -> None:
-        """Abort both connections now (drain deadline, rotation of an idle tunnel)."""
+    def cut(self, reason: str, graceful: bool = False) -> None:
+        """End both connections now: with a reset (the drain deadline: both peers must see
+        that the stream was cut), or ``graceful``ly with a FIN (rotating a tunnel that is
+        idle both ways, where nothing is cut)."""
         self.cut_reason = reason
         for end in (self.client, self.upstream):
             if end.transport is not None and not end.lost:
-                end.transport.abort()
+                if graceful:
+                    end.transport.close()
+                else:
+                    reset(end.transport)
         if self.upstream.transport is None:
             self._finish(reason)
 

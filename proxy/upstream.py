@@ -1,297 +1,326 @@
-"""Connections to the app and their keep-alive pool.
+"""Connections to the app and their keep-alive pool: the asyncio side of ``upstream_state``.
 
-An ``UpstreamConnection`` carries one exchange at a time and reports the
-response to its client connection through the ``ResponseSink`` calls.  The pool
-hands out idle connections last-in first-out (the warmest socket, the least
-likely to have been closed by the app), and never reuses a connection that has
-seen EOF, stray bytes, or a response it could not fully read.
+An ``UpstreamConnection`` carries one exchange at a time and reports the response to
+the client connection it serves through the ``ResponseSink`` calls.  When a direction
+of the exchange ends, and whether the connection may be pooled afterwards, is
+``upstream_state.UpstreamMachine``'s decision; this class parses, moves bytes and
+runs the timers.
 
-Pooled connections expire after ``--upstream-idle-timeout``, kept below common
-app keep-alive timeouts: a pooled connection that the app closes at the moment we
-reuse it is the classic source of spurious 502s.
+Two timers, one per concern.  *Reading*: a pooled connection expires after
+``--upstream-idle-timeout`` (kept below common app keep-alive timeouts: a pooled
+connection the app closes at the moment we reuse it is the classic spurious 502);
+an exchange gets ``--upstream-timeout`` for the response head and then between reads
+of its body, suspended while we stop reading because the client is full.
+*Writing*: an app that stops reading the request body for ``--body-timeout`` gets
+the exchange failed with 504.
+
+The pool hands out idle connections last-in first-out (the warmest socket, the least
+likely to have been closed by the app), and never one that has seen stray bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
 
 from proxy.deadline import Deadline
+from proxy.flow import APP_FULL, ReadGate
 from proxy.http_policy import Framing, Headers, HttpError, app_response_framing
 from proxy.settings import Settings
+from proxy.tunnel import reset
+from proxy.upstream_state import Failure, UpstreamMachine, UpstreamState
 
 # Pooled idle connections beyond this are closed: they cost the app a socket each.
 MAX_IDLE_CONNECTIONS = 256
 
 
 class UpstreamFailure(Exception):
-    """The app could not be reached or answered badly; ``status`` goes to the client."""
+    """An exchange with the app failed: what happened, and what the retry rule needs."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
+    def __init__(self, failure: Failure, detail: str, reused: bool = False,
+                 response_bytes: bool = False) -> None:
         super().__init__(detail)
-        self.status = status
-        self.reason = reason  # a drain_proxy_upstream_errors_total label
+        self.failure = failure
+        self.reused = reused  # on a pooled connection
+        self.response_bytes = response_bytes  # after some byte of a response arrived
 
 
 class ResponseSink(Protocol):
-    """What an upstream connection tells the client connection it serves."""
+    """What an app connection tells the client connection it serves."""
 
-    def upstream_interim(self, status: int, reason: bytes, headers: Headers) -> None: ...
-    def upstream_head(self, status: int, reason: bytes, headers: Headers,
+    def response_interim(self, status: int, reason: bytes, headers: Headers) -> None: ...
+    def response_head(self, status: int, reason: bytes, headers: Headers,
                       app_framing: Framing) -> None: ...
-    def upstream_body(self, data: bytes) -> None: ...
-    def upstream_complete(self) -> None: ...
-    def upstream_flush(self) -> None: ...
-    def upstream_switched(self, connection: UpstreamConnection, reason: bytes,
+    def response_body(self, data: bytes) -> None: ...
+    def response_complete(self, trailers: Headers) -> None: ...
+    def response_flush(self) -> None: ...
+    def response_switched(self, connection: UpstreamConnection, reason: bytes,
                           headers: Headers, tail: bytes) -> None: ...
-    def upstream_lost(self, failure: UpstreamFailure, response_started: bool) -> None: ...
-    def upstream_writable(self, writable: bool) -> None: ...
-
-
-class UpstreamConnection(asyncio.Protocol):
-    """One connection to the app, parsing responses with llhttp."""
-
-    __slots__ = (
-        "_body_allowed", "_close_delimited", "_done", "_head_seen", "_headers", "_interim",
-        "_keep_alive", "_on_deadline", "_parser", "_poisoned", "_reason", "_request_sent", "_sink",
-        "_switching", "_timer", "_upgrade",
-        "pool", "reused", "seen_bytes", "transport",
-    )
-
-    def __init__(self, pool: UpstreamPool) -> None:
-        self.pool = pool
-        self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
-        self._sink: ResponseSink | None = None
-        settings = pool.settings
-        self._timer = Deadline(asyncio.get_running_loop(), self._deadline_passed,
-                               min(settings.upstream_timeout_s, settings.upstream_idle_timeout_s))
-        self._on_deadline: Callable[[], None] = self.expire
-        self._headers: Headers = []
-        self._reason = b""
-        self._interim = False
-        self._head_seen = False
-        self._keep_alive = False
-        self._upgrade = False
-        self._switching = False
-        self._done = False
-        self._request_sent = False  # the whole request was handed to the transport
-        self._poisoned = False
-        self._body_allowed = True
-        self._close_delimited = False
-        self.reused = False
-        self.seen_bytes = False
-
-    # -- used by the client connection ---------------------------------------------------
-    def bind(self, sink: ResponseSink, expects_body: bool, upgrade: bool = False) -> None:
-        """Start an exchange; ``expects_body`` is False for HEAD requests; ``upgrade``
-        when the request asks to switch protocols (a 101 then ends HTTP here)."""
-        self._cancel_timer()
-        self._upgrade, self._switching = upgrade, False
-        self._sink, self._done, self.seen_bytes = sink, False, False
-        self._request_sent = False
-        self._body_allowed, self._head_seen, self._interim = expects_body, False, False
-
-    def send(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def request_sent(self) -> None:
-        """The whole request is out: from now on the app has ``--upstream-timeout``."""
-        self._request_sent = True
-        if self._sink is not None and not self._done:
-            self._on_deadline = self._response_timed_out
-            self._timer.set(self.pool.settings.upstream_timeout_s)
-
-    def pause_reading(self, paused: bool) -> None:
-        """Backpressure from the client side: stop reading the app while it is full."""
-        if self.transport is not None and not self.transport.is_closing():
-            if paused:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
-
-    def abort(self) -> None:
-        self._sink = None
-        self._cancel_timer()
-        if self.transport is not None:
-            self.transport.abort()
-
-    # -- asyncio.Protocol ---------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-
-    def data_received(self, data: bytes) -> None:
-        if self._sink is None:  # bytes on an idle pooled connection: never trust it again
-            self._poisoned = True
-            self.close()
-            return
-        self.seen_bytes = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._switched(data[upgrade.args[0]:])
-            return
-        except httptools.HttpParserError as error:
-            self._fail(UpstreamFailure(502, "protocol", f"invalid response from app: {error}"))
-            return
-        if self._done:
-            self._after_response()
-        elif self._sink is not None:
-            self._sink.upstream_flush()
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self._timer.cancel()
-        self.pool.forget(self)
-        sink, self._sink = self._sink, None
-        if sink is None or self._done:
-            return
-        if self._close_delimited:  # EOF is how this response ends
-            self._done = True
-            sink.upstream_complete()
-            return
-        failure = UpstreamFailure(502, "reset", "the app closed the connection")
-        sink.upstream_lost(failure, response_started=self._head_seen)
-
-    def pause_writing(self) -> None:
-        if self._sink is not None:
-            self._sink.upstream_writable(False)
-
-    def resume_writing(self) -> None:
-        if self._sink is not None:
-            self._sink.upstream_writable(True)
-
-    # -- llhttp callbacks ---------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if self._done or self._sink is None:
-            self._poisoned = True  # a second response to one request
-            raise _StrayResponse
-        self._headers = []
-        self._close_delimited = False
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        assert self._sink is not None
-        status = self._parser.get_status_code()
-        if status == 101:
-            if not self._upgrade:
-                raise _StrayResponse  # a switch nobody asked for is a protocol error
-            self._switching = True
-            self._cancel_timer()
-            return
-        if 100 <= status < 200:
-            self._interim = True
-            self._sink.upstream_interim(status, self._reason, self._headers)
-            return
-        self._interim = False
-        self._cancel_timer()
-        try:
-            framing = app_response_framing(status, self._headers, not self._body_allowed)
-        except HttpError as error:
-            self._fail(UpstreamFailure(502, "protocol", error.reason))
-            raise _StrayResponse from None  # stop parsing this connection
-        self._head_seen = True
-        # Read it now: llhttp resets the flag once the message is complete.
-        self._keep_alive = self._parser.should_keep_alive()
-        self._close_delimited = framing is Framing.CLOSE
-        self._sink.upstream_head(status, self._reason, self._headers, framing)
-        if not self._body_allowed:  # a response to HEAD ends with its head
-            self._finish()
-
-    def on_body(self, body: bytes) -> None:
-        if self._done or self._sink is None:
-            self._poisoned = True  # bytes after a complete response
-            return
-        self._sink.upstream_body(body)
-
-    def on_message_complete(self) -> None:
-        if self._switching:
-            return  # llhttp now pauses: data_received hands the connection over
-        if self._interim:
-            self._interim = False
-        elif not self._done:
-            self._finish()
-
-    # -- internals ----------------------------------------------------------------------
-    def _finish(self) -> None:
-        self._done = True
-        sink, self._sink = self._sink, None
-        if sink is not None:
-            sink.upstream_complete()
-
-    def _switched(self, tail: bytes) -> None:
-        """The app agreed to switch protocols: this connection leaves HTTP (and the pool)."""
-        sink, self._sink = self._sink, None
-        if not self._switching or sink is None:
-            self._sink = sink
-            self._fail(UpstreamFailure(502, "protocol", "unexpected protocol switch"))
-            return
-        self._done = True
-        self.pool.forget(self)
-        self._timer.cancel()
-        sink.upstream_switched(self, self._reason, self._headers, tail)
-
-    def _after_response(self) -> None:
-        """Pool the connection only if it is clean, the app agreed to keep it, and the
-        whole request went out: an app that answered early (401, 413) still expects the
-        rest of the body, and would read the next client's request as that body."""
-        reusable = (self._request_sent and not self._poisoned and not self._close_delimited
-                    and self._keep_alive and self._body_allowed)
-        if reusable:
-            self.reused = True
-            self.pool.release(self)
-        else:
-            self.close()
-
-    def _fail(self, failure: UpstreamFailure) -> None:
-        sink, self._sink = self._sink, None
-        self.close()
-        if sink is not None and not self._done:
-            sink.upstream_lost(failure, response_started=self._head_seen)
-
-    def _deadline_passed(self) -> None:
-        self._on_deadline()
-
-    def _response_timed_out(self) -> None:
-        self._fail(UpstreamFailure(504, "timeout", "the app did not answer in time"))
-
-    def _cancel_timer(self) -> None:
-        self._timer.clear()
-
-    def close(self) -> None:
-        self._cancel_timer()
-        self.pool.forget(self)
-        if self.transport is not None:
-            self.transport.close()
-
-    def expire(self) -> None:
-        """Idle timer of a pooled connection."""
-        self.close()
-
-    def park(self, idle_timeout_s: float) -> None:
-        self._on_deadline = self.expire
-        self._timer.set(idle_timeout_s)
+    def response_failed(self, failure: UpstreamFailure) -> None: ...
+    def app_writable(self, writable: bool) -> None: ...
 
 
 class _StrayResponse(Exception):
     """Raised inside llhttp callbacks to stop parsing a response we did not ask for."""
 
 
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to the app, parsing responses with llhttp."""
+
+    __slots__ = (
+        "_close_delimited", "_head_request", "_headers", "_interim", "_keep_alive", "_parser",
+        "_poisoned", "_read_deadline", "_reason", "_response_bytes", "_sink", "_switching",
+        "_trailers", "_upgrade", "_write_deadline", "gate", "machine", "pool", "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.machine = UpstreamMachine()
+        self.transport: asyncio.Transport | None = None
+        self.gate = ReadGate()
+        self._parser = httptools.HttpResponseParser(self)
+        self._sink: ResponseSink | None = None
+        settings = pool.settings
+        loop = asyncio.get_running_loop()
+        self._read_deadline = Deadline(
+            loop, self._read_timed_out,
+            min(settings.upstream_timeout_s, settings.upstream_idle_timeout_s))
+        self._write_deadline = Deadline(loop, self._write_timed_out, settings.body_timeout_s)
+        self._headers: Headers = []
+        self._trailers: Headers | None = None  # a list once the final head is complete
+        self._reason = b""
+        self._interim = False  # the head being parsed is a 1xx
+        self._switching = False  # a 101 arrived: the rest of the read is tunnel data
+        self._keep_alive = False
+        self._close_delimited = False
+        self._head_request = False
+        self._upgrade = False
+        self._response_bytes = False  # some byte of this exchange's response arrived
+        self._poisoned = False  # bytes we did not ask for: never reuse
+
+    # -- used by the client connection -----------------------------------------------------
+    def bind(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> None:
+        """Start an exchange; ``upgrade`` when the request asks to switch protocols."""
+        self.machine.bind()
+        self._read_deadline.clear()
+        self._sink, self._head_request, self._upgrade = sink, head_request, upgrade
+        self._switching = self._interim = self._close_delimited = self._response_bytes = False
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def request_sent(self) -> None:
+        """The whole request went out: from now on the app has ``--upstream-timeout``."""
+        if self.machine.request_sent():
+            self._read_deadline.set(self.pool.settings.upstream_timeout_s)
+
+    def client_full(self, full: bool) -> None:
+        """Backpressure from the client: stop reading the app while its socket is full.
+        The read timer stops too: a paused app is not a slow app."""
+        self.gate.set(APP_FULL, full)
+        if full:
+            self._read_deadline.clear()
+        elif self.machine.state in _RESPONDING:
+            self._read_deadline.set(self.pool.settings.upstream_timeout_s)
+
+    def abort(self) -> None:
+        """The client side gave up on this exchange: reset, so the app sees it."""
+        self._sink = None
+        self._stop_timers()
+        self.machine.closed()
+        self.pool.forget(self)
+        if self.transport is not None:
+            reset(self.transport)
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = self.gate.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._sink is None:  # bytes on an idle pooled connection: never trust it again
+            self._poisoned = True
+            self.close()
+            return
+        self._response_bytes = True
+        if self.machine.state in _RESPONDING:  # progress: the read timer restarts
+            self._read_deadline.set(self.pool.settings.upstream_timeout_s)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._switched(data[upgrade.args[0]:])
+            return
+        except httptools.HttpParserError as parse_error:
+            self._poisoned = True
+            self._fail(Failure.PROTOCOL, f"invalid response from the app: {parse_error}")
+        self._after_read()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = self.gate.transport = None
+        self._stop_timers()
+        self.pool.forget(self)
+        state = self.machine.state
+        self.machine.closed()
+        sink, self._sink = self._sink, None
+        if sink is None:
+            return
+        if exc is None and self._close_delimited and state in _RESPONDING:
+            sink.response_complete([])  # a close-delimited body ends with the app's EOF
+            return
+        failure = Failure.CLOSED if exc is None else Failure.RESET
+        detail = "the app closed the connection" if exc is None else f"the app reset it: {exc}"
+        sink.response_failed(self._failure(failure, detail))
+
+    def pause_writing(self) -> None:
+        """The app is not reading the request body: it has ``--body-timeout`` to resume."""
+        self._write_deadline.set(self.pool.settings.body_timeout_s)
+        if self._sink is not None:
+            self._sink.app_writable(False)
+
+    def resume_writing(self) -> None:
+        self._write_deadline.clear()
+        if self._sink is not None:
+            self._sink.app_writable(True)
+
+    # -- llhttp callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._sink is None:
+            raise _StrayResponse  # a second response to one request
+        self._headers = []
+        self._trailers = None
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._trailers is not None:
+            self._trailers.append((name, value))
+        else:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        sink = self._sink
+        assert sink is not None
+        status = self._parser.get_status_code()
+        if status == 101:
+            if not self._upgrade:
+                raise _StrayResponse  # a switch nobody asked for is a protocol error
+            self._switching = True
+            self._read_deadline.clear()
+            return
+        if status < 200:
+            self._interim = True
+            sink.response_interim(status, self._reason, self._headers)
+            return
+        self._interim = False
+        try:
+            framing = app_response_framing(status, self._headers, self._head_request)
+        except HttpError as refused:
+            self._poisoned = True
+            self._fail(Failure.PROTOCOL, refused.reason)
+            raise _StrayResponse from None  # stop parsing this connection
+        # Read it now: llhttp resets the flag once the message is complete.
+        self._keep_alive = self._parser.should_keep_alive()
+        self._close_delimited = framing is Framing.CLOSE
+        self.machine.response_begins()
+        self._read_deadline.set(self.pool.settings.upstream_timeout_s)
+        self._trailers = []
+        sink.response_head(status, self._reason, self._headers, framing)
+        if self._head_request:  # llhttp cannot know: a response to HEAD ends with its head
+            self._keep_alive = False  # and a body after it would be read as the next one
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._sink is None:  # bytes after a complete response (HEAD, say)
+            self._poisoned = True
+            return
+        self._sink.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._switching or self._sink is None:
+            return  # 101: llhttp pauses next; or a HEAD response, complete already
+        if self._interim:
+            self._interim = False  # the final response follows
+            return
+        self._complete()
+
+    # -- internals -------------------------------------------------------------------------
+    def _complete(self) -> None:
+        self.machine.response_done(self._keep_alive and not self._close_delimited)
+        self._read_deadline.clear()
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.response_complete(self._trailers or [])
+
+    def _after_read(self) -> None:
+        """Once a read is parsed: flush it to the client, or pool or close the connection
+        whose response it completed (only now: stray bytes in the same read poison it)."""
+        if self._sink is not None:
+            self._sink.response_flush()
+        elif self.machine.state is UpstreamState.IDLE and not self._poisoned:
+            self.pool.release(self)
+        else:
+            self.close()
+
+    def _switched(self, tail: bytes) -> None:
+        """The app agreed to switch protocols: this connection leaves HTTP and the pool."""
+        sink, self._sink = self._sink, None
+        if not self._switching or sink is None:
+            self._sink = sink
+            self._fail(Failure.PROTOCOL, "unexpected protocol switch")
+            return
+        self.machine.switched()
+        self.pool.forget(self)
+        self._stop_timers()
+        sink.response_switched(self, self._reason, self._headers, tail)
+
+    def _failure(self, failure: Failure, detail: str) -> UpstreamFailure:
+        return UpstreamFailure(failure, detail, self.machine.reused, self._response_bytes)
+
+    def _fail(self, failure: Failure, detail: str) -> None:
+        sink, self._sink = self._sink, None
+        error = self._failure(failure, detail)
+        self.close()
+        if sink is not None:
+            sink.response_failed(error)
+
+    def _read_timed_out(self) -> None:
+        if self.machine.state is UpstreamState.IDLE:
+            self.close()  # a pooled connection expired
+        else:
+            self._fail(Failure.TIMEOUT, "the app did not answer in time")
+
+    def _write_timed_out(self) -> None:
+        self._fail(Failure.STALLED, "the app stopped reading the request body")
+
+    def _stop_timers(self) -> None:
+        self._read_deadline.cancel()
+        self._write_deadline.cancel()
+
+    def close(self) -> None:
+        self._stop_timers()
+        self.machine.closed()
+        self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.close()
+
+    def park(self, idle_timeout_s: float) -> None:
+        """Pooled: expire after ``idle_timeout_s``."""
+        self.gate.set(APP_FULL, False)
+        self._read_deadline.set(idle_timeout_s)
+
+
+_RESPONDING = frozenset({UpstreamState.RECEIVING, UpstreamState.EARLY})
+
+
 async def connect_to_app(settings: Settings, protocol: asyncio.Protocol) -> None:
     """Connect ``protocol`` to the app (TCP or unix socket) within the connect timeout;
-    UpstreamFailure 502 when refused, 504 when it timed out.  Used by the pool and by
+    UpstreamFailure REFUSED (502) or CONNECT_TIMEOUT (504).  Used by the pool and by
     TCP mode."""
     loop = asyncio.get_running_loop()
     address = settings.upstream
@@ -302,9 +331,10 @@ async def connect_to_app(settings: Settings, protocol: asyncio.Protocol) -> None
             else:
                 await loop.create_connection(lambda: protocol, address.host, address.port)
     except TimeoutError:
-        raise UpstreamFailure(504, "timeout", "connecting to the app timed out") from None
+        raise UpstreamFailure(Failure.CONNECT_TIMEOUT, "connecting to the app timed out") \
+            from None
     except OSError as error:
-        raise UpstreamFailure(502, "connect", f"cannot connect to the app: {error}") from None
+        raise UpstreamFailure(Failure.REFUSED, f"cannot connect to the app: {error}") from None
 
 
 class UpstreamPool:
@@ -324,18 +354,18 @@ class UpstreamPool:
         return None
 
     async def connect(self) -> UpstreamConnection:
-        """A fresh connection, or UpstreamFailure (502 refused, 504 timed out)."""
+        """A fresh connection, or UpstreamFailure."""
         connection = UpstreamConnection(self)
         await connect_to_app(self.settings, connection)
         return connection
 
     def release(self, connection: UpstreamConnection) -> None:
+        """Pool a connection whose exchange ended cleanly (or that went unused)."""
         transport = connection.transport
         unusable = transport is None or transport.is_closing()
         if unusable or self._closed or len(self._idle) >= MAX_IDLE_CONNECTIONS:
             connection.close()
             return
-        connection.pause_reading(False)
         connection.park(self.settings.upstream_idle_timeout_s)
         self._idle.append(connection)
 

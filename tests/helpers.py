@@ -294,6 +294,24 @@ async def raw_exchange(port: int, data: bytes, timeout_s: float = IO_TIMEOUT_S) 
     return bytes(received)
 
 
+async def raw_exchange_ending(port: int, data: bytes,
+                              timeout_s: float = IO_TIMEOUT_S) -> tuple[bytes, bool]:
+    """Like ``raw_exchange``; also says whether the connection ended with a reset (RST),
+    which is how a proxy must show that what the client got is incomplete."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    received = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while chunk := await reader.read(65536):
+                received += chunk
+    except ConnectionResetError:
+        return bytes(received), True
+    finally:
+        writer.close()
+    return bytes(received), False
+
+
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 

@@ -109,7 +109,7 @@ async def _soak() -> None:
         restarts = loop.create_task(_restart_app(app, port, soak))
         await asyncio.gather(*clients)
         app = await restarts
-        await eventually(lambda: not proxy.ctx.connections and proxy.ctx.in_flight.count == 0)
+        await eventually(lambda: not proxy.ctx.connections and proxy.ctx.requests_in_flight == 0)
         await asyncio.sleep(proxy.settings.upstream_idle_timeout_s + 0.5)  # pool expires
         after = (_rss_bytes(), _open_fds(), len(asyncio.all_tasks()))
         assert soak.ok > 1000 and soak.bad_gateway < soak.ok / 10

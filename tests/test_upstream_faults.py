@@ -10,7 +10,16 @@ import socket
 import pytest
 
 from conftest import Run
-from helpers import Client, Script, eventually, raw_exchange, running_proxy, sample, scripted_app
+from helpers import (
+    Client,
+    Script,
+    eventually,
+    raw_exchange,
+    raw_exchange_ending,
+    running_proxy,
+    sample,
+    scripted_app,
+)
 
 GET = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
 
@@ -101,11 +110,12 @@ async def _dies_mid_chunked_body(reader: asyncio.StreamReader,
 def test_app_dying_mid_response_is_a_visible_truncation(run: Run[None], script: Script) -> None:
     async def scenario() -> None:
         async with scripted_app(script) as port, running_proxy(f"127.0.0.1:{port}") as proxy:
-            reply = await raw_exchange(proxy.port, GET)
+            reply, reset = await raw_exchange_ending(proxy.port, GET)
             assert reply.startswith(b"HTTP/1.1 200 ")
             assert not reply.endswith(b"0\r\n\r\n"), "no fake end of a chunked body"
             if b"Content-Length: 100" in reply:
                 assert len(reply.split(b"\r\n\r\n", 1)[1]) < 100
+            assert reset, "a truncated response ends with a reset, not a clean close"
 
     run(scenario())
 
@@ -193,8 +203,9 @@ def test_requests_in_flight_returns_to_zero(run: Run[None]) -> None:
     async def scenario() -> None:
         async with scripted_app(_dies_mid_body) as port, running_proxy(
                 f"127.0.0.1:{port}") as proxy:
-            await raw_exchange(proxy.port, GET)
-            await eventually(lambda: proxy.ctx.in_flight.count == 0)
+            _, reset = await raw_exchange_ending(proxy.port, GET)
+            assert reset
+            await eventually(lambda: proxy.ctx.requests_in_flight == 0)
             assert sample(proxy, "drain_proxy_requests_in_flight") == 0
 
     run(scenario())

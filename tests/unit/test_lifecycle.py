@@ -133,6 +133,7 @@ def test_summary() -> None:
         "requests_cut": 1,
         "tunnels_cut": 0,
         "forced": True,
+        "failed": False,
     }
 
 

@@ -1,0 +1,194 @@
+"""The state of one client connection, and the keep-alive decision.  Sans-IO.
+
+A client connection carries requests one after another.  Most of the time it is
+waiting for the next one (``FRESH`` before the first, ``IDLE`` after), or busy with
+exactly one (``ACTIVE``).  HTTP/1.1 lets a client send the next request before the
+previous answer has arrived (pipelining): llhttp parses everything a read brings,
+so a complete later request may already be waiting; then reading stops until the
+earlier answers are out (``PIPELINE_PAUSED``).  A request that asks to switch
+protocols (WebSocket) is special: until the app says yes (101) or no, the bytes
+after it are neither HTTP nor tunnel data, so they are held unparsed
+(``UPGRADE_PENDING``); on a yes the connection becomes a byte relay
+(``TUNNELLED``).  A connection that must end after its last response half-closes
+and reads on, discarding, so that the client sees that response instead of a reset
+(``CLOSING``).
+
+Every state change goes through ``TRANSITIONS``; anything else raises
+``IllegalTransition``, a bug by definition.  The asyncio adapter (``proxy.client``)
+reports events and carries out what the methods here return.
+
+The drain reads the state too: ``FRESH`` connections are served when their first
+request comes (their client connected while we were still routed to), ``IDLE`` ones
+are closed at once, busy ones close after their response, tunnels have their own
+deadline.
+
+Whether a response ends the connection (``Connection: close``) is decided once, in
+``ClientMachine.close_decision``: the client's wish, the framing, an early answer,
+the drain and keep-alive rotation (see ``proxy.rotation``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from proxy.rotation import rotation_reason
+
+
+class ClientState(enum.Enum):
+    """Where one client connection is; values are the names tests and logs use."""
+
+    # Members are singletons and compare by identity: hash them the same way.  Enum's
+    # own __hash__ is Python code and costs four times as much in the table lookups.
+    __hash__ = object.__hash__
+
+    FRESH = "fresh"  # accepted, no request byte yet
+    IDLE = "idle"  # kept alive between requests
+    ACTIVE = "active"  # one request being read, forwarded or answered
+    PIPELINE_PAUSED = "pipeline_paused"  # a complete later request waits; reading paused
+    UPGRADE_PENDING = "upgrade_pending"  # an Upgrade request is with the app; bytes held
+    TUNNELLED = "tunnelled"  # the app switched protocols: a byte relay
+    CLOSING = "closing"  # the last response is written: half-closed, discarding input
+    CLOSED = "closed"
+
+
+S = ClientState
+TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
+    S.FRESH: frozenset({S.ACTIVE, S.CLOSING, S.CLOSED}),
+    S.IDLE: frozenset({S.ACTIVE, S.CLOSING, S.CLOSED}),
+    S.ACTIVE: frozenset({S.IDLE, S.PIPELINE_PAUSED, S.UPGRADE_PENDING, S.CLOSING, S.CLOSED}),
+    S.PIPELINE_PAUSED: frozenset({S.ACTIVE, S.CLOSING, S.CLOSED}),
+    S.UPGRADE_PENDING: frozenset({S.TUNNELLED, S.IDLE, S.CLOSING, S.CLOSED}),
+    S.TUNNELLED: frozenset({S.CLOSED}),
+    S.CLOSING: frozenset({S.CLOSED}),
+    S.CLOSED: frozenset(),
+}
+BUSY = frozenset({S.ACTIVE, S.PIPELINE_PAUSED, S.UPGRADE_PENDING})
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the table does not allow: a bug, never a runtime condition."""
+
+
+class AfterResponse(enum.Enum):
+    """What the connection does once a response is fully written."""
+
+    __hash__ = object.__hash__
+
+    CLOSE = "close"  # the response said Connection: close
+    DISPATCH_NEXT = "dispatch_next"  # forward the next pipelined request
+    PARSE_HELD = "parse_held"  # the app refused an Upgrade: idle, and the held bytes are HTTP
+    KEEP_READING = "keep_reading"  # the next request is already arriving
+    AWAIT_REQUEST = "await_request"  # idle keep-alive
+
+
+class ClientMachine:
+    """One client connection's state, its keep-alive budget and its close decision."""
+
+    __slots__ = ("budget", "close_reason", "expires_at", "input_closed", "served", "state")
+
+    def __init__(self, budget: int, expires_at: float) -> None:
+        self.state = S.FRESH
+        self.served = 0  # responses completed
+        self.budget = budget  # rotation: responses this connection may carry (0: no limit)
+        self.expires_at = expires_at  # rotation: the first response after this closes
+        self.close_reason: str | None = None  # decided: the connection ends after this response
+        self.input_closed = False  # the client half-closed, or we stopped reading for good
+
+    def _move(self, state: ClientState) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"client connection: {self.state.value} -> {state.value}")
+        self.state = state
+
+    @property
+    def busy(self) -> bool:
+        """A request is being read, forwarded or answered."""
+        return self.state in BUSY
+
+    # -- events -------------------------------------------------------------------------------
+    def request_begins(self) -> None:
+        """The first byte of a request head (a pipelined one leaves the state as it is)."""
+        if self.state is S.FRESH or self.state is S.IDLE:
+            self._move(S.ACTIVE)
+
+    def request_queued(self) -> None:
+        """A complete request waits behind one still being answered: stop reading."""
+        if self.state is not S.PIPELINE_PAUSED:
+            self._move(S.PIPELINE_PAUSED)
+
+    def upgrade_forwarded(self) -> None:
+        """The request being answered asks to switch protocols and went to the app."""
+        self._move(S.UPGRADE_PENDING)
+
+    def switched(self) -> None:
+        """The app answered 101: the connection is a tunnel from now on."""
+        self._move(S.TUNNELLED)
+
+    def response_done(self, *, queued: int, reading: bool, draining: bool) -> AfterResponse:
+        """The response being written is complete; ``queued`` complete requests wait,
+        ``reading`` says a later request is partly read.  Returns what to do next."""
+        self.served += 1
+        if self.close_reason is None and not queued and not reading:
+            if self.input_closed:
+                self.close_reason = "peer"
+            elif draining:  # its head went out before the drain began
+                self.close_reason = "drain"
+        if self.close_reason is not None:
+            self._move(S.CLOSING)
+            return AfterResponse.CLOSE
+        if queued:
+            if queued == 1:  # the last one waiting: reading may resume
+                self._move(S.ACTIVE)
+            return AfterResponse.DISPATCH_NEXT
+        if self.state is S.UPGRADE_PENDING:  # refused: whatever followed it is HTTP
+            self._move(S.IDLE)
+            return AfterResponse.PARSE_HELD
+        if reading:
+            return AfterResponse.KEEP_READING
+        self._move(S.IDLE)
+        return AfterResponse.AWAIT_REQUEST
+
+    def close(self, reason: str) -> bool:
+        """End the connection now (an error answered, idle, the drain): False when it is
+        already closing or closed."""
+        if self.state is S.CLOSING or self.state is S.CLOSED:
+            return False
+        self.close_reason = self.close_reason or reason
+        self._move(S.CLOSING)
+        return True
+
+    def lost(self) -> str:
+        """The transport is gone; returns the connections_closed reason."""
+        if self.state is not S.CLOSED:
+            self._move(S.CLOSED)
+        return self.close_reason or "peer"
+
+    # -- the keep-alive decision ----------------------------------------------------------------
+    def close_decision(self, *, client_keep_alive: bool, close_delimited: bool,
+                       request_complete: bool, pipelined: bool, draining: bool,
+                       now: float) -> str | None:
+        """Whether the response whose head is going out must carry ``Connection: close``:
+        its reason (a connections_closed label), or None to keep the connection.
+
+        Decided once per response, at its head, and remembered: the connection closes
+        after that response.
+        """
+        reason = self._close_reason(client_keep_alive, close_delimited, request_complete,
+                                    pipelined, draining, now)
+        if reason is not None:
+            self.close_reason = reason
+        return reason
+
+    def _close_reason(self, client_keep_alive: bool, close_delimited: bool,
+                      request_complete: bool, pipelined: bool, draining: bool,
+                      now: float) -> str | None:
+        if not client_keep_alive or close_delimited:
+            return "peer"
+        if not request_complete:
+            return "error"  # the app answered early; the rest of the body cannot be resynced
+        if pipelined:
+            return None  # answer the pipelined requests first; the last response closes
+        if self.input_closed:
+            return "peer"
+        if draining:
+            return "drain"
+        return rotation_reason(self.served + 1, self.budget, self.expires_at, now)

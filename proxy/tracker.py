@@ -1,0 +1,119 @@
+"""Every accepted client connection, from its accept to its close: what the drain waits on.
+
+The drain is over when the last connection is gone, not when a request counter
+happens to touch zero: a connection accepted in the propagation window may send
+its first request after the window, and must still be served.  So each accepted
+connection is registered here until its transport is lost, whatever it is doing
+(awaiting its first request, idle, busy, closing, tunnelled), and so is a connection
+taken from the kernel backlog while the listener closes, from the moment it is
+accepted until its protocol exists.  "Drain done" is then an observed event, the
+last one of a kind ending (as in Envoy's drain manager), awaited with a deadline.
+
+Tunnels (TCP mode, upgraded connections) are counted apart: they run on to their own
+deadline, ``--tunnel-drain-timeout``.  A connection whose last response is written out
+(it is half-closed, reading what the client still sends so that it gets that
+response rather than a reset) no longer holds the drain: the process closes it when
+it exits, and the drain does not wait out its linger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Iterator
+from typing import Protocol
+
+
+class Drainable(Protocol):
+    """A client connection as the drain sees it."""
+
+    def drain(self) -> None:
+        """The listener closed: close now if idle, otherwise after the current response."""
+
+    def cut(self) -> int:
+        """The deadline: end now; return how many requests were cut."""
+
+
+class Kind(enum.Enum):
+    """What a registered connection means to the drain."""
+
+    __hash__ = object.__hash__  # identity, cheap: members are singletons
+
+    HTTP = "http"  # may still carry a request: the drain waits for it
+    TUNNEL = "tunnel"  # a byte relay: waited for until the tunnel deadline
+    SETTLED = "settled"  # its last response is written out: only the close is left
+
+
+class ConnectionTracker:
+    """The registry of accepted connections; wakes waiters as the counts reach zero."""
+
+    def __init__(self) -> None:
+        self._kind: dict[Drainable, Kind] = {}
+        self._counts = dict.fromkeys(Kind, 0)
+        self._adopting = 0  # accepted from the backlog, protocol not created yet
+        self._no_http = asyncio.Event()  # no HTTP connection (and nothing adopting)
+        self._no_tunnels = asyncio.Event()
+        self._no_http.set()
+        self._no_tunnels.set()
+
+    def __len__(self) -> int:
+        return len(self._kind) + self._adopting
+
+    @property
+    def tunnels(self) -> int:
+        return self._counts[Kind.TUNNEL]
+
+    @property
+    def http(self) -> int:
+        """Connections that may still carry a request, and adoptions in progress."""
+        return self._counts[Kind.HTTP] + self._adopting
+
+    def connections(self, *kinds: Kind) -> Iterator[Drainable]:
+        """A snapshot of the connections of these kinds."""
+        return iter([c for c, kind in self._kind.items() if kind in kinds])
+
+    def add(self, connection: Drainable, kind: Kind = Kind.HTTP) -> None:
+        self._kind[connection] = kind
+        self._count(kind, +1)
+
+    def reclassify(self, connection: Drainable, kind: Kind) -> None:
+        """An HTTP connection became a tunnel (101) or settled (its last response is out)."""
+        before = self._kind.get(connection)
+        if before is not None and before is not kind:
+            self._kind[connection] = kind
+            self._count(kind, +1)
+            self._count(before, -1)
+
+    def remove(self, connection: Drainable) -> None:
+        kind = self._kind.pop(connection, None)
+        if kind is not None:
+            self._count(kind, -1)
+
+    def adoption_started(self) -> None:
+        """A connection was taken from the backlog; its protocol comes a little later."""
+        self._adopting += 1
+        self._count(Kind.HTTP, 0)
+
+    def adoption_ended(self) -> None:
+        """Called after the adopted connection registered itself (or failed to)."""
+        self._adopting -= 1
+        self._count(Kind.HTTP, 0)
+
+    def _count(self, kind: Kind, delta: int) -> None:
+        self._counts[kind] += delta
+        if kind is Kind.HTTP:
+            event, count = self._no_http, self.http
+        elif kind is Kind.TUNNEL:
+            event, count = self._no_tunnels, self.tunnels
+        else:
+            return
+        if count == 0:
+            event.set()
+        else:
+            event.clear()
+
+    async def wait_no_http(self) -> None:
+        await self._no_http.wait()
+
+    async def wait_no_tunnels(self) -> None:
+        await self._no_tunnels.wait()

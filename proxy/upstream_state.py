@@ -1,0 +1,150 @@
+"""The state of one connection to the app, and when a failed request may be retried.
+Sans-IO.
+
+A connection to the app carries one exchange at a time, and an exchange has two
+directions that end independently: the request we send and the response the app
+sends.  An app may answer before it has read the whole request (401 or 413 on an
+upload, a refused ``Expect: 100-continue``); the connection then still owes the app
+the rest of that body, and if it went back to the pool the app would read the next
+client's request as that body.  So the connection is reusable only when **both**
+directions are complete, the app agreed to keep it, and nothing unexpected arrived:
+
+    IDLE --bind--> SENDING --request out--> AWAITING --head--> RECEIVING --end--> IDLE
+                      |                                           ^
+                      +--head (early answer)--> EARLY --request out-+
+                                                  |
+                                                  +--end--> CLOSED (never pooled)
+
+``SWITCHED`` is a 101: the connection leaves HTTP and becomes one end of a tunnel.
+Every state change goes through ``TRANSITIONS``; anything else raises
+``IllegalTransition``.
+
+Retrying: a request may be sent again on a fresh connection only when nothing of it
+can have been acted on by the app, and the client cannot tell.  That is the stale
+keep-alive race (RFC 9112 section 9.3.1): a pooled connection the app closed (EOF or
+RST) before any byte of a response, for an idempotent request whose whole body we
+still hold.  A timeout is never retried: the app may be working on the request, and
+the client would wait twice ``--upstream-timeout``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class UpstreamState(enum.Enum):
+    """Where one connection to the app is."""
+
+    __hash__ = object.__hash__  # identity, as for ClientState: cheaper table lookups
+
+    IDLE = "idle"  # connected, no exchange (new, or in the pool)
+    SENDING = "sending"  # the request is going out; no response head yet
+    AWAITING = "awaiting"  # the whole request is out; waiting for the response head
+    EARLY = "early"  # the response began before the whole request went out
+    RECEIVING = "receiving"  # the whole request is out; the response is arriving
+    SWITCHED = "switched"  # 101: handed over to a tunnel
+    CLOSED = "closed"
+
+
+U = UpstreamState
+TRANSITIONS: dict[UpstreamState, frozenset[UpstreamState]] = {
+    U.IDLE: frozenset({U.SENDING, U.CLOSED}),
+    U.SENDING: frozenset({U.AWAITING, U.EARLY, U.CLOSED}),
+    U.AWAITING: frozenset({U.RECEIVING, U.SWITCHED, U.CLOSED}),
+    U.EARLY: frozenset({U.RECEIVING, U.CLOSED}),
+    U.RECEIVING: frozenset({U.IDLE, U.CLOSED}),
+    U.SWITCHED: frozenset({U.CLOSED}),
+    U.CLOSED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the table does not allow: a bug, never a runtime condition."""
+
+
+class Failure(enum.Enum):
+    """Why an exchange with the app failed."""
+
+    __hash__ = object.__hash__
+
+    REFUSED = "refused"  # the connection could not be made
+    CONNECT_TIMEOUT = "connect_timeout"
+    CLOSED = "closed"  # EOF before the response was complete
+    RESET = "reset"  # RST
+    TIMEOUT = "timeout"  # no response head, or no response byte for too long
+    STALLED = "stalled"  # the app stopped reading the request body
+    PROTOCOL = "protocol"  # the app's response is not valid HTTP/1.1
+
+    @property
+    def label(self) -> str:
+        """Its drain_proxy_upstream_errors_total reason."""
+        return _LABELS[self]
+
+    @property
+    def status(self) -> int:
+        """What the client is told when nothing of the response was sent yet."""
+        return 504 if _LABELS[self] == "timeout" else 502
+
+
+_LABELS = {
+    Failure.REFUSED: "connect", Failure.CONNECT_TIMEOUT: "timeout", Failure.CLOSED: "reset",
+    Failure.RESET: "reset", Failure.TIMEOUT: "timeout", Failure.STALLED: "timeout",
+    Failure.PROTOCOL: "protocol",
+}
+RETRYABLE = frozenset({Failure.CLOSED, Failure.RESET})
+
+
+def may_retry(failure: Failure, *, reused: bool, response_bytes: bool,
+              replayable: bool) -> bool:
+    """The stale keep-alive race and nothing else: EOF or RST on a pooled connection
+    before any response byte, for a request we can send again unchanged."""
+    return failure in RETRYABLE and reused and not response_bytes and replayable
+
+
+class UpstreamMachine:
+    """One app connection's state: which directions of the exchange are complete."""
+
+    __slots__ = ("reused", "state")
+
+    def __init__(self) -> None:
+        self.state = U.IDLE
+        self.reused = False  # it carried an exchange before (the stale-race candidate)
+
+    def _move(self, state: UpstreamState) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"app connection: {self.state.value} -> {state.value}")
+        self.state = state
+
+    def bind(self) -> None:
+        """An exchange starts on this connection."""
+        self._move(U.SENDING)
+
+    def request_sent(self) -> bool:
+        """The whole request went out; True when the response is still awaited."""
+        if self.state is U.SENDING:
+            self._move(U.AWAITING)
+            return True
+        if self.state is U.EARLY:
+            self._move(U.RECEIVING)
+        return False
+
+    def response_begins(self) -> None:
+        """A final (non-1xx) response head arrived."""
+        self._move(U.RECEIVING if self.state is U.AWAITING else U.EARLY)
+
+    def response_done(self, keep_alive: bool) -> bool:
+        """The response is complete; True when the connection may go back to the pool:
+        the request went out whole and the app agreed to keep the connection."""
+        if self.state is U.RECEIVING and keep_alive:
+            self._move(U.IDLE)
+            self.reused = True
+            return True
+        self._move(U.CLOSED)
+        return False
+
+    def switched(self) -> None:
+        self._move(U.SWITCHED)
+
+    def closed(self) -> None:
+        if self.state is not U.CLOSED:
+            self._move(U.CLOSED)
