@@ -16,8 +16,8 @@ modules (the Docker image).  ``drain-proxy`` logs which build runs.
 
 from __future__ import annotations
 
-import os
 import atexit
+import os
 import shutil
 import sys
 import tempfile

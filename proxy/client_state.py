@@ -65,7 +65,7 @@ TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
 BUSY = frozenset({S.ACTIVE, S.PIPELINE_PAUSED, S.UPGRADE_PENDING})
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(Exception):  # RuntimeError: mypyc cannot subclass it
     """A state change the table does not allow: a bug, never a runtime condition."""
 
 

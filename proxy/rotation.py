@@ -8,9 +8,9 @@ opens a new connection, which the Service balances afresh.  No request fails.
 
 Each connection's budget is drawn uniformly in ``[N(1-F), N(1+F)]`` (the same for
 age), so connections opened together do not all rotate in the same instant.
-``close_reason`` is the one decision every response goes through (client wish,
-framing, drain, rotation); the client connection only carries it out.
-Sans-IO: the random source and the clock are passed in.
+Whether a given response closes its connection is decided in one place,
+``client_state.ClientMachine.close_decision`` (client wish, framing, drain, and the
+rotation reason from here).  Sans-IO: the random source and the clock are passed in.
 """
 
 from __future__ import annotations
@@ -51,21 +51,3 @@ def rotation_reason(served: int, budget: int, expires_at: float, now: float) -> 
     if now >= expires_at:
         return "max_age"
     return None
-
-
-def close_reason(*, client_keep_alive: bool, close_delimited: bool, body_done: bool,
-                 pipelined: bool, input_closed: bool, draining: bool, served: int,
-                 budget: int, expires_at: float, now: float) -> str | None:
-    """Why this response must carry ``Connection: close`` (a closed-connections label),
-    or None to keep the connection.  ``served`` counts this response."""
-    if not client_keep_alive or close_delimited:
-        return "peer"
-    if not body_done:
-        return "error"  # the app answered early; the rest of the body cannot be resynced
-    if pipelined:
-        return None  # answer the pipelined requests first; the last response closes
-    if input_closed:
-        return "peer"
-    if draining:
-        return "drain"
-    return rotation_reason(served, budget, expires_at, now)

@@ -348,4 +348,26 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         except ValueError as error:
             raise SettingsError(f"{source}: invalid value {raw!r}; {error}") from None
         values[_FIELD_FOR_FLAG.get(flag.name, flag.dest)] = value
-    return Settings(**values)
+    settings = Settings(**values)
+    _check_not_forwarding_to_itself(settings)
+    return settings
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+_LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|::1|localhost)$")
+
+
+def _check_not_forwarding_to_itself(settings: Settings) -> None:
+    """``--upstream`` on the proxy's own port would forward every request to itself until
+    memory runs out.  Caught when the hosts name one address, or the listener takes every
+    local address and the upstream is local; a host that resolves to us under another
+    name cannot be told here."""
+    listen, upstream = settings.listen, settings.upstream
+    if upstream.unix_path is not None or listen.port == 0 or listen.port != upstream.port:
+        return
+    same_host = listen.host.lower() == upstream.host.lower()
+    local = bool(_LOOPBACK.match(upstream.host.lower())) or upstream.host in _WILDCARDS
+    if same_host or (listen.host in _WILDCARDS and local):
+        raise SettingsError(
+            f"--upstream {upstream}: that is drain-proxy's own --listen {listen}; "
+            f"allowed: the app's address, on another port or host")

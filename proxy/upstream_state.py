@@ -15,7 +15,8 @@ directions are complete, the app agreed to keep it, and nothing unexpected arriv
                                                   |
                                                   +--end--> CLOSED (never pooled)
 
-``SWITCHED`` is a 101: the connection leaves HTTP and becomes one end of a tunnel.
+``SWITCHED`` is a 101: the connection leaves HTTP and becomes one end of a tunnel
+(final, like ``CLOSED``: the tunnel owns the socket from then on).
 Every state change goes through ``TRANSITIONS``; anything else raises
 ``IllegalTransition``.
 
@@ -53,12 +54,12 @@ TRANSITIONS: dict[UpstreamState, frozenset[UpstreamState]] = {
     U.AWAITING: frozenset({U.RECEIVING, U.SWITCHED, U.CLOSED}),
     U.EARLY: frozenset({U.RECEIVING, U.CLOSED}),
     U.RECEIVING: frozenset({U.IDLE, U.CLOSED}),
-    U.SWITCHED: frozenset({U.CLOSED}),
+    U.SWITCHED: frozenset(),  # final: the tunnel owns the socket now
     U.CLOSED: frozenset(),
 }
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(Exception):  # RuntimeError: mypyc cannot subclass it
     """A state change the table does not allow: a bug, never a runtime condition."""
 
 
@@ -146,5 +147,5 @@ class UpstreamMachine:
         self._move(U.SWITCHED)
 
     def closed(self) -> None:
-        if self.state is not U.CLOSED:
+        if self.state is not U.CLOSED and self.state is not U.SWITCHED:
             self._move(U.CLOSED)

@@ -36,6 +36,7 @@ class ParsedRequest:
     target: bytes
     headers: list[Header]
     body: bytes
+    trailers: list[Header] = field(default_factory=list)
 
 
 # -- the differential parse check --------------------------------------------------------------
@@ -44,24 +45,30 @@ class _LlhttpCollector:
         self.requests: list[ParsedRequest] = []
         self._url = b""
         self._headers: list[Header] = []
+        self._trailers: list[Header] | None = None  # a list once the head is complete
         self._body = b""
         self.parser = httptools.HttpRequestParser(self)
 
     def on_message_begin(self) -> None:
-        self._url, self._headers, self._body = b"", [], b""
+        self._url, self._headers, self._body, self._trailers = b"", [], b"", None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        fields = self._headers if self._trailers is None else self._trailers
+        fields.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._trailers = []
 
     def on_body(self, body: bytes) -> None:
         self._body += body
 
     def on_message_complete(self) -> None:
         method = self.parser.get_method()
-        self.requests.append(ParsedRequest(method, self._url, self._headers, self._body))
+        self.requests.append(ParsedRequest(method, self._url, self._headers, self._body,
+                                           self._trailers or []))
 
 
 def parse_with_llhttp(raw: bytes) -> list[ParsedRequest]:
@@ -84,6 +91,7 @@ def parse_with_h11(raw: bytes) -> list[ParsedRequest]:
             current.body += event.data
         elif isinstance(event, h11.EndOfMessage):
             assert current is not None
+            current.trailers = list(event.headers)
             requests.append(current)
             _answer_so_h11_can_continue(connection)
         else:

@@ -274,3 +274,45 @@ def test_kubelet_classic_sidecar_sequence_loses_nothing(run: Run[None], loop_kin
             pre_stop_hook.close()
 
     run(scenario())
+
+
+def test_second_signal_with_nothing_in_flight_exits_0(run: Run[None], loop_kind: str) -> None:
+    """A second signal skips to the deadline; exit code 1 means work was cut, and here
+    nothing was."""
+
+    async def scenario() -> None:
+        async with process_under_test(
+                loop_kind, "--propagation-window", "5", "--drain-timeout", "10") as (_app, proxy):
+            admin = await Client.open(proxy.admin_port)
+            proxy.signal(signal.SIGTERM)
+            await eventually_async(lambda: _ready_status(admin), 503)
+            admin.close()
+            proxy.signal(signal.SIGTERM)
+            assert await proxy.wait() == 0, proxy.log_text()
+
+    run(scenario())
+
+
+def test_connections_adopted_from_the_backlog_are_served_before_exit(
+        run: Run[None], loop_kind: str) -> None:
+    """At --max-connections new connections wait in the kernel backlog.  When the listener
+    closes they are accepted and served, and the process must not exit before."""
+
+    async def scenario() -> None:
+        async with process_under_test(
+                loop_kind, "--max-connections", "1", "--propagation-window", "0.3",
+                "--drain-timeout", "5") as (_app, proxy):
+            loop = asyncio.get_running_loop()
+            holder = await Client.open(proxy.port)  # takes the only slot
+            assert (await holder.request()).status == 200
+            queued = [await Client.open(proxy.port) for _ in range(3)]  # in the backlog
+            answers = [loop.create_task(c.request("GET", f"/q{i}"))
+                       for i, c in enumerate(queued)]
+            proxy.signal(signal.SIGTERM)
+            responses = await asyncio.gather(*answers)
+            assert [r.status for r in responses] == [200, 200, 200]
+            assert await proxy.wait() == 0, proxy.log_text()
+            for client in (holder, *queued):
+                client.close()
+
+    run(scenario())

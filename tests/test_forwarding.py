@@ -6,7 +6,18 @@ import asyncio
 from pathlib import Path
 
 from conftest import Run
-from helpers import App, Client, ParsedRequest, Reply, app_and_proxy, raw_exchange
+from helpers import (
+    App,
+    Client,
+    ParsedRequest,
+    Reply,
+    app_and_proxy,
+    assert_parsers_agree,
+    raw_exchange,
+    running_proxy,
+    sample,
+    scripted_app,
+)
 
 
 def test_get_and_post_keep_alive_on_both_sides(run: Run[None]) -> None:
@@ -142,8 +153,6 @@ def test_close_delimited_response_is_chunked_for_http11(run: Run[None]) -> None:
     async def scenario() -> None:
         server = await asyncio.start_server(_close_delimited_app, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        from helpers import running_proxy
-
         async with running_proxy(f"127.0.0.1:{port}") as proxy:
             client = await Client.open(proxy.port)
             response = await client.request("GET", "/")
@@ -208,5 +217,64 @@ def test_unix_socket_upstream(run: Run[None], tmp_path: Path) -> None:
             client.close()
         await app.stop()
         app.check_parsers_agree()
+
+    run(scenario())
+
+
+def test_request_trailers_are_forwarded_without_the_fields_they_may_not_carry(
+        run: Run[None]) -> None:
+    """RFC 9112 7.1.2 allows trailers on a chunked request: forward them, never refuse."""
+
+    async def scenario() -> None:
+        received = bytearray()
+
+        async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            received.extend(await reader.readuntil(b"0\r\n"))
+            received.extend(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+        async with scripted_app(record) as port, running_proxy(f"127.0.0.1:{port}") as proxy:
+            reply = await raw_exchange(proxy.port, (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\n"
+                b"Authorization: Bearer sneaked-in\r\n\r\n"))
+            assert reply.startswith(b"HTTP/1.1 200 ")
+        assert received.endswith(b"5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n")
+        [request] = assert_parsers_agree(bytes(received))
+        assert request.body == b"hello" and request.trailers == [(b"x-checksum", b"abc")]
+
+    run(scenario())
+
+
+def test_response_trailers_reach_a_chunked_client(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async def trailers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                         b"Trailer: Server-Timing\r\n\r\n2\r\nok\r\n"
+                         b"0\r\nServer-Timing: app;dur=12\r\nSet-Cookie: late=1\r\n\r\n")
+            await writer.drain()
+
+        async with scripted_app(trailers) as port, running_proxy(f"127.0.0.1:{port}") as proxy:
+            reply = await raw_exchange(
+                proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert reply.endswith(b"2\r\nok\r\n0\r\nServer-Timing: app;dur=12\r\n\r\n"), reply
+
+    run(scenario())
+
+
+def test_request_durations_have_sub_millisecond_resolution(run: Run[None]) -> None:
+    """uvloop's clock counts whole milliseconds; durations measured with it would make the
+    0.5 ms and 1 ms histogram buckets meaningless."""
+
+    async def scenario() -> None:
+        async with app_and_proxy() as (_app, proxy):
+            client = await Client.open(proxy.port)
+            for _ in range(20):
+                assert (await client.request()).status == 200
+            client.close()
+            total_ms = sample(proxy, "drain_proxy_request_duration_seconds_sum") * 1000
+            assert abs(total_ms - round(total_ms)) > 1e-6, "whole milliseconds only"
 
     run(scenario())

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
+
+import pytest
+
+from proxy.listener import Listener
+from proxy.settings import Address
+from proxy.tracker import ConnectionTracker
 
 from conftest import Run
-from helpers import Client, app_and_proxy
+from helpers import Client, app_and_proxy, eventually
 
 
 def test_connections_waiting_in_the_backlog_are_served_when_the_listener_closes(
@@ -29,5 +38,39 @@ def test_connections_waiting_in_the_backlog_are_served_when_the_listener_closes(
                 pass
             for client in queued:
                 client.close()
+
+    run(scenario())
+
+
+def _descriptors_of(sock: socket.socket) -> int:
+    """How many of this process's descriptors refer to ``sock`` (itself and its dups)."""
+    inode = os.fstat(sock.fileno()).st_ino
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.fstat(int(name)).st_ino == inode
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_quick_pause_and_resume_never_leave_a_second_server(run: Run[None]) -> None:
+    """Each asyncio server holds a dup of the listening socket; one left behind would go
+    on accepting past --max-connections."""
+
+    async def scenario() -> None:
+        listener = Listener.bind(Address("127.0.0.1", 0), asyncio.Protocol, ConnectionTracker())
+        sock = listener._sock
+        assert sock is not None
+        await listener.start()
+        assert _descriptors_of(sock) == 2  # the socket and the running server's dup
+        listener.pause()
+        listener.resume()
+        listener.pause()
+        listener.resume()  # a second resume while the first is still creating its server
+        await eventually(lambda: listener.accepting)
+        await asyncio.sleep(0.05)  # let any other pending resume run (the bug under test)
+        listener.pause()
+        await eventually(lambda: _descriptors_of(sock) == 1, timeout_s=1)
+        listener.close()
 
     run(scenario())

@@ -34,6 +34,7 @@ def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     ([], {"DRAIN_PROXY_MODE": "udp"}, "DRAIN_PROXY_MODE: invalid value 'udp'; allowed: http, tcp"),
     ([], {"DRAIN_PROXY_UPSTREM": "x"}, "DRAIN_PROXY_UPSTREM: unknown setting"),
     (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+    (["--upstream", "127.0.0.1:8000"], {}, "--upstream 127.0.0.1:8000: that is drain-proxy's own"),
 ])
 def test_bad_settings_stop_start_up_with_one_line_and_exit_2(
         args: list[str], env: dict[str, str], expected: str) -> None:

@@ -15,7 +15,16 @@ from websockets.exceptions import ConnectionClosed
 from proxy.tunnel import reset
 
 from conftest import Run
-from helpers import App, ParsedRequest, Reply, eventually, running_proxy, sample, scripted_app
+from helpers import (
+    App,
+    ParsedRequest,
+    Reply,
+    eventually,
+    raw_exchange,
+    running_proxy,
+    sample,
+    scripted_app,
+)
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -195,5 +204,79 @@ def test_refused_upgrade_continues_as_http_and_h2c_is_dropped(run: Run[None]) ->
         targets = [r.target for r in app.requests]
         assert targets == [b"/ws", b"/h2c", b"/after"]
         assert all(name != b"http2-settings" for name, _ in app.requests[1].headers)
+
+    run(scenario())
+
+
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+async def _http_then_switch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers plain requests; switches on an Upgrade and then echoes in upper case."""
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"upgrade: websocket" not in head.lower():
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+            continue
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\n\r\n")
+        while data := await reader.read(65536):
+            writer.write(data.upper())
+            await writer.drain()
+        return
+
+
+def test_an_upgrade_pipelined_behind_a_request_is_switched_in_its_turn(run: Run[None]) -> None:
+    """It used to wait forever once the first response was out."""
+
+    async def scenario() -> None:
+        async with scripted_app(_http_then_switch) as port, running_proxy(
+                f"127.0.0.1:{port}") as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n" + UPGRADE + b"tunnel bytes")
+            expected = b"TUNNEL BYTES"
+            received = b""
+            async with asyncio.timeout(5):
+                while not received.endswith(expected):
+                    received += await reader.read(65536)
+            assert received.index(b"HTTP/1.1 200 ") < received.index(b"HTTP/1.1 101 ")
+            assert proxy.ctx.connections.tunnels == 1
+            writer.close()
+
+    run(scenario())
+
+
+def test_a_pipelined_upgrade_the_app_refuses_goes_on_as_http(run: Run[None]) -> None:
+    async def scenario() -> None:
+        app = await App(_refuse_upgrades).start()
+        async with running_proxy(f"127.0.0.1:{app.port}") as proxy:
+            reply = await raw_exchange(
+                proxy.port, b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n" + UPGRADE
+                + b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            assert reply.count(b"HTTP/1.1 200 ") == 3, reply
+        await app.stop()
+        assert [r.target for r in app.requests] == [b"/first", b"/ws", b"/after"]
+
+    run(scenario())
+
+
+def test_a_long_pipeline_of_dropped_h2c_upgrades_is_answered_in_order(run: Run[None]) -> None:
+    """h2c Upgrades are dropped and parsing goes on; it used to recurse once per request,
+    so the compiled and the pure build failed at different pipeline lengths."""
+
+    async def scenario() -> None:
+        app = await App().start()
+        count = 2000
+        async with running_proxy(f"127.0.0.1:{app.port}") as proxy:
+            h2c = (b"GET /%d HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                   b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+            pipeline = b"".join(h2c % i for i in range(count))
+            reply = await raw_exchange(
+                proxy.port, pipeline + b"GET /end HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                timeout_s=20)
+            assert reply.count(b"HTTP/1.1 200 ") == count + 1
+        await app.stop()
+        assert [r.target for r in app.requests] == [
+            b"/%d" % i for i in range(count)] + [b"/end"]
 
     run(scenario())

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import struct
 
 import pytest
 
@@ -355,5 +356,63 @@ def test_a_body_sent_after_a_head_response_never_reaches_the_next_request(
             assert (await client.request("HEAD", "/")).body == b""
             assert (await client.request("GET", "/")).body == b"ok"
             client.close()
+
+    run(scenario())
+
+
+def _answers_first_then_hangs(requests: list[bytes]) -> Script:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.read()  # works on it forever; ends when the proxy gives up
+
+    return script
+
+
+def test_a_response_timeout_on_a_reused_connection_is_not_retried(run: Run[None]) -> None:
+    """Only a pooled connection closed before any response byte is retried: after a
+    timeout the app may be working on the request, and the client would wait twice."""
+
+    async def scenario() -> None:
+        requests: list[bytes] = []
+        async with scripted_app(_answers_first_then_hangs(requests)) as port, running_proxy(
+                f"127.0.0.1:{port}", "--upstream-timeout", "0.3",
+                "--upstream-idle-timeout", "30") as proxy:
+            client = await Client.open(proxy.port)
+            assert (await client.request("GET", "/first")).status == 200
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert (await client.request("GET", "/second")).status == 504
+            assert loop.time() - started < 0.55, "one --upstream-timeout, not two"
+            assert [r.split(b" ")[1] for r in requests] == [b"/first", b"/second"]
+            assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "retried"}) == 0
+            client.close()
+
+    run(scenario())
+
+
+async def _reset_mid_close_delimited_body(reader: asyncio.StreamReader,
+                                          writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial body")
+    await writer.drain()
+    await asyncio.sleep(0.05)  # the part reaches the proxy before the reset does
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # RST: the body is cut, not ended
+
+
+def test_a_reset_in_a_close_delimited_body_is_a_truncation_not_an_end(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_reset_mid_close_delimited_body) as port, running_proxy(
+                f"127.0.0.1:{port}") as proxy:
+            request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+            reply, reset = await raw_exchange_ending(proxy.port, request)
+            assert reply.startswith(b"HTTP/1.1 200 ") and b"partial body" in reply
+            assert not reply.endswith(b"0\r\n\r\n"), "no fake end of the chunked body"
+            assert reset, "the client sees a reset, as the proxy did"
+            assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "reset"}) == 1
 
     run(scenario())

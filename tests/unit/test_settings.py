@@ -242,3 +242,22 @@ def test_kubernetes_service_link_variables_are_not_settings() -> None:
 def test_the_build_switch_is_not_a_setting() -> None:
     """DRAIN_PROXY_NO_EXTENSIONS is read by setup.py; left in a shell it must not stop start-up."""
     assert parse_settings([], {"DRAIN_PROXY_NO_EXTENSIONS": "1"}) == parse_settings([], {})
+
+
+@pytest.mark.parametrize(("listen", "upstream"), [
+    ("0.0.0.0:8000", "127.0.0.1:8000"), ("0.0.0.0:8000", "localhost:8000"),
+    ("127.0.0.1:9000", "127.0.0.1:9000"), ("[::]:8000", "[::1]:8000"),
+    ("0.0.0.0:8000", "0.0.0.0:8000"),
+])
+def test_an_upstream_that_is_the_proxy_itself_stops_start_up(listen: str, upstream: str) -> None:
+    with pytest.raises(SettingsError, match=r"^--upstream .*drain-proxy's own --listen"):
+        parse_settings(["--listen", listen, "--upstream", upstream], {})
+
+
+@pytest.mark.parametrize(("listen", "upstream"), [
+    ("0.0.0.0:8000", "127.0.0.1:8080"), ("10.0.0.1:8000", "127.0.0.1:8000"),
+    ("0.0.0.0:8000", "app.internal:8000"), ("127.0.0.1:0", "127.0.0.1:0"),
+])
+def test_an_upstream_on_another_port_or_host_is_fine(listen: str, upstream: str) -> None:
+    settings = parse_settings(["--listen", listen, "--upstream", upstream], {})
+    assert str(settings.upstream) == upstream

@@ -1,0 +1,148 @@
+"""The drain knows every accepted connection and waits for each until its deadline.
+
+In-process: the drain is triggered directly (``coordinator.trigger``), as ``/drain``
+does; the process-level sequence with real signals is in ``test_drain_process.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from proxy.drain import DrainCoordinator
+from proxy.lifecycle import Phase
+from proxy.server import ProxyServer
+
+from conftest import Run
+from helpers import (
+    Client,
+    ParsedRequest,
+    Reply,
+    app_and_proxy,
+    echo_handler,
+    eventually,
+    sample,
+)
+
+
+async def slow_handler(request: ParsedRequest) -> Reply:
+    """``/slow?s=N`` answers after N seconds."""
+    if request.target.startswith(b"/slow"):
+        await asyncio.sleep(float(request.target.split(b"=")[1]))
+    return await echo_handler(request)
+
+
+async def drain_phase(proxy: ProxyServer, phase: Phase) -> None:
+    await eventually(lambda: proxy.ctx.timeline.phase is phase)
+
+
+def coordinator(proxy: ProxyServer) -> DrainCoordinator:
+    assert proxy.coordinator is not None
+    return proxy.coordinator
+
+
+def test_a_request_after_the_in_flight_count_touched_zero_is_served_not_cut(
+        run: Run[None]) -> None:
+    """The drain used to end (or cut) as soon as the count of requests in flight touched
+    zero, although a connection accepted in the window could still send one."""
+
+    async def scenario() -> None:
+        async with app_and_proxy("--propagation-window", "0.2", "--drain-timeout", "5",
+                                 handler=slow_handler) as (_app, proxy):
+            loop = asyncio.get_running_loop()
+            busy = await Client.open(proxy.port)
+            slow = loop.create_task(busy.request("GET", "/slow?s=0.5"))
+            await eventually(lambda: sample(proxy, "drain_proxy_requests_in_flight") == 1)
+            late = await Client.open(proxy.port)  # still routed here; asks nothing yet
+            coordinator(proxy).trigger("test")
+            await drain_phase(proxy, Phase.DRAINING)
+            assert (await slow).status == 200
+            await eventually(lambda: sample(proxy, "drain_proxy_requests_in_flight") == 0)
+            with pytest.raises(TimeoutError):  # the late connection may still ask
+                await asyncio.wait_for(coordinator(proxy).wait_drained(), 0.2)
+            response = await late.request("GET", "/after-the-window")
+            assert response.status == 200 and response.header("connection") == b"close"
+            await asyncio.wait_for(coordinator(proxy).wait_drained(), 2)
+            assert proxy.ctx.timeline.cut_requests == 0
+            assert coordinator(proxy).exit_code == 0
+            for client in (busy, late):
+                client.close()
+
+    run(scenario())
+
+
+def test_a_connection_that_never_asks_is_closed_cleanly_at_the_deadline(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with app_and_proxy("--propagation-window", "0.1", "--drain-timeout", "0.4",
+                                 ) as (_app, proxy):
+            silent = await Client.open(proxy.port)
+            coordinator(proxy).trigger("test")
+            await drain_phase(proxy, Phase.DRAINING)
+            assert not coordinator(proxy).drained
+            await asyncio.wait_for(coordinator(proxy).wait_drained(), 2)
+            assert await silent.is_closed_by_peer(), "a clean close: nothing was asked"
+            assert coordinator(proxy).exit_code == 0 and proxy.ctx.timeline.cut_requests == 0
+            await eventually(lambda: sample(proxy, "drain_proxy_connections_closed_total",
+                                            {"reason": "drain"}) == 1)
+            silent.close()
+
+    run(scenario())
+
+
+def test_a_request_cut_by_the_deadline_is_not_counted_as_a_response(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with app_and_proxy("--propagation-window", "0", "--drain-timeout", "0.3",
+                                 handler=slow_handler) as (_app, proxy):
+            loop = asyncio.get_running_loop()
+            client = await Client.open(proxy.port)
+            cut = loop.create_task(client.request("GET", "/slow?s=1"))
+            await eventually(lambda: sample(proxy, "drain_proxy_requests_in_flight") == 1)
+            coordinator(proxy).trigger("test")
+            await asyncio.wait_for(coordinator(proxy).wait_drained(), 2)
+            with pytest.raises(ConnectionError):
+                await cut
+            assert sample(proxy, "drain_proxy_requests_cut_total") == 1
+            assert sample(proxy, "drain_proxy_requests_total", {"code": "499"}) == 0
+            assert sample(proxy, "drain_proxy_requests_served_while_draining_total") == 0
+            assert coordinator(proxy).exit_code == 1
+            client.close()
+
+    run(scenario())
+
+
+class _Faulty:
+    """A registered connection whose drain step raises: the drain must survive it."""
+
+    def drain(self) -> None:
+        raise RuntimeError("injected fault in a connection's drain")
+
+    def cut(self) -> int:
+        raise RuntimeError("injected fault in a connection's cut")
+
+
+def test_a_failure_inside_the_drain_still_cuts_what_is_left_and_ends_it(
+        run: Run[None], caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async with app_and_proxy("--propagation-window", "0", "--drain-timeout", "5",
+                                 handler=slow_handler) as (_app, proxy):
+            loop = asyncio.get_running_loop()
+            client = await Client.open(proxy.port)
+            slow = loop.create_task(client.request("GET", "/slow?s=1"))
+            await eventually(lambda: sample(proxy, "drain_proxy_requests_in_flight") == 1)
+            faulty = _Faulty()
+            proxy.ctx.connections.add(faulty)
+            coordinator(proxy).trigger("test")
+            await asyncio.wait_for(coordinator(proxy).wait_drained(), 2)
+            assert proxy.ctx.timeline.phase is Phase.DRAINED
+            assert proxy.ctx.timeline.failed and coordinator(proxy).exit_code == 1
+            assert proxy.ctx.timeline.cut_requests == 1, "the real connection was still cut"
+            with pytest.raises(ConnectionError):
+                await slow
+            proxy.ctx.connections.remove(faulty)
+            client.close()
+
+    # The injected faults are logged with their tracebacks: expected here, and only here.
+    with caplog.at_level(logging.CRITICAL, logger="drain_proxy.drain"):
+        run(scenario())
