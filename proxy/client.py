@@ -92,8 +92,15 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._peer_eof = True
         self.machine.input_closed = True
+        partial = self._parsing
+        if partial is not None and partial.request is not None:  # its body can never end
+            self._reject(HttpError(400, "the request ended before its body"))
+        elif partial is not None:  # half a head: nothing to answer
+            self._parsing = self._collector = None
+            self._finish(partial, 0, answered=False)
         # Half-closed with a request outstanding: still answer it.  Otherwise close.
-        return self._active is not None or bool(self._queue)
+        return self.machine.state not in _GONE and (
+            self._active is not None or bool(self._queue))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop()

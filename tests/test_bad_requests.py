@@ -148,3 +148,19 @@ def test_stalled_request_body_gets_408_and_the_app_never_sees_a_request(run: Run
             writer.close()
 
     run(scenario())
+
+
+def test_a_client_that_half_closes_mid_body_gets_400_at_once(run: Run[None]) -> None:
+    """The body can never be completed: answer now instead of at --body-timeout."""
+
+    async def scenario() -> None:
+        async with app_and_proxy() as (app, proxy):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+            writer.write_eof()
+            reply = await asyncio.wait_for(reader.read(), 2)
+            assert reply.startswith(b"HTTP/1.1 400 "), reply
+            assert app.requests == [], "the app never sees a complete request"
+            writer.close()
+
+    run(scenario())
