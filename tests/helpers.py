@@ -443,10 +443,14 @@ class ProxyProcess:
         self.process.send_signal(signum)
 
     async def wait(self, timeout_s: float = 30) -> int:
+        """The exit code, once the process has exited; its log must be free of tracebacks
+        and errors (``Fatal error on transport`` included): no input may cause them."""
         async with asyncio.timeout(timeout_s):
             code = await self.process.wait()
         if self._pump is not None:
             await self._pump
+        text = self.log_text()
+        assert "Traceback" not in text and " ERROR " not in text, text
         return code
 
     def log_text(self) -> str:

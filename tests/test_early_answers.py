@@ -73,7 +73,7 @@ async def upload_then_another_client(reader: asyncio.StreamReader, writer: async
     reply = await raw_exchange(
         port, b"GET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200 "), reply
-    assert loop.time() - started < 1  # answered at once, no stall
+    assert loop.time() - started < 2  # answered at once, no stall
     assert app.request_lines == [b"POST /upload HTTP/1.1", b"GET /b HTTP/1.1"]
 
 
@@ -159,7 +159,7 @@ def test_after_an_early_401_the_next_client_is_answered_as_itself(
                                     b"Connection: close\r\n\r\n")
                     assert reply.startswith(b"HTTP/1.1 200 "), reply
                     assert reply.endswith(b"GET /whoami cookie=who=b"), reply
-                    assert loop.time() - started < 1, "answered at once"
+                    assert loop.time() - started < 2, "answered at once"
             finally:
                 writer.close()
 

@@ -41,7 +41,7 @@ def test_drain_proxy_loses_no_request(run: Run[ScenarioResult]) -> None:
     assert result.failures == {}, result.failures
     assert result.rotations > 0, "keep-alive clients were rebalanced while serving"
     # The slow download crossed the end of the window and was waited for.
-    assert TINY.window_s - 0.01 <= result.drain_s < TINY.window_s + TINY.slow_s + 0.5
+    assert TINY.window_s - 0.01 <= result.drain_s < TINY.window_s + TINY.slow_s + 1.0
     text = _timeline(result)
     assert "slow download answered by pod A" in text
     assert "drained: " in text and ", 0 requests cut" in text
@@ -51,7 +51,7 @@ def test_naive_app_refuses_the_connections_still_routed_to_it(
         run: Run[ScenarioResult]) -> None:
     result = run(run_setup(Setup.NAIVE, TINY))
     assert result.failures.get(REFUSED, 0) > 0, result.failures
-    assert result.drain_s < 0.1
+    assert result.drain_s < 0.5
     assert result.rotations == 0
 
 
@@ -61,7 +61,7 @@ def test_prestop_sleep_stops_refusals_but_cuts_what_is_in_flight(
     assert REFUSED not in result.failures, "the sleep outlasts the routing delay"
     assert result.failures.get(CUT, 0) >= 1, "the slow download is cut at exit"
     assert "slow download failed: cut mid-response" in _timeline(result)
-    assert TINY.window_s - 0.01 <= result.drain_s < TINY.window_s + 0.2  # uvloop: ms clock
+    assert TINY.window_s - 0.01 <= result.drain_s < TINY.window_s + 0.5  # busy CI margin
 
 
 def test_demo_usage_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,7 +37,7 @@ def test_refused_upstream_gives_502_quickly(run: Run[None]) -> None:
             loop = asyncio.get_running_loop()
             started = loop.time()
             reply = await raw_exchange(proxy.port, GET)
-            assert reply.startswith(b"HTTP/1.1 502 ") and loop.time() - started < 1
+            assert reply.startswith(b"HTTP/1.1 502 ") and loop.time() - started < 2
             assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "connect"}) == 1
 
     run(scenario())
@@ -193,7 +193,7 @@ def test_readiness_flips_within_a_second_of_the_app_going_away(run: Run[None]) -
             gone_at = loop.time()
             not_ready = await admin.request("GET", "/readyz")
             assert not_ready.status == 503 and b"not reachable" in not_ready.body
-            assert loop.time() - gone_at < 1
+            assert loop.time() - gone_at < 2
             assert (await admin.request("GET", "/livez")).status == 200
             admin.close()
 
@@ -378,14 +378,14 @@ def test_a_response_timeout_on_a_reused_connection_is_not_retried(run: Run[None]
     async def scenario() -> None:
         requests: list[bytes] = []
         async with scripted_app(_answers_first_then_hangs(requests)) as port, running_proxy(
-                f"127.0.0.1:{port}", "--upstream-timeout", "0.3",
+                f"127.0.0.1:{port}", "--upstream-timeout", "0.5",
                 "--upstream-idle-timeout", "30") as proxy:
             client = await Client.open(proxy.port)
             assert (await client.request("GET", "/first")).status == 200
             loop = asyncio.get_running_loop()
             started = loop.time()
             assert (await client.request("GET", "/second")).status == 504
-            assert loop.time() - started < 0.55, "one --upstream-timeout, not two"
+            assert loop.time() - started < 0.95, "one --upstream-timeout, not two"
             assert [r.split(b" ")[1] for r in requests] == [b"/first", b"/second"]
             assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "retried"}) == 0
             client.close()
