@@ -213,7 +213,8 @@ class ClientConnection(asyncio.Protocol):
         exchange, self._parsing = self._parsing, None
         assert exchange is not None and exchange.request is not None
         if exchange.request.framing is Framing.CHUNKED:
-            exchange.add_body(http_policy.last_chunk(exchange.trailers, request=True))
+            trailers = exchange.trailers.headers if exchange.trailers is not None else []
+            exchange.add_body(http_policy.last_chunk(trailers, request=True))
         if exchange.request.framing is not Framing.NONE:
             self._read_deadline.clear()  # the body timer
         exchange.request_complete = True
@@ -221,12 +222,14 @@ class ClientConnection(asyncio.Protocol):
             exchange.upstream.request_sent()
 
     def _add_trailer(self, name: bytes, value: bytes) -> None:
+        """Trailer fields are held to the limits of a head (431 beyond them)."""
         exchange = self._parsing
         assert exchange is not None
-        exchange.trailers.append((name, value))
-        size = sum(len(n) + len(v) + 4 for n, v in exchange.trailers)
-        if size > self.ctx.settings.max_header_bytes:
-            raise HttpError(431, "request trailer fields too large")
+        if exchange.trailers is None:
+            settings = self.ctx.settings
+            exchange.trailers = HeadCollector(settings.max_request_line_bytes,
+                                              settings.max_header_bytes, settings.max_header_count)
+        exchange.trailers.add_header(name, value)
 
     # -- forwarding -----------------------------------------------------------------------------
     def _dispatch(self, exchange: Exchange) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from proxy.http_policy import ForwardRequest, Headers
+from proxy.http_policy import ForwardRequest, HeadCollector
 from proxy.upstream import UpstreamConnection
 
 MAX_PENDING_BODY_BYTES = 256 * 1024  # a few socket reads; beyond it, backpressure
@@ -37,7 +37,7 @@ class Exchange:
         self.request: ForwardRequest | None = None  # None until its head is complete
         self.error: bytes | None = None  # a response the proxy must send instead
         self.request_complete = False  # the whole request (body, trailers) was read
-        self.trailers: Headers = []  # a chunked request's trailer fields, to forward
+        self.trailers: HeadCollector | None = None  # a chunked request's trailer fields
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.replay: list[bytes] | None = []

@@ -59,6 +59,8 @@ def test_malformed_request_gets_400_and_nothing_is_forwarded(run: Run[None], nam
     (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Big: " + b"b" * 70000 + b"\r\n\r\n", b"431"),
     (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101))
      + b"\r\n", b"431"),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+     + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n", b"431"),  # trailers
 ])
 def test_refused_requests_get_their_status(run: Run[None], request_bytes: bytes,
                                            status: bytes) -> None:
