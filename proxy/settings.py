@@ -179,7 +179,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--upstream-connect-timeout", _positive_seconds, "2", "S",
          "the app is on localhost: a slow connect means it is overloaded (504)"),
     Flag("--upstream-timeout", _positive_seconds, "60", "S",
-         "wait for the app's response head, like nginx's proxy_read_timeout (504)"),
+         "wait for the app's response head, and between reads of its body, like nginx's "
+         "proxy_read_timeout (504, or a reset once the response has begun)"),
     Flag("--upstream-idle-timeout", _positive_seconds, "2", "S",
          "below app keep-alive defaults (gunicorn 2 s, uvicorn 5 s) to avoid reuse races"),
     Flag("--max-header-bytes", _count(1024), "65536", "N",
