@@ -19,13 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import cast
 
 import httptools
 
 from proxy import flow, http_policy
-from proxy.client_state import AfterResponse, ClientMachine, ClientState
+from proxy.client_state import (
+    CLOSING,
+    FRESH,
+    IDLE,
+    THEN_AWAIT_REQUEST,
+    THEN_CLOSE,
+    THEN_DISPATCH_NEXT,
+    THEN_PARSE_HELD,
+    ClientMachine,
+)
 from proxy.context import ProxyContext
 from proxy.deadline import Deadline
 from proxy.exchange import Exchange
@@ -40,7 +50,6 @@ access_log = logging.getLogger("drain_proxy.access")
 
 MAX_HELD_BYTES = 64 * 1024  # bytes past an Upgrade request, while the app decides
 LINGER_S = 2.0  # after the last response: read and discard so the client gets it
-_GONE = frozenset({ClientState.CLOSING, ClientState.CLOSED})
 
 
 class ClientConnection(asyncio.Protocol):
@@ -81,8 +90,8 @@ class ClientConnection(asyncio.Protocol):
         self._read_deadline.set(self.ctx.settings.idle_timeout_s)
 
     def data_received(self, data: bytes) -> None:
-        if self.machine.input_closed or self.machine.state in _GONE:
-            return  # after an error or the last response: discard
+        if self.machine.input_closed:
+            return  # after EOF, an error, or the last response: discard
         if self._held is not None:  # an Upgrade is with the app: not HTTP, not yet tunnel
             self._held += data
             self._pause(flow.HELD, len(self._held) > MAX_HELD_BYTES)
@@ -99,8 +108,7 @@ class ClientConnection(asyncio.Protocol):
             self._parsing = self._collector = None
             self._finish(partial, 0, answered=False)
         # Half-closed with a request outstanding: still answer it.  Otherwise close.
-        return self.machine.state not in _GONE and (
-            self._active is not None or bool(self._queue))
+        return not self.machine.ending and (self._active is not None or bool(self._queue))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop()
@@ -124,7 +132,7 @@ class ClientConnection(asyncio.Protocol):
         if self._active is not None and self._active.upstream is not None:
             self._active.upstream.client_full(False)
         self._write_deadline.clear()
-        if self.machine.state is ClientState.CLOSING:  # the last response is flushed
+        if self.machine.state is CLOSING:  # the last response is flushed
             self.ctx.connections.reclassify(self, Kind.SETTLED)
 
     # -- parsing --------------------------------------------------------------------------------
@@ -153,7 +161,7 @@ class ClientConnection(asyncio.Protocol):
                 # malformed within it is then refused with nothing sent to the app, and
                 # its head and body go out in one write.
                 self._dispatch(self._ready)
-            if tail is None or self.machine.input_closed or self.machine.state in _GONE:
+            if tail is None or self.machine.input_closed:
                 return
             last = self._queue[-1] if self._queue else self._active
             if last is not None and last.request is not None and last.request.upgrade:
@@ -268,7 +276,8 @@ class ClientConnection(asyncio.Protocol):
         if self._write_paused:
             connection.client_full(True)
         connection.send(payload)
-        self._pause(flow.CONNECTING, False)
+        if self._gate.paused:
+            self._pause(flow.CONNECTING, False)
         if exchange.request_complete:
             connection.request_sent()
 
@@ -290,7 +299,7 @@ class ClientConnection(asyncio.Protocol):
         close = self.machine.close_decision(
             client_keep_alive=request.client_keep_alive, close_delimited=framing is Framing.CLOSE,
             request_complete=exchange.request_complete, pipelined=bool(self._queue),
-            draining=self.ctx.timeline.close_after_response, now=self._loop.time())
+            draining=self.ctx.draining, now=self._loop.time())
         exchange.status, exchange.head_sent = status, True
         exchange.framing_chunked = framing is Framing.CHUNKED
         self._out.append(http_policy.build_response_head(
@@ -367,22 +376,22 @@ class ClientConnection(asyncio.Protocol):
         self._active = None
         after = self.machine.response_done(
             queued=len(self._queue), reading=self._parsing is not None,
-            draining=self.ctx.timeline.close_after_response)
-        if after is AfterResponse.CLOSE:
+            draining=self.ctx.draining)
+        if after is THEN_CLOSE:
             for dropped in self._unfinished():  # pipelined past a closing response: the
                 self._finish(dropped, 0, answered=False)  # client must send them again
             self._queue.clear()
             self._close_gracefully()
-        elif after is AfterResponse.DISPATCH_NEXT:
+        elif after is THEN_DISPATCH_NEXT:
             self._active = self._queue.popleft()
             self._pause(flow.PIPELINE, bool(self._queue))
             self._dispatch(self._active)
-        elif after is AfterResponse.PARSE_HELD:  # the app refused the Upgrade: still HTTP
+        elif after is THEN_PARSE_HELD:  # the app refused the Upgrade: still HTTP
             held, self._held = bytes(self._held or b""), None
             self._pause(flow.HELD, False)
             self._read_deadline.set(self.ctx.settings.idle_timeout_s)
             self._parse(held)
-        elif after is AfterResponse.AWAIT_REQUEST:
+        elif after is THEN_AWAIT_REQUEST:
             self._read_deadline.set(self.ctx.settings.idle_timeout_s)
 
     def _finish(self, exchange: Exchange, status: int, answered: bool = True) -> None:
@@ -395,7 +404,11 @@ class ClientConnection(asyncio.Protocol):
         self.ctx.requests_in_flight -= 1
         if not answered or (exchange.request is None and status in (0, 499)):
             return  # nothing was answered (the client may have gone away mid-head)
-        self.ctx.count_response(exchange, self._client_ip)
+        ctx = self.ctx
+        duration = time.monotonic() - exchange.started_at
+        ctx.responses.observe(status, duration)
+        if ctx.draining or ctx.access_log:
+            ctx.response_extras(exchange, duration, self._client_ip)
 
     def _upstream_failed(self, exchange: Exchange, failure: UpstreamFailure) -> None:
         self.ctx.upstream_failed(failure)
@@ -486,7 +499,7 @@ class ClientConnection(asyncio.Protocol):
     def drain(self) -> None:
         """The listener closed: an idle connection closes now; a fresh one is served when
         its first request comes; a busy one closes after its response."""
-        idle = self.machine.state is ClientState.IDLE
+        idle = self.machine.state is IDLE
         if idle and self.machine.close("drain") and self.transport is not None:
             self.transport.close()
 
@@ -512,14 +525,14 @@ class ClientConnection(asyncio.Protocol):
     def _read_timed_out(self) -> None:
         """The read timer fired; what it meant depends on what we were waiting for."""
         state = self.machine.state
-        if state is ClientState.CLOSING:
+        if state is CLOSING:
             if self.transport is not None:
                 self.transport.close()  # the linger is over
         elif self._collector is not None:
             self._reject(HttpError(408, "request head not received in time"))
         elif self._parsing is not None:
             self._reject(HttpError(408, "request body stalled"))
-        elif state is ClientState.FRESH or state is ClientState.IDLE:
+        elif state is FRESH or state is IDLE:
             self.machine.close("idle_timeout")
             if self.transport is not None:
                 self.transport.close()

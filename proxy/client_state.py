@@ -30,55 +30,75 @@ the drain and keep-alive rotation (see ``proxy.rotation``).
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 from proxy.rotation import rotation_reason
 
 
-class ClientState(enum.Enum):
-    """Where one client connection is; values are the names tests and logs use."""
+class ClientState(enum.IntEnum):
+    """Where one client connection is.
 
-    # Members are singletons and compare by identity: hash them the same way.  Enum's
-    # own __hash__ is Python code and costs four times as much in the table lookups.
-    __hash__ = object.__hash__
+    An IntEnum for speed only: the transition check indexes a tuple by the state and
+    shifts by the target, where an Enum would run Python-level hashing on every request.
+    States are compared by identity, never ordered.
+    """
 
-    FRESH = "fresh"  # accepted, no request byte yet
-    IDLE = "idle"  # kept alive between requests
-    ACTIVE = "active"  # one request being read, forwarded or answered
-    PIPELINE_PAUSED = "pipeline_paused"  # a complete later request waits; reading paused
-    UPGRADE_PENDING = "upgrade_pending"  # an Upgrade request is with the app; bytes held
-    TUNNELLED = "tunnelled"  # the app switched protocols: a byte relay
-    CLOSING = "closing"  # the last response is written: half-closed, discarding input
-    CLOSED = "closed"
+    FRESH = 0  # accepted, no request byte yet
+    IDLE = 1  # kept alive between requests
+    ACTIVE = 2  # one request being read, forwarded or answered
+    PIPELINE_PAUSED = 3  # a complete later request waits; reading paused
+    UPGRADE_PENDING = 4  # an Upgrade request is with the app; bytes after it held
+    TUNNELLED = 5  # the app switched protocols: a byte relay
+    CLOSING = 6  # the last response is written: half-closed, discarding input
+    CLOSED = 7
 
 
-S = ClientState
-TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
-    S.FRESH: frozenset({S.ACTIVE, S.CLOSING, S.CLOSED}),
-    S.IDLE: frozenset({S.ACTIVE, S.CLOSING, S.CLOSED}),
-    S.ACTIVE: frozenset({S.IDLE, S.PIPELINE_PAUSED, S.UPGRADE_PENDING, S.CLOSING, S.CLOSED}),
-    S.PIPELINE_PAUSED: frozenset({S.ACTIVE, S.CLOSING, S.CLOSED}),
-    S.UPGRADE_PENDING: frozenset({S.TUNNELLED, S.IDLE, S.CLOSING, S.CLOSED}),
-    S.TUNNELLED: frozenset({S.CLOSED}),
-    S.CLOSING: frozenset({S.CLOSED}),
-    S.CLOSED: frozenset(),
+# The members as module constants for the per-request code: reading ``ClientState.IDLE``
+# runs EnumType's attribute hook, several times the cost of reading a global.
+FRESH: Final = ClientState.FRESH
+IDLE: Final = ClientState.IDLE
+ACTIVE: Final = ClientState.ACTIVE
+PIPELINE_PAUSED: Final = ClientState.PIPELINE_PAUSED
+UPGRADE_PENDING: Final = ClientState.UPGRADE_PENDING
+TUNNELLED: Final = ClientState.TUNNELLED
+CLOSING: Final = ClientState.CLOSING
+CLOSED: Final = ClientState.CLOSED
+
+TRANSITIONS: Final[dict[ClientState, frozenset[ClientState]]] = {
+    FRESH: frozenset({ACTIVE, CLOSING, CLOSED}),
+    IDLE: frozenset({ACTIVE, CLOSING, CLOSED}),
+    ACTIVE: frozenset({IDLE, PIPELINE_PAUSED, UPGRADE_PENDING, CLOSING, CLOSED}),
+    PIPELINE_PAUSED: frozenset({ACTIVE, CLOSING, CLOSED}),
+    UPGRADE_PENDING: frozenset({TUNNELLED, IDLE, CLOSING, CLOSED}),
+    TUNNELLED: frozenset({CLOSED}),
+    CLOSING: frozenset({CLOSED}),
+    CLOSED: frozenset(),
 }
-BUSY = frozenset({S.ACTIVE, S.PIPELINE_PAUSED, S.UPGRADE_PENDING})
+# The same table as one bit mask of allowed targets per state, indexed by the state.
+_ALLOWED: Final = tuple(sum(1 << target for target in TRANSITIONS[state])
+                        for state in ClientState)
+_BUSY: Final = (1 << ACTIVE) | (1 << PIPELINE_PAUSED) | (1 << UPGRADE_PENDING)
 
 
 class IllegalTransition(Exception):  # RuntimeError: mypyc cannot subclass it
     """A state change the table does not allow: a bug, never a runtime condition."""
 
 
-class AfterResponse(enum.Enum):
+class AfterResponse(enum.IntEnum):
     """What the connection does once a response is fully written."""
 
-    __hash__ = object.__hash__
+    CLOSE = 0  # the response said Connection: close
+    DISPATCH_NEXT = 1  # forward the next pipelined request
+    PARSE_HELD = 2  # the app refused an Upgrade: idle, and the held bytes are HTTP
+    KEEP_READING = 3  # the next request is already arriving
+    AWAIT_REQUEST = 4  # idle keep-alive
 
-    CLOSE = "close"  # the response said Connection: close
-    DISPATCH_NEXT = "dispatch_next"  # forward the next pipelined request
-    PARSE_HELD = "parse_held"  # the app refused an Upgrade: idle, and the held bytes are HTTP
-    KEEP_READING = "keep_reading"  # the next request is already arriving
-    AWAIT_REQUEST = "await_request"  # idle keep-alive
+
+THEN_CLOSE: Final = AfterResponse.CLOSE
+THEN_DISPATCH_NEXT: Final = AfterResponse.DISPATCH_NEXT
+THEN_PARSE_HELD: Final = AfterResponse.PARSE_HELD
+THEN_KEEP_READING: Final = AfterResponse.KEEP_READING
+THEN_AWAIT_REQUEST: Final = AfterResponse.AWAIT_REQUEST
 
 
 class ClientMachine:
@@ -87,41 +107,50 @@ class ClientMachine:
     __slots__ = ("budget", "close_reason", "expires_at", "input_closed", "served", "state")
 
     def __init__(self, budget: int, expires_at: float) -> None:
-        self.state = S.FRESH
+        self.state = FRESH
         self.served = 0  # responses completed
         self.budget = budget  # rotation: responses this connection may carry (0: no limit)
         self.expires_at = expires_at  # rotation: the first response after this closes
         self.close_reason: str | None = None  # decided: the connection ends after this response
-        self.input_closed = False  # the client half-closed, or we stopped reading for good
+        # The client half-closed, or we stopped reading for good (an error answered, the
+        # connection closing): nothing more that arrives is parsed.
+        self.input_closed = False
 
     def _move(self, state: ClientState) -> None:
-        if state not in TRANSITIONS[self.state]:
-            raise IllegalTransition(f"client connection: {self.state.value} -> {state.value}")
+        if not (_ALLOWED[self.state] >> state) & 1:
+            raise IllegalTransition(f"client connection: {self.state.name} -> {state.name}")
         self.state = state
+        if state is CLOSING or state is CLOSED:
+            self.input_closed = True
 
     @property
     def busy(self) -> bool:
         """A request is being read, forwarded or answered."""
-        return self.state in BUSY
+        return bool((_BUSY >> self.state) & 1)
+
+    @property
+    def ending(self) -> bool:
+        """Closing or closed: nothing more is answered."""
+        return self.state is CLOSING or self.state is CLOSED
 
     # -- events -------------------------------------------------------------------------------
     def request_begins(self) -> None:
         """The first byte of a request head (a pipelined one leaves the state as it is)."""
-        if self.state is S.FRESH or self.state is S.IDLE:
-            self._move(S.ACTIVE)
+        if self.state is FRESH or self.state is IDLE:
+            self._move(ACTIVE)
 
     def request_queued(self) -> None:
         """A complete request waits behind one still being answered: stop reading."""
-        if self.state is not S.PIPELINE_PAUSED:
-            self._move(S.PIPELINE_PAUSED)
+        if self.state is not PIPELINE_PAUSED:
+            self._move(PIPELINE_PAUSED)
 
     def upgrade_forwarded(self) -> None:
         """The request being answered asks to switch protocols and went to the app."""
-        self._move(S.UPGRADE_PENDING)
+        self._move(UPGRADE_PENDING)
 
     def switched(self) -> None:
         """The app answered 101: the connection is a tunnel from now on."""
-        self._move(S.TUNNELLED)
+        self._move(TUNNELLED)
 
     def response_done(self, *, queued: int, reading: bool, draining: bool) -> AfterResponse:
         """The response being written is complete; ``queued`` complete requests wait,
@@ -133,33 +162,33 @@ class ClientMachine:
             elif draining:  # its head went out before the drain began
                 self.close_reason = "drain"
         if self.close_reason is not None:
-            self._move(S.CLOSING)
-            return AfterResponse.CLOSE
+            self._move(CLOSING)
+            return THEN_CLOSE
         if queued:
             if queued == 1:  # the last one waiting: reading may resume
-                self._move(S.ACTIVE)
-            return AfterResponse.DISPATCH_NEXT
-        if self.state is S.UPGRADE_PENDING:  # refused: whatever followed it is HTTP
-            self._move(S.IDLE)
-            return AfterResponse.PARSE_HELD
+                self._move(ACTIVE)
+            return THEN_DISPATCH_NEXT
+        if self.state is UPGRADE_PENDING:  # refused: whatever followed it is HTTP
+            self._move(IDLE)
+            return THEN_PARSE_HELD
         if reading:
-            return AfterResponse.KEEP_READING
-        self._move(S.IDLE)
-        return AfterResponse.AWAIT_REQUEST
+            return THEN_KEEP_READING
+        self._move(IDLE)
+        return THEN_AWAIT_REQUEST
 
     def close(self, reason: str) -> bool:
         """End the connection now (an error answered, idle, the drain): False when it is
         already closing or closed."""
-        if self.state is S.CLOSING or self.state is S.CLOSED:
+        if self.state is CLOSING or self.state is CLOSED:
             return False
         self.close_reason = self.close_reason or reason
-        self._move(S.CLOSING)
+        self._move(CLOSING)
         return True
 
     def lost(self) -> str:
         """The transport is gone; returns the connections_closed reason."""
-        if self.state is not S.CLOSED:
-            self._move(S.CLOSED)
+        if self.state is not CLOSED:
+            self._move(CLOSED)
         return self.close_reason or "peer"
 
     # -- the keep-alive decision ----------------------------------------------------------------

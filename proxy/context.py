@@ -7,7 +7,6 @@ run several proxies in one process and nothing lives in import-time globals.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,6 +14,7 @@ from proxy.lifecycle import DrainTimeline
 from proxy.metrics import Metrics
 from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
+from proxy.stats import ResponseStats
 from proxy.tracker import ConnectionTracker, Drainable, Kind
 
 if TYPE_CHECKING:
@@ -38,6 +38,11 @@ class ProxyContext:
     listener: Listener | None = None
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
     requests_in_flight: int = 0  # from a request's first byte to its response's last
+    # Plain attributes for the per-request code, which reads them on every response: the
+    # timeline's properties are Python calls, these are one attribute read each.
+    draining: bool = False  # lifecycle's close_after_response, cached when the drain begins
+    access_log: bool = False
+    responses: ResponseStats = field(init=False)
 
     @property
     def upstream_authority(self) -> bytes:
@@ -46,6 +51,8 @@ class ProxyContext:
 
     def __post_init__(self) -> None:
         self._upstream_authority = str(self.settings.upstream).encode()
+        self.access_log = self.settings.access_log
+        self.responses = self.metrics.responses
         # Read at scrape time instead of updated per request: two gauge updates per
         # request cost more than the scrape ever will.
         self.metrics.requests_in_flight.set_function(lambda: self.requests_in_flight)
@@ -72,16 +79,22 @@ class ProxyContext:
         if self.listener is not None and len(self.connections) < self.settings.max_connections:
             self.listener.resume()
 
-    def count_response(self, exchange: Exchange, client_ip: bytes) -> None:
-        """A response was completed (or the client left first: 499)."""
-        duration = time.monotonic() - exchange.started_at
-        self.metrics.responses.observe(exchange.status, duration)
-        if self.timeline.started:
+    def begin_drain(self, now: float) -> bool:
+        """Start the drain's timeline; False when it had begun already."""
+        if not self.timeline.trigger(now):
+            return False
+        self.draining = self.timeline.close_after_response  # the policy's answer, cached
+        return True
+
+    def response_extras(self, exchange: Exchange, duration_s: float, client_ip: bytes) -> None:
+        """What a completed response adds while draining, or with the access log on (the
+        per-request code counts the response itself in ``responses``)."""
+        if self.draining:
             self.timeline.served_while_draining += 1
             self.metrics.served_while_draining.inc()
-        if self.settings.access_log and exchange.request is not None:
+        if self.access_log and exchange.request is not None:
             access_log.info("%s %s %d %.6f", client_ip.decode(),
-                            exchange.request.method.decode(), exchange.status, duration)
+                            exchange.request.method.decode(), exchange.status, duration_s)
 
     def upstream_failed(self, failure: UpstreamFailure) -> None:
         self.metrics.upstream_errors.labels(failure.failure.label).inc()

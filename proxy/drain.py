@@ -57,7 +57,7 @@ class DrainCoordinator:
 
     def trigger(self, source: str) -> None:
         """Start the drain (a no-op once started): state change plus one task."""
-        if not self._ctx.timeline.trigger(self._loop.time()):
+        if not self._ctx.begin_drain(self._loop.time()):
             return
         self._ctx.metrics.drain_started.set(time.time())
         self._on_phase(Phase.PROPAGATING, 0.0, source)

@@ -10,11 +10,12 @@ Each reason is one bit, so pausing twice for one reason and resuming once is rig
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
-PIPELINE = 1  # a complete later request waits for the ones before it
-APP_FULL = 2  # the other side's socket is full (client: the app's; app: the client's)
-CONNECTING = 4  # request body arriving while the app connection is being made
-HELD = 8  # too many bytes held after an Upgrade request while the app decides
+PIPELINE: Final = 1  # a complete later request waits for the ones before it
+APP_FULL: Final = 2  # the other side's socket is full (client: the app's; app: the client's)
+CONNECTING: Final = 4  # request body arriving while the app connection is being made
+HELD: Final = 8  # too many bytes held after an Upgrade request while the app decides
 
 
 class ReadGate:

@@ -7,23 +7,19 @@ Label values are initialised at start so dashboards see zeros, not gaps.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from proxy.stats import DURATION_BUCKETS, ResponseStats
+
 PHASES = ("serving", "propagating", "draining", "drained")
 CLOSE_REASONS = (
     "peer", "idle_timeout", "max_requests", "max_age", "drain", "drain_deadline", "error",
 )
 UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "retried")
-# Latency buckets for a localhost hop: dense below 10 ms, coarse up to a minute.
-DURATION_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    30.0, 60.0,
-)
 
 
 class Metrics:
@@ -96,30 +92,6 @@ class Metrics:
         for phase in PHASES[:-1]:
             self.phase_duration.labels(phase)
         self.phase.state("serving")
-
-
-class ResponseStats:
-    """Per-response counts kept as plain numbers and exported at scrape time.
-
-    Every response updates a counter by status code and a latency histogram.
-    Through prometheus_client objects that costs about 3 us per response (label
-    lookup, locks); these plain updates cost a fraction of that, and a scrape
-    every few seconds pays for the conversion instead.
-    """
-
-    __slots__ = ("bucket_counts", "by_code", "count", "sum_s")
-
-    def __init__(self) -> None:
-        self.by_code: dict[int, int] = {}
-        self.bucket_counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
-        self.sum_s = 0.0
-        self.count = 0
-
-    def observe(self, status: int, duration_s: float) -> None:
-        self.by_code[status] = self.by_code.get(status, 0) + 1
-        self.bucket_counts[bisect_left(DURATION_BUCKETS, duration_s)] += 1
-        self.sum_s += duration_s
-        self.count += 1
 
 
 class _ResponseStatsCollector(Collector):

@@ -30,7 +30,7 @@ from proxy.flow import APP_FULL, ReadGate
 from proxy.http_policy import Framing, Headers, HttpError, app_response_framing
 from proxy.settings import Settings
 from proxy.tunnel import reset
-from proxy.upstream_state import Failure, UpstreamMachine, UpstreamState
+from proxy.upstream_state import IDLE, Failure, UpstreamMachine
 
 # Pooled idle connections beyond this are closed: they cost the app a socket each.
 MAX_IDLE_CONNECTIONS = 256
@@ -123,7 +123,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.gate.set(APP_FULL, full)
         if full:
             self._read_deadline.clear()
-        elif self.machine.state in _RESPONDING:
+        elif self.machine.responding:
             self._read_deadline.set(self.pool.settings.upstream_timeout_s)
 
     def abort(self) -> None:
@@ -145,7 +145,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self._response_bytes = True
-        if self.machine.state in _RESPONDING:  # progress: the read timer restarts
+        if self.machine.responding:  # progress: the read timer restarts
             self._read_deadline.set(self.pool.settings.upstream_timeout_s)
         try:
             self._parser.feed_data(data)
@@ -164,12 +164,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = self.gate.transport = None
         self._stop_timers()
         self.pool.forget(self)
-        state = self.machine.state
+        responding = self.machine.responding
         self.machine.closed()
         sink, self._sink = self._sink, None
         if sink is None:
             return
-        if exc is None and self._close_delimited and state in _RESPONDING:
+        if exc is None and self._close_delimited and responding:
             sink.response_complete([])  # a close-delimited body ends with the app's EOF
             return
         failure = Failure.CLOSED if exc is None else Failure.RESET
@@ -262,7 +262,7 @@ class UpstreamConnection(asyncio.Protocol):
         whose response it completed (only now: stray bytes in the same read poison it)."""
         if self._sink is not None:
             self._sink.response_flush()
-        elif self.machine.state is UpstreamState.IDLE and not self._poisoned:
+        elif self.machine.state is IDLE and not self._poisoned:
             self.pool.release(self)
         else:
             self.close()
@@ -290,7 +290,7 @@ class UpstreamConnection(asyncio.Protocol):
             sink.response_failed(error)
 
     def _read_timed_out(self) -> None:
-        if self.machine.state is UpstreamState.IDLE:
+        if self.machine.state is IDLE:
             self.close()  # a pooled connection expired
         else:
             self._fail(Failure.TIMEOUT, "the app did not answer in time")
@@ -313,9 +313,6 @@ class UpstreamConnection(asyncio.Protocol):
         """Pooled: expire after ``idle_timeout_s``."""
         self.gate.set(APP_FULL, False)
         self._read_deadline.set(idle_timeout_s)
-
-
-_RESPONDING = frozenset({UpstreamState.RECEIVING, UpstreamState.EARLY})
 
 
 async def connect_to_app(settings: Settings, protocol: asyncio.Protocol) -> None:

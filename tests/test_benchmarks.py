@@ -11,6 +11,7 @@ machine falls back to.  The fast test runs without matplotlib (tables only); the
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -112,3 +113,16 @@ def test_every_target_with_installed_tools(tmp_path: Path) -> None:
     doc: dict[str, Any] = json.loads((tmp_path / "bench_latency.json").read_text())
     assert all(r["rps"] > 0 for r in doc["results"])
     png_size(tmp_path / "bench_latency.png")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("hey") is None, reason="hey is missing (apt-get install hey)")
+def test_the_drain_under_load_benchmark_passes_a_short_run() -> None:
+    """The loop that proves the drain under hey: one short run must pass its own criteria."""
+    script = ROOT / "benchmarks" / "drain_under_load.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--runs", "1", "--duration", "5", "--sigterm-after", "1",
+         "--window", "1", "--drain-timeout", "2"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    assert "**1 of 1 runs passed**" in res.stdout

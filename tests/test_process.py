@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -290,6 +291,8 @@ def test_installed_package_runs_compiled_where_a_compiler_exists() -> None:
         [sys.executable, "-c", "import proxy; print(proxy.__file__); print(proxy.build())"],
         capture_output=True, text=True, timeout=20, env=child_env(), cwd=CHILD_CWD, check=True)
     location, build = probe.stdout.split()
+    if os.environ.get("DRAIN_PROXY_TEST_BUILD") == "pure":
+        pytest.skip("this run tests the pure-Python build on purpose")
     source_tree = Path(__file__).resolve().parent.parent / "proxy"
     if Path(location).resolve().parent == source_tree:
         pytest.skip("drain-proxy runs from the source tree (editable install): pure Python")

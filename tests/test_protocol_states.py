@@ -327,7 +327,7 @@ async def upgrade_refused_with_a_request_held_behind_it(edges: set[Edge]) -> Non
 async def upgrade_refused_while_draining(edges: set[Edge]) -> None:
     h = Harness(edges)
     h.send(UPGRADE)
-    h.ctx.timeline.trigger(0.0)
+    h.ctx.begin_drain(0.0)
     h.app_sends(OK_CLOSE)  # the app's own "close" is about its hop only
     assert h.state is C.CLOSING and h.client.machine.close_reason == "drain"
     assert h.app.machine.state is U.CLOSED
@@ -444,5 +444,5 @@ def test_every_transition_is_exercised(run: Run[set[Edge]]) -> None:
     edges = run(all_scenarios())
     for table in (client_state.TRANSITIONS, upstream_state.TRANSITIONS):
         wanted = {(before, after) for before, targets in table.items() for after in targets}
-        missing = sorted(f"{b.value} -> {a.value}" for b, a in wanted - edges)
+        missing = sorted(f"{b.name} -> {a.name}" for b, a in wanted - edges)
         assert not missing, f"no scenario walks {missing}"
