@@ -33,6 +33,7 @@ import enum
 from typing import Final
 
 from proxy.rotation import rotation_reason
+from proxy.transitions import IllegalTransition, bit_masks
 
 
 class ClientState(enum.IntEnum):
@@ -75,13 +76,9 @@ TRANSITIONS: Final[dict[ClientState, frozenset[ClientState]]] = {
     CLOSED: frozenset(),
 }
 # The same table as one bit mask of allowed targets per state, indexed by the state.
-_ALLOWED: Final = tuple(sum(1 << target for target in TRANSITIONS[state])
-                        for state in ClientState)
+_ALLOWED: Final = bit_masks(TRANSITIONS)
 _BUSY: Final = (1 << ACTIVE) | (1 << PIPELINE_PAUSED) | (1 << UPGRADE_PENDING)
 
-
-class IllegalTransition(Exception):  # RuntimeError: mypyc cannot subclass it
-    """A state change the table does not allow: a bug, never a runtime condition."""
 
 
 class AfterResponse(enum.IntEnum):

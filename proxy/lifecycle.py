@@ -32,6 +32,8 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
+from proxy.transitions import IllegalTransition
+
 
 class Phase(enum.Enum):
     """Where the proxy is in its life; values are the metric's state names."""
@@ -48,10 +50,6 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.DRAINING: frozenset({Phase.DRAINED}),
     Phase.DRAINED: frozenset(),
 }
-
-
-class IllegalTransition(RuntimeError):
-    """A phase change the table does not allow: a bug, never a runtime condition."""
 
 
 @dataclass

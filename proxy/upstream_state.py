@@ -33,6 +33,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from proxy.transitions import IllegalTransition, bit_masks
+
 
 class UpstreamState(enum.IntEnum):
     """Where one connection to the app is (an IntEnum for speed, as ``ClientState``)."""
@@ -64,12 +66,8 @@ TRANSITIONS: Final[dict[UpstreamState, frozenset[UpstreamState]]] = {
     SWITCHED: frozenset(),  # final: the tunnel owns the socket now
     CLOSED: frozenset(),
 }
-_ALLOWED: Final = tuple(sum(1 << target for target in TRANSITIONS[state])
-                        for state in UpstreamState)
+_ALLOWED: Final = bit_masks(TRANSITIONS)
 
-
-class IllegalTransition(Exception):  # RuntimeError: mypyc cannot subclass it
-    """A state change the table does not allow: a bug, never a runtime condition."""
 
 
 class Failure(enum.Enum):

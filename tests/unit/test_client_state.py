@@ -17,8 +17,8 @@ from proxy.client_state import (
     AfterResponse,
     ClientMachine,
     ClientState,
-    IllegalTransition,
 )
+from proxy.transitions import IllegalTransition
 
 S = ClientState
 

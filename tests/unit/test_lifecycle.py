@@ -9,7 +9,8 @@ import itertools
 
 import pytest
 
-from proxy.lifecycle import TRANSITIONS, DrainTimeline, IllegalTransition, Phase
+from proxy.lifecycle import TRANSITIONS, DrainTimeline, Phase
+from proxy.transitions import IllegalTransition
 
 S, P, D, X = Phase.SERVING, Phase.PROPAGATING, Phase.DRAINING, Phase.DRAINED
 ALLOWED = {(S, P), (P, D), (D, X)}  # one forward step at a time, never back
