@@ -40,6 +40,7 @@ class Listener:
     def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
                  adoptions: Adoptions) -> None:
         self._sock: socket.socket | None = sock
+        self.port = int(sock.getsockname()[1])  # kept: still reported once the socket is closed
         self._factory = factory
         self._adoptions = adoptions
         self._server: asyncio.Server | None = None
@@ -58,11 +59,6 @@ class Listener:
         sock.listen(BACKLOG)
         sock.setblocking(False)
         return cls(sock, factory, adoptions)
-
-    @property
-    def port(self) -> int:
-        assert self._sock is not None
-        return int(self._sock.getsockname()[1])
 
     @property
     def accepting(self) -> bool:

@@ -58,7 +58,9 @@ class ProxyServer:
             raise StartupError(f"--listen {settings.listen}: cannot listen: {error.strerror}") \
                 from None
         self.ctx.listener = self.listener
-        self.coordinator: DrainCoordinator | None = None
+        # Made here, not in start(): signal handlers must exist before start() announces
+        # the ports, or a SIGTERM right after the announcement kills the process undrained.
+        self.coordinator = DrainCoordinator(self.ctx, self.listener)
         self._admin: AdminServer | None = None
         self.admin_port = 0
 
@@ -72,7 +74,6 @@ class ProxyServer:
         return self.listener.port
 
     async def start(self) -> None:
-        self.coordinator = DrainCoordinator(self.ctx, self.listener)
         app = AdminApp(self.ctx, self.coordinator, lambda: check_app(self.settings))
         self._admin = AdminServer(app)
         admin = self.settings.admin
@@ -113,12 +114,11 @@ async def run(settings: Settings) -> int:
     """Serve until a signal has been received and the drain is over; return the exit code."""
     _warn_about_budget(settings)
     server = ProxyServer(settings)
-    await server.start()
     coordinator = server.coordinator
-    assert coordinator is not None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, coordinator.on_signal, signal.Signals(signum).name)
+    await server.start()
     await coordinator.wait_exit()
     await server.close()
     code = coordinator.exit_code

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -32,6 +33,9 @@ async def process_under_test(loop_kind: str,
     proxy = await ProxyProcess.start(app.port, "--loop", loop_kind, *flags)
     try:
         yield app, proxy
+    except BaseException:
+        print(f"proxy log:\n{proxy.log_text()}", file=sys.stderr)  # shown with the failure
+        raise
     finally:
         await proxy.kill()
         await app.stop()
