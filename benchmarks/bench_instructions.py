@@ -24,30 +24,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from machine import proxy_home
-from targets import free_port, stop
+from targets import free_port, stop, wait_for_200
 
 HERE = Path(__file__).resolve().parent
 TOTALS = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
-
-
-def wait_ready(port: int, deadline_s: float = 120) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        try:
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        finally:
-            connection.close()
-        time.sleep(0.2)  # valgrind starts Python slowly: poll with a deadline
-    raise RuntimeError(f"the proxy under valgrind did not get ready on {port}")
 
 
 def requests(port: int, count: int, connections: int = 4) -> None:
@@ -78,7 +61,7 @@ def measure(python: str, loop: str, count: int, workdir: Path) -> tuple[str, flo
          "--max-requests-per-connection", "0"],
         cwd=proxy_home(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_ready(admin)
+        wait_for_200(admin, "/readyz", 120)  # valgrind starts Python slowly
         requests(port, 300)  # warm-up: pools, caches, first-time paths
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True,
                        capture_output=True)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from machine import proxy_build, proxy_home
-from targets import free_port, stop
+from targets import free_port, stop, wait_for_200
 
 HERE = Path(__file__).resolve().parent
 ERROR_LINE = re.compile(r"^\s*\[(\d+)\]\s+(.*)$")
@@ -53,22 +53,6 @@ class RunResult:
     def passed(self) -> bool:
         return (self.other_status == 0 and self.other_errors == 0 and self.exit_code == 0
                 and 0 <= self.after_last_response_ms <= 1000)
-
-
-def wait_until_ready(port: int, path: str, deadline_s: float = 15) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        try:
-            connection.request("GET", path)
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        finally:
-            connection.close()
-        time.sleep(0.05)  # nothing to wait on but the port: poll with a deadline
-    raise RuntimeError(f"nothing answered 200 on port {port}{path} within {deadline_s} s")
 
 
 def app_last_response(port: int) -> float:
@@ -116,8 +100,8 @@ def one_run(args: argparse.Namespace, log_dir: Path, number: int) -> RunResult:
             cwd=proxy_home(), stdout=subprocess.DEVNULL, stderr=log)
     result = RunResult()
     try:
-        wait_until_ready(app_port, "/stats")
-        wait_until_ready(admin, "/readyz")
+        wait_for_200(app_port, "/stats", 15)
+        wait_for_200(admin, "/readyz", 15)
         hey = subprocess.Popen(
             [args.hey, "-z", f"{args.duration}s", "-c", str(args.connections),
              f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True)

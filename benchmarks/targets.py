@@ -97,6 +97,17 @@ def http_get(port: int, path: str) -> tuple[int, int] | None:
     return None
 
 
+def wait_for_200(port: int, path: str, deadline_s: float) -> None:
+    """Poll ``GET path`` until it answers 200 (servers give no other sign of readiness)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        answer = http_get(port, path)
+        if answer is not None and answer[0] == 200:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing answered 200 on port {port}{path} within {deadline_s} s")
+
+
 def cpu_ticks(pid: int) -> int:
     """utime + stime (stat fields 14, 15; split after ')' as comm may hold spaces), in ticks."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -289,23 +289,17 @@ class Client:
 
 
 async def raw_exchange(port: int, data: bytes, timeout_s: float = IO_TIMEOUT_S) -> bytes:
-    """Send raw bytes, then read until the server closes (half-closing if asked)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    received = bytearray()
-    try:
-        async with asyncio.timeout(timeout_s):
-            while chunk := await reader.read(65536):
-                received += chunk
-    finally:
-        writer.close()
-    return bytes(received)
+    """Send raw bytes, then read until the server closes; a reset raises."""
+    received, reset = await raw_exchange_ending(port, data, timeout_s)
+    if reset:
+        raise ConnectionResetError(f"reset after {len(received)} bytes: {received[:200]!r}")
+    return received
 
 
 async def raw_exchange_ending(port: int, data: bytes,
                               timeout_s: float = IO_TIMEOUT_S) -> tuple[bytes, bool]:
-    """Like ``raw_exchange``; also says whether the connection ended with a reset (RST),
-    which is how a proxy must show that what the client got is incomplete."""
+    """Send raw bytes, then read until the server closes; also say whether it ended with a
+    reset (RST), which is how a proxy must show that what the client got is incomplete."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
     received = bytearray()
