@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from typing import cast
@@ -39,7 +40,7 @@ from proxy.client_state import (
 from proxy.context import ProxyContext
 from proxy.deadline import Deadline
 from proxy.exchange import Exchange
-from proxy.http_policy import Framing, HeadCollector, Headers, HttpError
+from proxy.http_policy import Framing, HeadCollector, Headers, HttpError, Peer
 from proxy.tracker import Kind
 from proxy.tunnel import Tunnel, reset, splice
 from proxy.upstream import UpstreamConnection, UpstreamFailure
@@ -50,6 +51,22 @@ access_log = logging.getLogger("drain_proxy.access")
 
 MAX_HELD_BYTES = 64 * 1024  # bytes past an Upgrade request, while the app decides
 LINGER_S = 2.0  # after the last response: read and discard so the client gets it
+
+
+_METHOD_LIKE = re.compile(rb"[A-Z][A-Z0-9_-]* ")
+
+
+def _refusal(error: httptools.HttpParserError, data: bytes) -> HttpError:
+    """What to answer a request llhttp could not parse: our own refusal from inside a
+    callback; 501 for a well-formed method llhttp does not know (RFC 9110 section 9.1);
+    400 for anything else, such as a TLS handshake sent to the HTTP port."""
+    cause = error.__context__
+    if isinstance(cause, HttpError):
+        return cause
+    unknown = isinstance(error, httptools.HttpParserInvalidMethodError)
+    if unknown and _METHOD_LIKE.match(data) is not None:
+        return HttpError(501, "method not implemented")
+    return HttpError(400, str(error))
 
 
 class ClientConnection(asyncio.Protocol):
@@ -79,13 +96,12 @@ class ClientConnection(asyncio.Protocol):
         self._peer_eof = False
         self._connect_task: asyncio.Task[None] | None = None
         self._tunnel: Tunnel | None = None
-        self._client_ip = b""
+        self._peer = Peer(b"")
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self._gate.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self._client_ip = peer[0].encode() if isinstance(peer, tuple) else b"unix"
+        self._peer = self.ctx.peer(transport.get_extra_info("peername"))
         self.ctx.register(self, self._loop.time())
         self._read_deadline.set(self.ctx.settings.idle_timeout_s)
 
@@ -153,9 +169,7 @@ class ClientConnection(asyncio.Protocol):
             except httptools.HttpParserUpgrade as upgrade:
                 tail = data[upgrade.args[0]:]
             except httptools.HttpParserError as parse_error:
-                cause = parse_error.__context__
-                self._reject(cause if isinstance(cause, HttpError)
-                             else HttpError(400, str(parse_error)))
+                self._reject(_refusal(parse_error, data))
             if self._ready is not None:
                 # Forward a new request only once the whole read has parsed: a request
                 # malformed within it is then refused with nothing sent to the app, and
@@ -196,7 +210,7 @@ class ClientConnection(asyncio.Protocol):
         self._collector = None
         exchange.request = request = http_policy.check_request(
             self._parser.get_method(), collector.url, self._parser.get_http_version(),
-            collector.headers, self._parser.should_keep_alive(), self._client_ip,
+            collector.headers, self._parser.should_keep_alive(), self._peer,
             self.ctx.upstream_authority, self._parser.should_upgrade())
         if request.framing is not Framing.NONE:
             self._read_deadline.set(self.ctx.settings.body_timeout_s)
@@ -408,7 +422,7 @@ class ClientConnection(asyncio.Protocol):
         duration = time.monotonic() - exchange.started_at
         ctx.responses.observe(status, duration)
         if ctx.draining or ctx.access_log:
-            ctx.response_extras(exchange, duration, self._client_ip)
+            ctx.response_extras(exchange, duration, self._peer.ip)
 
     def _upstream_failed(self, exchange: Exchange, failure: UpstreamFailure) -> None:
         self.ctx.upstream_failed(failure)
@@ -422,7 +436,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, error: HttpError) -> None:
         """A malformed request: answer ``error`` in turn, forward nothing more, close."""
-        log.debug("rejecting a request from %s: %d %s", self._client_ip.decode(),
+        log.debug("rejecting a request from %s: %d %s", self._peer.ip.decode(),
                   error.status, error.reason)
         self.machine.input_closed = True
         self._read_deadline.clear()
@@ -539,7 +553,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _write_timed_out(self) -> None:
         """The client has not read its response for --body-timeout: give up on it."""
-        log.info("client %s stopped reading its response", self._client_ip.decode())
+        log.info("client %s stopped reading its response", self._peer.ip.decode())
         self._abort()
 
     def _pause(self, reason: int, paused: bool) -> None:

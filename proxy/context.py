@@ -6,10 +6,12 @@ run several proxies in one process and nothing lives in import-time globals.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from proxy.http_policy import Peer
 from proxy.lifecycle import DrainTimeline
 from proxy.metrics import Metrics
 from proxy.rotation import RotationPolicy
@@ -52,6 +54,7 @@ class ProxyContext:
     def __post_init__(self) -> None:
         self._upstream_authority = str(self.settings.upstream).encode()
         self.access_log = self.settings.access_log
+        self._peers: dict[str, Peer] = {}
         self.responses = self.metrics.responses
         # Read at scrape time instead of updated per request: two gauge updates per
         # request cost more than the scrape ever will.
@@ -78,6 +81,28 @@ class ProxyContext:
             self.timeline.connections_closed_by_drain += 1
         if self.listener is not None and len(self.connections) < self.settings.max_connections:
             self.listener.resume()
+
+    def peer(self, address: object) -> Peer:
+        """Who is on the other end of an accepted connection (its address is a tuple for
+        TCP), as the header policy needs to know.  Once per connection, remembered per
+        address: a client that opens a connection per request pays the lookup once."""
+        host = address[0] if isinstance(address, tuple) else "unix"
+        peer = self._peers.get(host)
+        if peer is None:
+            if len(self._peers) >= 4096:
+                self._peers.clear()  # bounded: a scan of many addresses cannot grow it
+            peer = self._peers[host] = Peer(host.encode(), self._trusts(host),
+                                            self.settings.allow_underscores_in_headers)
+        return peer
+
+    def _trusts(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False  # a unix socket peer
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d
+        return any(ip in network for network in self.settings.trusted_proxies)
 
     def begin_drain(self, now: float) -> bool:
         """Start the drain's timeline; False when it had begun already."""

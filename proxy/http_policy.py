@@ -20,6 +20,7 @@ forwards a message its upstream reads differently is a request-smuggling hole:
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,7 +110,11 @@ class ForwardRequest:
 
 
 def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
-    """Return the origin-form target and, for absolute-form, its authority."""
+    """Return the origin-form target and, for absolute-form, its authority.  A fragment
+    is the client's business (RFC 9110 section 4.2.5): it is not sent on."""
+    fragment = url.find(b"#")
+    if fragment >= 0:
+        url = url[:fragment]
     if url.startswith(b"/"):
         return url, None
     if url == b"*" and method == b"OPTIONS":
@@ -123,7 +128,7 @@ def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
             path = b"/" if cut < 0 else rest[cut:]
             if path.startswith(b"?"):
                 path = b"/" + path
-            if not authority or b"@" in authority:
+            if not authority or not valid_host(authority):
                 break
             return path, authority
     raise HttpError(400, "invalid request target")
@@ -132,14 +137,28 @@ def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
 # What a request header name means to the proxy; unlisted names pass through as sent.
 # One dict lookup per header keeps the common case to a single pass (measured:
 # the set-building version cost 13 us per request, this one about 4).
-_HOP, _LENGTH, _ENCODING, _HOST, _CONNECTION, _XFF, _NOTED, _ALIAS, _UPGRADE = range(9)
+(_HOP, _LENGTH, _ENCODING, _HOST, _CONNECTION, _XFF, _XFP, _XFH, _EXPECT, _ALIAS, _UPGRADE,
+ _CLAIM) = range(12)
+# Fields by which a client claims where a request came from: kept (and X-Forwarded-For
+# appended to) from a trusted proxy, dropped from anyone else (--trusted-proxies).
+_CLAIMS = frozenset({b"forwarded", b"x-real-ip", b"x-forwarded-port", b"x-forwarded-prefix",
+                     b"x-forwarded-server", b"x-forwarded-ssl"})
 _REQUEST_ROLES = {
     **dict.fromkeys(_HOP_BY_HOP, _HOP), b"upgrade": _UPGRADE,
     b"content-length": _LENGTH, b"transfer-encoding": _ENCODING, b"host": _HOST,
-    b"connection": _CONNECTION, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _NOTED,
-    b"x-forwarded-host": _NOTED, b"expect": _NOTED,
-    **dict.fromkeys(_FRAMING_ALIASES, _ALIAS),
+    b"connection": _CONNECTION, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
+    b"x-forwarded-host": _XFH, b"expect": _EXPECT,
+    **dict.fromkeys(_FRAMING_ALIASES, _ALIAS), **dict.fromkeys(_CLAIMS, _CLAIM),
 }
+# RFC 3986 authority as a Host value: a bracketed IPv6 literal or reg-name characters
+# (unreserved, pct-encoded, sub-delims), then an optional port.  No space, '/', '@'.
+_HOST_VALUE = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?\Z")
+
+
+def valid_host(value: bytes) -> bool:
+    """A Host value that is a valid authority (RFC 9110 section 7.2)."""
+    return _HOST_VALUE.match(value) is not None
 # Connection tokens that name nothing we would forward anyway.
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"te", b""})
 _NO_TOKENS: frozenset[bytes] = frozenset()
@@ -171,25 +190,39 @@ def _connection_tokens(value: bytes) -> frozenset[bytes]:
 
 
 def _scan_request_headers(headers: Headers, http_10: bool, authority: bytes | None,
-                          strip: frozenset[bytes]) -> _RequestScan:
+                          strip: frozenset[bytes], peer: Peer) -> _RequestScan:
     scan = _RequestScan()
     lines = scan.lines
     roles = _REQUEST_ROLES
     for name, value in headers:
+        if value and (value[-1] == 32 or value[-1] == 9):
+            value = value.rstrip(b" \t")  # llhttp keeps trailing OWS; other parsers drop it
         lowered = name.lower()
         role = roles.get(lowered)
         if role is None:
-            if lowered not in strip:
-                lines += (name, b": ", value, b"\r\n")
+            if lowered in strip or (b"_" in lowered and not peer.underscores):
+                continue  # an alias of another field for CGI-style apps (X_Forwarded_For)
+            if not peer.trusted and lowered.startswith(b"x-forwarded-"):
+                continue  # a claim about the request's origin from an untrusted peer
+            lines += (name, b": ", value, b"\r\n")
         elif lowered in strip:
             continue
-        elif role == _NOTED:
-            if lowered == b"expect":
-                scan.expects = value.strip().lower() == b"100-continue"
-            elif lowered == b"x-forwarded-proto":
+        elif role == _CLAIM:
+            if peer.trusted:
+                lines += (name, b": ", value, b"\r\n")
+        elif role == _XFF:
+            if peer.trusted:  # otherwise the proxy's own replaces it below
+                scan.xff = scan.xff + b", " + value if scan.xff else value
+        elif role == _XFP:
+            if peer.trusted:
                 scan.forwarded_proto = True
-            else:
+                lines += (name, b": ", value, b"\r\n")
+        elif role == _XFH:
+            if peer.trusted:
                 scan.forwarded_host = True
+                lines += (name, b": ", value, b"\r\n")
+        elif role == _EXPECT:
+            scan.expects = value.strip().lower() == b"100-continue"
             lines += (name, b": ", value, b"\r\n")
         elif role == _LENGTH:
             scan.framing, scan.length = Framing.LENGTH, int(value)  # llhttp: digits, single
@@ -198,13 +231,13 @@ def _scan_request_headers(headers: Headers, http_10: bool, authority: bytes | No
                 raise HttpError(400, "unsupported transfer-encoding")
             scan.framing = Framing.CHUNKED
         elif role == _HOST:
+            if not valid_host(value):
+                raise HttpError(400, "invalid Host header")
             scan.hosts += 1
             scan.host = value
             lines += (name, b": ", authority or value, b"\r\n")
         elif role == _CONNECTION:
             scan.tokens = scan.tokens | _connection_tokens(value)
-        elif role == _XFF:
-            scan.xff = scan.xff + b", " + value if scan.xff else value
         elif role == _ALIAS:
             raise HttpError(400, "ambiguous framing header name")
         elif role == _UPGRADE:
@@ -223,21 +256,35 @@ def _tunnel_upgrade(scan: _RequestScan, http_10: bool) -> bytes | None:
     return scan.upgrade
 
 
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who sent a request, as the header policy needs to know: its address, whether it is
+    a trusted proxy (--trusted-proxies), and whether names with '_' pass."""
+
+    ip: bytes
+    trusted: bool = False
+    underscores: bool = False
+
+
 def check_request(
     method: bytes, url: bytes, version: str, headers: Headers, keep_alive: bool,
-    client_ip: bytes, default_host: bytes, upgrade_requested: bool = False,
+    peer: Peer, default_host: bytes, upgrade_requested: bool = False,
 ) -> ForwardRequest:
-    """Validate a parsed request head and build the head to forward, or raise HttpError."""
+    """Validate a parsed request head and build the head to forward, or raise HttpError.
+
+    From a trusted proxy, ``X-Forwarded-For`` is appended to and the other forwarding
+    fields pass; from anyone else they are all replaced by the proxy's own, so a client
+    cannot claim another address, scheme or host to the app."""
     if version != "1.1" and version != "1.0":
         raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
     if method == b"CONNECT":
         raise HttpError(405, "CONNECT is not supported")
     http_10 = version == "1.0"
     target, authority = _origin_form(method, url)
-    scan = _scan_request_headers(headers, http_10, authority, _NO_TOKENS)
+    scan = _scan_request_headers(headers, http_10, authority, _NO_TOKENS, peer)
     extra_tokens = scan.tokens and scan.tokens - _PLAIN_CONNECTION_TOKENS - _NEVER_STRIPPED
     if extra_tokens:  # rare: Connection names end-to-end-looking headers to drop
-        scan = _scan_request_headers(headers, http_10, authority, extra_tokens)
+        scan = _scan_request_headers(headers, http_10, authority, extra_tokens, peer)
     if scan.hosts > 1 or (scan.hosts == 0 and not http_10):
         raise HttpError(400, "HTTP/1.1 requests need exactly one Host header")
     upgrade = None
@@ -252,6 +299,7 @@ def check_request(
         lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     if scan.host is None:
         lines += (b"Host: ", authority or default_host, b"\r\n")
+    client_ip = peer.ip
     lines += (b"X-Forwarded-For: ", scan.xff + b", " + client_ip if scan.xff else client_ip,
               b"\r\n")
     if not scan.forwarded_proto:
@@ -362,8 +410,8 @@ def interim_head(status: int, reason: bytes, headers: Sequence[tuple[bytes, byte
 _REASONS = {
     400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout",
     413: b"Content Too Large", 414: b"URI Too Long", 431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
-    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
 
 

@@ -12,6 +12,7 @@ lookup and the README's configuration table (checked by a test) all follow it.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -130,6 +131,26 @@ def _path(text: str) -> str | None:
     return text
 
 
+# The addresses in-cluster proxies (ingress controllers, meshes) connect from: pod and
+# node networks are private (RFC 1918, RFC 6598 shared space, IPv6 ULA), plus loopback.
+PRIVATE_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                    "127.0.0.0/8", "::1/128", "fc00::/7", "fe80::/10")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(text: str) -> tuple[Network, ...]:
+    words = [word.strip() for word in text.split(",")]
+    if words == ["none"]:
+        return ()
+    if words == ["private"]:
+        words = list(PRIVATE_NETWORKS)
+    try:
+        return tuple(ipaddress.ip_network(word, strict=False) for word in words)
+    except ValueError:
+        raise ValueError("allowed: CIDR[,CIDR...] such as 10.0.0.0/8,fd00::/8, or private, "
+                         "or none") from None
+
+
 def _boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -208,6 +229,12 @@ FLAGS: tuple[Flag, ...] = (
          "spread rotations so connections opened together do not close together"),
     Flag("--readiness-on-drain", _choice("fail", "keep"), "fail", "fail|keep",
          "fail: leave the Service endpoints at once when the drain starts"),
+    Flag("--trusted-proxies", _networks, "private", "CIDR[,CIDR...]|private|none",
+         "an in-cluster ingress connects from a private address and its X-Forwarded-* are "
+         "kept; anyone else's are replaced (see Header trust)"),
+    Flag("--allow-underscores-in-headers", _boolean, "false", "",
+         "like nginx: X_Forwarded_For would alias X-Forwarded-For in WSGI/CGI apps",
+         is_switch=True),
     Flag("--log-level", _choice("debug", "info", "warning", "error"), "info",
          "debug|info|warning|error", "phase changes and errors, not every request"),
     Flag("--log-format", _choice("text", "json"), "text", "text|json",
@@ -247,6 +274,8 @@ class Settings:
     log_level: str
     log_format: str
     access_log: bool
+    trusted_proxies: tuple[Network, ...]
+    allow_underscores_in_headers: bool
     max_header_count: int = 100  # nginx and h11 land near here; more is abuse
     max_request_line_bytes: int = 8192  # nginx's large_client_header_buffers line size
 

@@ -55,6 +55,7 @@ def test_malformed_request_gets_400_and_nothing_is_forwarded(run: Run[None], nam
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", b"405"),
     (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", b"505"),
+    (b"BREW /pot HTTP/1.1\r\nHost: a\r\n\r\n", b"501"),  # a method llhttp does not know
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"414"),
     (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Big: " + b"b" * 70000 + b"\r\n\r\n", b"431"),
     (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101))

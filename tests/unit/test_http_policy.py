@@ -14,6 +14,7 @@ from proxy.http_policy import (
     HeadCollector,
     Headers,
     HttpError,
+    Peer,
     app_response_framing,
     build_response_head,
     check_request,
@@ -24,11 +25,13 @@ from proxy.http_policy import (
 
 CLIENT_IP = b"10.0.0.1"
 HOST = [(b"Host", b"app.test")]
+TRUSTED = Peer(CLIENT_IP, trusted=True)  # an ingress controller in front of the pod
+UNTRUSTED = Peer(b"203.0.113.7")  # a client reaching the pod directly
 
 
 def forward(headers: Headers, url: bytes = b"/", method: bytes = b"GET",
-            version: str = "1.1") -> ForwardRequest:
-    return check_request(method, url, version, headers, True, CLIENT_IP, b"default.test")
+            version: str = "1.1", peer: Peer = TRUSTED) -> ForwardRequest:
+    return check_request(method, url, version, headers, True, peer, b"default.test")
 
 
 def parse_request(head: bytes) -> h11.Request:
@@ -329,3 +332,69 @@ def test_error_response(status: int, reason: bytes) -> None:
 def test_chunk(data: bytes, framed: bytes) -> None:
     assert chunk(data) == framed
     assert LAST_CHUNK == b"0\r\n\r\n"
+
+
+SPOOFED = [(b"Host", b"app.test"), (b"X-Forwarded-For", b"1.2.3.4"),
+           (b"X-Forwarded-Proto", b"https"), (b"X-Forwarded-Host", b"admin.internal"),
+           (b"Forwarded", b"for=1.2.3.4;proto=https"), (b"X-Real-IP", b"1.2.3.4"),
+           (b"X-Forwarded-Port", b"443")]
+
+
+def test_an_untrusted_peer_cannot_claim_an_origin() -> None:
+    fields = parse_request(forward(SPOOFED, peer=UNTRUSTED).head).headers
+    assert values(fields, b"x-forwarded-for") == [b"203.0.113.7"]
+    assert values(fields, b"x-forwarded-proto") == [b"http"]
+    assert values(fields, b"x-forwarded-host") == [b"app.test"]
+    assert values(fields, b"forwarded") == values(fields, b"x-real-ip") == []
+    assert values(fields, b"x-forwarded-port") == []
+
+
+def test_a_trusted_proxy_keeps_the_chain_and_is_appended() -> None:
+    fields = parse_request(forward(SPOOFED, peer=TRUSTED).head).headers
+    assert values(fields, b"x-forwarded-for") == [b"1.2.3.4, 10.0.0.1"]
+    assert values(fields, b"x-forwarded-proto") == [b"https"]
+    assert values(fields, b"x-forwarded-host") == [b"admin.internal"]
+    assert values(fields, b"forwarded") == [b"for=1.2.3.4;proto=https"]
+    assert values(fields, b"x-real-ip") == [b"1.2.3.4"]
+
+
+@pytest.mark.parametrize("peer", [TRUSTED, UNTRUSTED])
+def test_names_with_underscores_are_dropped(peer: Peer) -> None:
+    """WSGI and CGI map '_' and '-' to one variable: X_Forwarded_For would alias the
+    proxy's own X-Forwarded-For (nginx drops them too)."""
+    fields = [*HOST, (b"X_Forwarded_For", b"1.2.3.4"), (b"X_User", b"admin")]
+    forwarded = parse_request(forward(fields, peer=peer).head).headers
+    assert not any(b"_" in name for name, _ in forwarded)
+
+
+def test_names_with_underscores_pass_when_allowed() -> None:
+    peer = Peer(CLIENT_IP, trusted=False, underscores=True)
+    forwarded = parse_request(forward([*HOST, (b"X_User", b"admin")], peer=peer).head).headers
+    assert values(forwarded, b"x_user") == [b"admin"]
+
+
+def test_framing_aliases_are_refused_even_when_underscores_are_allowed() -> None:
+    peer = Peer(CLIENT_IP, underscores=True)
+    with pytest.raises(HttpError) as refused:
+        forward([*HOST, (b"Content_Length", b"5")], peer=peer)
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("host", [
+    b"a b", b"a/b", b"user@evil.test", b"a\\b", b"[::1", b"host:port", b"a,b:80:80"])
+def test_an_invalid_host_is_refused(host: bytes) -> None:
+    with pytest.raises(HttpError) as refused:
+        forward([(b"Host", host)])
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("host", [
+    b"app.test", b"app.test:8080", b"10.0.0.1", b"[::1]:8000", b"", b"xn--bcher-kva.test"])
+def test_a_valid_host_is_forwarded(host: bytes) -> None:
+    assert values(parse_request(forward([(b"Host", host)]).head).headers, b"host") == [host]
+
+
+@pytest.mark.parametrize(("url", "target"), [
+    (b"/path#frag", b"/path"), (b"/a?b=1#c", b"/a?b=1"), (b"http://app.test/x#y", b"/x")])
+def test_a_fragment_is_not_sent_on(url: bytes, target: bytes) -> None:
+    assert parse_request(forward(HOST, url=url).head).target == target

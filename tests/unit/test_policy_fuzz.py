@@ -60,7 +60,8 @@ class _Replay:
         assert self.collector is not None
         self.request = http_policy.check_request(
             self.parser.get_method(), self.collector.url, self.parser.get_http_version(),
-            self.collector.headers, self.parser.should_keep_alive(), b"10.0.0.1", b"app:8080",
+            self.collector.headers, self.parser.should_keep_alive(), http_policy.Peer(b"10.0.0.1"),
+            b"app:8080",
             self.parser.should_upgrade())
 
     def on_body(self, body: bytes) -> None:

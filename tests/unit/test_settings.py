@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 import pytest
 
-from proxy.settings import FLAGS, Address, Flag, Settings, SettingsError, parse_settings
+from proxy.settings import (
+    FLAGS,
+    PRIVATE_NETWORKS,
+    Address,
+    Flag,
+    Settings,
+    SettingsError,
+    parse_settings,
+)
 
 DEFAULTS: list[tuple[str, object]] = [
     ("listen", Address("0.0.0.0", 8000)),
@@ -35,6 +44,8 @@ DEFAULTS: list[tuple[str, object]] = [
     ("log_level", "info"),
     ("log_format", "text"),
     ("access_log", False),
+    ("trusted_proxies", tuple(ipaddress.ip_network(n) for n in PRIVATE_NETWORKS)),
+    ("allow_underscores_in_headers", False),
     ("max_header_count", 100),
     ("max_request_line_bytes", 8192),
 ]
@@ -261,3 +272,18 @@ def test_an_upstream_that_is_the_proxy_itself_stops_start_up(listen: str, upstre
 def test_an_upstream_on_another_port_or_host_is_fine(listen: str, upstream: str) -> None:
     settings = parse_settings(["--listen", listen, "--upstream", upstream], {})
     assert str(settings.upstream) == upstream
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("none", ()), ("10.1.0.0/16", ("10.1.0.0/16",)),
+    ("10.1.0.0/16, fd00::/8", ("10.1.0.0/16", "fd00::/8")), ("192.168.1.7", ("192.168.1.7/32",)),
+])
+def test_trusted_proxies_are_networks(value: str, expected: tuple[str, ...]) -> None:
+    settings = parse_settings(["--trusted-proxies", value], {})
+    assert tuple(str(n) for n in settings.trusted_proxies) == expected
+
+
+@pytest.mark.parametrize("value", ["everyone", "10.0.0.0/33", "private,10.0.0.0/8", ""])
+def test_bad_trusted_proxies_are_one_line(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"^--trusted-proxies: invalid value .*allowed: "):
+        parse_settings(["--trusted-proxies", value], {})
