@@ -9,15 +9,21 @@ streams and h11's strict state machine.
 * ``GET|POST /drain`` start the drain like SIGTERM and answer when it is over,
   with a JSON summary; ``?wait=false`` answers 202 at once.  This is what the
   app container's ``preStop: httpGet`` calls, so that kubelet holds the app's
-  SIGTERM until the proxy in front of it has drained.
+  SIGTERM until the proxy in front of it has drained.  The admin port is reachable
+  from every pod in the cluster, and a drain takes the pod out of its Service: with
+  ``--drain-token`` set, ``/drain`` without ``Authorization: Bearer <token>`` gets 401
+  and changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -25,53 +31,82 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.context import ProxyContext
 from proxy.drain import DrainCoordinator
+from proxy.http_policy import Headers
 
 log = logging.getLogger("drain_proxy.admin")
 READ_TIMEOUT_S = 30.0  # an admin client that sends nothing for this long is dropped
-Reply = tuple[int, str, bytes]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An admin answer; the reason phrase comes from the status."""
+
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _text(status: int, text: str, *headers: tuple[str, str]) -> Reply:
+    return Reply(status, "text/plain", text.encode() + b"\n", headers)
 
 
 class AdminApp:
-    """Routes admin requests; each handler returns (status, content type, body)."""
+    """Routes admin requests to their handlers."""
 
     def __init__(self, ctx: ProxyContext, coordinator: DrainCoordinator,
                  check_app: Callable[[], Awaitable[str | None]]) -> None:
         self._ctx = ctx
         self._coordinator = coordinator
         self._check_app = check_app
+        token = ctx.settings.drain_token
+        self._authorization = f"Bearer {token}".encode() if token else None
 
-    async def route(self, method: bytes, target: bytes) -> Reply:
+    async def route(self, method: bytes, target: bytes, headers: Headers) -> Reply:
         parts = urlsplit(target.decode("ascii", "replace"))
         allowed = {"/livez": (b"GET", b"HEAD"), "/readyz": (b"GET", b"HEAD"),
                    "/metrics": (b"GET", b"HEAD"), "/drain": (b"GET", b"POST")}
         if parts.path not in allowed:
-            return 404, "text/plain", b"not found; try /livez /readyz /metrics /drain\n"
+            return _text(404, "not found; try /livez /readyz /metrics /drain")
         if method not in allowed[parts.path]:
-            return 405, "text/plain", b"method not allowed\n"
+            return _text(405, "method not allowed",
+                         ("Allow", ", ".join(m.decode() for m in allowed[parts.path])))
         if parts.path == "/livez":
-            return 200, "text/plain", b"ok\n"
+            return _text(200, "ok")
         if parts.path == "/readyz":
             return await self._readyz()
         if parts.path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self._ctx.metrics.registry)
+            return Reply(200, CONTENT_TYPE_LATEST, generate_latest(self._ctx.metrics.registry))
+        if not self._authorized(headers):
+            self._ctx.metrics.drain_refused.inc()
+            log.warning("refused a /drain without the drain token; nothing changed")
+            return _text(401, "unauthorized: /drain needs Authorization: Bearer <drain token>",
+                         ("WWW-Authenticate", 'Bearer realm="drain-proxy"'))
         wait = parse_qs(parts.query).get("wait", ["true"])[-1].lower() not in ("false", "0")
         return await self._drain(wait)
+
+    def _authorized(self, headers: Headers) -> bool:
+        """Without --drain-token anyone may drain; with it, only who presents it."""
+        if self._authorization is None:
+            return True
+        presented = b"".join(v for n, v in headers if n.lower() == b"authorization")
+        return hmac.compare_digest(presented, self._authorization)
 
     async def _readyz(self) -> Reply:
         timeline = self._ctx.timeline
         if not timeline.ready:
-            return 503, "text/plain", f"draining (phase {timeline.phase.value})\n".encode()
+            return _text(503, f"draining (phase {timeline.phase.value})")
         problem = await self._check_app()
         if problem is not None:
-            return 503, "text/plain", (problem + "\n").encode()
-        return 200, "text/plain", b"ready\n"
+            return _text(503, problem)
+        return _text(200, "ready")
 
     async def _drain(self, wait: bool) -> Reply:
         self._coordinator.trigger("admin /drain")
         if not wait:
-            return 202, "application/json", self._summary()
+            return Reply(202, "application/json", self._summary())
         await self._coordinator.wait_drained()
-        return 200, "application/json", self._summary()
+        return Reply(200, "application/json", self._summary())
 
     def _summary(self) -> bytes:
         loop = asyncio.get_running_loop()
@@ -131,11 +166,13 @@ class AdminServer:
 
     async def _answer(self, connection: h11.Connection, request: h11.Request,
                       writer: asyncio.StreamWriter) -> bool:
-        status, content_type, body = await self._app.route(request.method, request.target)
-        headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-        writer.write(connection.send(h11.Response(status_code=status, headers=headers)))
+        reply = await self._app.route(request.method, request.target, list(request.headers))
+        headers = [("Content-Type", reply.content_type),
+                   ("Content-Length", str(len(reply.body))), *reply.headers]
+        writer.write(connection.send(h11.Response(
+            status_code=reply.status, headers=headers, reason=HTTPStatus(reply.status).phrase)))
         if request.method != b"HEAD":
-            writer.write(connection.send(h11.Data(data=body)))
+            writer.write(connection.send(h11.Data(data=reply.body)))
         writer.write(connection.send(h11.EndOfMessage()))
         await writer.drain()
         return connection.our_state is h11.DONE and connection.their_state is h11.DONE

@@ -111,6 +111,11 @@ class ProxyContext:
         self.draining = self.timeline.close_after_response  # the policy's answer, cached
         return True
 
+    def end_drain(self, now: float) -> None:
+        """Serve again: the drain was undone."""
+        self.timeline.undo(now)
+        self.draining = False
+
     def response_extras(self, exchange: Exchange, duration_s: float, client_ip: bytes) -> None:
         """What a completed response adds while draining, or with the access log on (the
         per-request code counts the response itself in ``responses``)."""

@@ -19,6 +19,7 @@ hook can hold the app until we are done and SIGTERM then exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,9 @@ from proxy.listener import Listener
 from proxy.tracker import Kind
 
 log = logging.getLogger("drain_proxy.drain")
+# A pod termination sends SIGTERM within its grace period of the preStop's /drain; this
+# much later, a drain nobody followed up is undone.
+UNDO_MARGIN_S = 2.0
 
 
 class DrainCoordinator:
@@ -74,6 +78,17 @@ class DrainCoordinator:
             self._ctx.timeline.forced = True
             self._force.set()
 
+    @property
+    def running(self) -> bool:
+        """The drain task is at work: draining, or watching for the SIGTERM that makes a
+        /drain a pod termination."""
+        return self._task is not None and not self._task.done()
+
+    def close(self) -> None:
+        """Stop the drain task, if any (the process is closing)."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def wait_drained(self) -> None:
         await self._drained.wait()
 
@@ -83,6 +98,7 @@ class DrainCoordinator:
         await self._drained.wait()
 
     async def _supervised(self) -> None:
+        triggered_at = self._loop.time()
         try:
             await self._sequence()
         except Exception:
@@ -96,6 +112,35 @@ class DrainCoordinator:
                 self._move(Phase.DRAINING)
             self._move(Phase.DRAINED)
             self._drained.set()
+        await self._undo_unless_terminated(triggered_at)
+
+    async def _undo_unless_terminated(self, triggered_at: float) -> None:
+        """A drain that /drain started and no SIGTERM followed within the pod's grace
+        period was not a pod termination (kubelet sends SIGTERM by then): a stray or
+        hostile /drain, or a preStop hook of a container that was restarted.  Staying
+        drained would keep the pod out of its Service for good, so serve again."""
+        grace = self._ctx.settings.termination_grace_period_s + UNDO_MARGIN_S
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(triggered_at + grace):
+                await self._exit_requested.wait()
+                return  # a signal came: a real termination, the process exits
+        try:
+            await self._listener.reopen()
+        except OSError as error:
+            log.error("a drain without SIGTERM could not be undone: --listen: cannot "
+                      "listen again: %s", error.strerror)
+            return
+        self._ctx.pool.reopen()
+        self._ctx.end_drain(self._loop.time())
+        self._drained.clear()
+        self._force.clear()
+        self._ctx.metrics.drains_undone.inc()
+        self._ctx.metrics.drain_started.set(0)
+        self._ctx.metrics.phase.state(Phase.SERVING.value)
+        log.warning("drain undone: no SIGTERM within the termination grace period (%.0f s) "
+                    "plus %.0f s of /drain, so it was not a pod termination; ready and "
+                    "accepting again", self._ctx.settings.termination_grace_period_s,
+                    UNDO_MARGIN_S)
 
     async def _sequence(self) -> None:
         settings = self._ctx.settings

@@ -48,7 +48,9 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.SERVING: frozenset({Phase.PROPAGATING}),
     Phase.PROPAGATING: frozenset({Phase.DRAINING}),
     Phase.DRAINING: frozenset({Phase.DRAINED}),
-    Phase.DRAINED: frozenset(),
+    # Back to serving only when a drain started by /drain was not followed by SIGTERM
+    # within the grace period: it was not a pod termination (``DrainTimeline.undo``).
+    Phase.DRAINED: frozenset({Phase.SERVING}),
 }
 
 
@@ -78,6 +80,15 @@ class DrainTimeline:
         self.phase = phase
         self.entered_at[phase] = now
         return 0.0 if previous is None else _lasted(previous, now)
+
+    def undo(self, now: float) -> None:
+        """Serve again after a drain that turned out not to be a termination; what that
+        drain did is forgotten (its metrics stay), the next one starts from zero."""
+        self.move_to(Phase.SERVING, now)
+        self.entered_at.clear()
+        self.forced = self.failed = False
+        self.accepted_while_draining = self.served_while_draining = 0
+        self.connections_closed_by_drain = self.cut_requests = self.cut_tunnels = 0
 
     def trigger(self, now: float) -> bool:
         """Start the drain; False when it has already started (callers join it)."""

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
-from proxy.settings import Address
+from proxy.flags import Address
 
 log = logging.getLogger("drain_proxy.listener")
 BACKLOG = 1024  # absorbs a burst while paused at --max-connections
@@ -40,7 +40,8 @@ class Listener:
     def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
                  adoptions: Adoptions) -> None:
         self._sock: socket.socket | None = sock
-        self.port = int(sock.getsockname()[1])  # kept: still reported once the socket is closed
+        # Kept: reported, and listened on again, after the socket is closed.
+        self._host, self.port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
         self._factory = factory
         self._adoptions = adoptions
         self._server: asyncio.Server | None = None
@@ -51,14 +52,15 @@ class Listener:
     @classmethod
     def bind(cls, address: Address, factory: Callable[[], asyncio.Protocol],
              adoptions: Adoptions) -> Listener:
-        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets then.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address.host, address.port))
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-        return cls(sock, factory, adoptions)
+        return cls(_listening_socket(address), factory, adoptions)
+
+    async def reopen(self) -> None:
+        """Listen again after ``close``, on the same address and port (a drain undone)."""
+        if self._sock is not None:
+            return
+        host = self._host
+        self._sock = _listening_socket(Address(host, self.port))
+        await self.start()
 
     @property
     def accepting(self) -> bool:
@@ -131,6 +133,17 @@ class Listener:
         if not task.cancelled() and task.exception() is not None:
             log.debug("adopting a backlog connection failed: %s", task.exception())
         self._adoptions.adoption_ended()
+
+
+def _listening_socket(address: Address) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets then.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address.host, address.port))
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
 
 
 # SO_ATTACH_FILTER and a one-instruction classic BPF program: BPF_RET|BPF_K 0, "keep

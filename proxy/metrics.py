@@ -79,6 +79,13 @@ class Metrics:
         self.build = Info(
             "drain_proxy_build", "Version, and whether the per-request modules are compiled.",
             registry=r)
+        self.drain_refused = Counter(
+            "drain_proxy_drain_requests_refused",
+            "/drain requests refused for a missing or wrong --drain-token.", registry=r)
+        self.drains_undone = Counter(
+            "drain_proxy_drains_undone",
+            "Drains started by /drain that no SIGTERM followed within the termination grace "
+            "period: readiness came back and the listener reopened.", registry=r)
         self.requests_cut = Counter(
             "drain_proxy_requests_cut",
             "In-flight requests aborted by the drain deadline or a second signal.", registry=r)

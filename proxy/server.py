@@ -89,6 +89,7 @@ class ProxyServer:
 
     async def close(self) -> None:
         """Stop everything now (tests and the end of ``run``); no drain."""
+        self.coordinator.close()
         self.listener.close()
         if self._admin is not None:
             await self._admin.close()
@@ -110,9 +111,16 @@ def _warn_about_budget(settings: Settings) -> None:
             settings.termination_grace_period_s)
 
 
+def _warn_without_token(settings: Settings) -> None:
+    if settings.drain_token is None:
+        log.warning("no --drain-token: any pod that reaches the admin port %s can drain this "
+                    "one with /drain (see deploy/README.md)", settings.admin)
+
+
 async def run(settings: Settings) -> int:
     """Serve until a signal has been received and the drain is over; return the exit code."""
     _warn_about_budget(settings)
+    _warn_without_token(settings)
     server = ProxyServer(settings)
     coordinator = server.coordinator
     loop = asyncio.get_running_loop()

@@ -376,3 +376,7 @@ class UpstreamPool:
         for connection in list(self._idle):
             connection.close()
         self._idle.clear()
+
+    def reopen(self) -> None:
+        """Pool again (a drain undone)."""
+        self._closed = False

@@ -42,8 +42,9 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.flags import FLAGS
 from proxy.metrics import Metrics
-from proxy.settings import FLAGS, Settings, SettingsError, parse_settings
+from proxy.settings import Settings, SettingsError, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -146,3 +146,46 @@ def test_a_failure_inside_the_drain_still_cuts_what_is_left_and_ends_it(
     # The injected faults are logged with their tracebacks: expected here, and only here.
     with caplog.at_level(logging.CRITICAL, logger="drain_proxy.drain"):
         run(scenario())
+
+
+def test_a_drain_no_sigterm_follows_is_undone_after_the_grace_period(run: Run[None]) -> None:
+    """A /drain that is not a pod termination (a stray call, a restarted container's hook)
+    must not keep the pod out of its Service for good."""
+
+    async def scenario() -> None:
+        async with app_and_proxy("--propagation-window", "0", "--drain-timeout", "0.2",
+                                 "--termination-grace-period", "0.3") as (_app, proxy):
+            admin = await Client.open(proxy.admin_port)
+            assert (await admin.request("GET", "/drain")).status == 200
+            assert (await admin.request("GET", "/readyz")).status == 503
+            with pytest.raises(ConnectionRefusedError):
+                await Client.open(proxy.port)
+            await eventually(lambda: sample(proxy, "drain_proxy_drains_undone_total") == 1,
+                             timeout_s=5)  # grace 0.3 s + the 2 s margin
+            assert (await admin.request("GET", "/readyz")).status == 200
+            client = await Client.open(proxy.port)  # listening again, on the same port
+            response = await client.request()
+            assert response.status == 200 and response.header("connection") is None
+            assert sample(proxy, "drain_proxy_phase", {"drain_proxy_phase": "serving"}) == 1
+            again = await admin.request("GET", "/drain?wait=false")  # a later drain works
+            assert again.status == 202
+            for connection in (admin, client):
+                connection.close()
+
+    run(scenario())
+
+
+def test_a_drain_that_sigterm_follows_is_not_undone(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with app_and_proxy("--propagation-window", "0", "--drain-timeout", "0.2",
+                                 "--termination-grace-period", "0.1") as (_app, proxy):
+            admin = await Client.open(proxy.admin_port)
+            assert (await admin.request("GET", "/drain")).status == 200
+            coordinator(proxy).on_signal("SIGTERM")  # what kubelet sends after the hook
+            await asyncio.wait_for(coordinator(proxy).wait_exit(), 1)
+            await eventually(lambda: not coordinator(proxy).running, timeout_s=1)
+            assert sample(proxy, "drain_proxy_drains_undone_total") == 0
+            assert proxy.ctx.timeline.phase is Phase.DRAINED
+            admin.close()
+
+    run(scenario())

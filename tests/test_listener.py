@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
+from proxy.flags import Address
 from proxy.listener import Listener
-from proxy.settings import Address
 from proxy.tracker import ConnectionTracker
 
 from conftest import Run

@@ -57,7 +57,7 @@ def test_port_in_use_is_one_line_and_exit_2() -> None:
 
 
 def test_help_lists_every_flag_with_its_env_var() -> None:
-    from proxy.settings import FLAGS
+    from proxy.flags import FLAGS
 
     result = _run_cli("--help")
     assert result.returncode == 0
@@ -66,7 +66,7 @@ def test_help_lists_every_flag_with_its_env_var() -> None:
 
 
 def test_readme_documents_every_flag() -> None:
-    from proxy.settings import FLAGS
+    from proxy.flags import FLAGS
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for flag in FLAGS:

@@ -13,7 +13,8 @@ from proxy.lifecycle import TRANSITIONS, DrainTimeline, Phase
 from proxy.transitions import IllegalTransition
 
 S, P, D, X = Phase.SERVING, Phase.PROPAGATING, Phase.DRAINING, Phase.DRAINED
-ALLOWED = {(S, P), (P, D), (D, X)}  # one forward step at a time, never back
+# One forward step at a time; back to serving only from drained (a drain undone).
+ALLOWED = {(S, P), (P, D), (D, X), (X, S)}
 
 
 def timeline_in(phase: Phase, fail_readiness: bool = True) -> DrainTimeline:
@@ -158,3 +159,12 @@ def test_phase_durations_do_not_fall_below_the_window_by_float_error() -> None:
     timeline.trigger(1234.267)
     assert timeline.move_to(Phase.DRAINING, 1234.567) == 0.3
     assert timeline.durations(1234.567)["propagating"] == 0.3
+
+
+def test_undo_serves_again_and_forgets_the_drain() -> None:
+    timeline = timeline_in(X)
+    timeline.cut_requests, timeline.forced = 2, True
+    timeline.undo(200.0)
+    assert timeline.phase is S and timeline.ready and not timeline.started
+    assert timeline.entered_at == {} and timeline.cut_requests == 0 and not timeline.forced
+    assert timeline.trigger(300.0) is True, "a later drain starts afresh"

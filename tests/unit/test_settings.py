@@ -7,15 +7,8 @@ import ipaddress
 
 import pytest
 
-from proxy.settings import (
-    FLAGS,
-    PRIVATE_NETWORKS,
-    Address,
-    Flag,
-    Settings,
-    SettingsError,
-    parse_settings,
-)
+from proxy.flags import FLAGS, PRIVATE_NETWORKS, Address, Flag
+from proxy.settings import Settings, SettingsError, parse_settings
 
 DEFAULTS: list[tuple[str, object]] = [
     ("listen", Address("0.0.0.0", 8000)),
@@ -44,6 +37,8 @@ DEFAULTS: list[tuple[str, object]] = [
     ("log_level", "info"),
     ("log_format", "text"),
     ("access_log", False),
+    ("drain_token", None),
+    ("drain_token_file", None),
     ("trusted_proxies", tuple(ipaddress.ip_network(n) for n in PRIVATE_NETWORKS)),
     ("allow_underscores_in_headers", False),
     ("max_header_count", 100),

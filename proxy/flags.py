@@ -1,0 +1,251 @@
+"""The command-line vocabulary: every flag, how its value is parsed, and why its default.
+
+The flag table is the single source of truth: the parser, the environment lookup
+(``DRAIN_PROXY_<FLAG_IN_UPPER_SNAKE>``), ``--help`` and the README's configuration
+table (checked by a test) all follow it.  Values are parsed by small functions that
+raise ValueError with what is allowed; ``settings`` turns that into one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+ENV_PREFIX = "DRAIN_PROXY_"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where to listen or connect: a TCP host and port, or a unix socket path."""
+
+    host: str = ""
+    port: int = 0
+    unix_path: str | None = None
+
+    def __str__(self) -> str:
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def parse_host_port(text: str) -> Address:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 lets the OS pick one."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not _is_decimal(port_text) or int(port_text) > 65535:
+        raise ValueError("allowed: HOST:PORT with a port from 0 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return Address(host=host, port=int(port_text))
+
+
+def parse_upstream(text: str) -> Address:
+    """Parse ``HOST:PORT`` or ``unix:/path/to/socket``."""
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/"):
+            raise ValueError("allowed: HOST:PORT or unix:/absolute/path")
+        return Address(unix_path=path)
+    try:
+        return parse_host_port(text)
+    except ValueError:
+        raise ValueError("allowed: HOST:PORT or unix:/absolute/path") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("allowed: a number of seconds >= 0") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("allowed: a number of seconds >= 0")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise ValueError("allowed: a number of seconds > 0")
+    return value
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not _is_decimal(text.strip()) or int(text) < minimum:
+            raise ValueError(f"allowed: a whole number >= {minimum}")
+        return int(text)
+
+    return parse
+
+
+def _optional_seconds(text: str) -> float | None:
+    if text == "":
+        return None
+    try:
+        return _seconds(text)
+    except ValueError:
+        raise ValueError("allowed: a number of seconds >= 0, or empty to unset") from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("allowed: a number from 0 to 0.5") from None
+    if not 0 <= value <= 0.5:
+        raise ValueError("allowed: a number from 0 to 0.5")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError("allowed: " + ", ".join(allowed))
+        return text
+
+    return parse
+
+
+def _path(text: str) -> str | None:
+    if text == "":
+        return None
+    if not text.startswith("/") or any(c in text for c in " \r\n\t"):
+        raise ValueError("allowed: an absolute path such as /healthz, or empty to unset")
+    return text
+
+
+# The addresses in-cluster proxies (ingress controllers, meshes) connect from: pod and
+# node networks are private (RFC 1918, RFC 6598 shared space, IPv6 ULA), plus loopback.
+PRIVATE_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                    "127.0.0.0/8", "::1/128", "fc00::/7", "fe80::/10")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(text: str) -> tuple[Network, ...]:
+    words = [word.strip() for word in text.split(",")]
+    if words == ["none"]:
+        return ()
+    if words == ["private"]:
+        words = list(PRIVATE_NETWORKS)
+    try:
+        return tuple(ipaddress.ip_network(word, strict=False) for word in words)
+    except ValueError:
+        raise ValueError("allowed: CIDR[,CIDR...] such as 10.0.0.0/8,fd00::/8, or private, "
+                         "or none") from None
+
+
+def _optional_text(text: str) -> str | None:
+    if any(c in text for c in " \r\n\t"):
+        raise ValueError("allowed: a token without spaces, or empty to unset")
+    return text or None
+
+
+def _optional_absolute_path(text: str) -> str | None:
+    if text and not text.startswith("/"):
+        raise ValueError("allowed: an absolute path, or empty to unset")
+    return text or None
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("allowed: true or false")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag: its parser, default, and the reason for that default."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    metavar: str
+    why: str
+    is_switch: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.name.removeprefix("--").replace("-", "_")
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("--listen", parse_host_port, "0.0.0.0:8000", "HOST:PORT",
+         "the Service's targetPort points here"),
+    Flag("--upstream", parse_upstream, "127.0.0.1:8080", "HOST:PORT|unix:PATH",
+         "the app in the same pod, on localhost"),
+    Flag("--admin", parse_host_port, "0.0.0.0:9901", "HOST:PORT",
+         "probes and Prometheus must reach it from the node"),
+    Flag("--mode", _choice("http", "tcp"), "http", "http|tcp",
+         "http: HTTP/1.1 with rotation and Upgrade tunnels; tcp: a byte relay (gRPC, Redis, ...)"),
+    Flag("--loop", _choice("auto", "uvloop", "asyncio"), "auto", "auto|uvloop|asyncio",
+         "uvloop is faster when it is installed"),
+    Flag("--idle-timeout", _positive_seconds, "75", "S",
+         "longer than common client and load-balancer idle timeouts (60 s)"),
+    Flag("--header-timeout", _positive_seconds, "10", "S",
+         "total time for a request head; stops slow-header clients (408)"),
+    Flag("--body-timeout", _positive_seconds, "60", "S",
+         "longest pause in a request body upload or in a client reading its response"),
+    Flag("--upstream-connect-timeout", _positive_seconds, "2", "S",
+         "the app is on localhost: a slow connect means it is overloaded (504)"),
+    Flag("--upstream-timeout", _positive_seconds, "60", "S",
+         "wait for the app's response head, and between reads of its body, like nginx's "
+         "proxy_read_timeout (504, or a reset once the response has begun)"),
+    Flag("--upstream-idle-timeout", _positive_seconds, "2", "S",
+         "below app keep-alive defaults (gunicorn 2 s, uvicorn 5 s) to avoid reuse races"),
+    Flag("--max-header-bytes", _count(1024), "65536", "N",
+         "generous for cookies yet bounded (431); also 100 headers, 8 KiB request line (414)"),
+    Flag("--max-connections", _count(1), "10000", "N",
+         "bounds memory; beyond it new connections wait in the kernel backlog"),
+    Flag("--readiness-path", _path, "", "PATH",
+         "unset: a TCP connect to the app; set: GET PATH on the app must be 2xx"),
+    Flag("--propagation-window", _seconds, "10", "S",
+         "time for endpoints removal to reach kube-proxy and load balancers"),
+    Flag("--drain-timeout", _seconds, "15", "S",
+         "longest in-flight request we wait for after the window"),
+    Flag("--termination-grace-period", _positive_seconds, "30", "S",
+         "match the pod's terminationGracePeriodSeconds (Kubernetes default 30)"),
+    Flag("--max-requests-per-connection", _count(0), "1000", "N",
+         "like nginx keepalive_requests: rebalances keep-alive clients (0 = off)"),
+    Flag("--max-connection-age", _seconds, "0", "S",
+         "optional age limit for keep-alive connections (0 = off)"),
+    Flag("--tcp-rotate-idle", _seconds, "0", "S",
+         "tcp mode: close a connection past --max-connection-age once idle this long (0 = off)"),
+    Flag("--tunnel-drain-timeout", _optional_seconds, "", "S",
+         "how long TCP connections and Upgrade tunnels may run on in the drain (unset: "
+         "the drain timeout)"),
+    Flag("--rotation-jitter", _fraction, "0.1", "F",
+         "spread rotations so connections opened together do not close together"),
+    Flag("--readiness-on-drain", _choice("fail", "keep"), "fail", "fail|keep",
+         "fail: leave the Service endpoints at once when the drain starts"),
+    Flag("--drain-token", _optional_text, "", "TOKEN",
+         "the admin port is reachable from every pod: /drain wants Authorization: Bearer "
+         "TOKEN (unset: anyone may drain, and a warning says so)"),
+    Flag("--drain-token-file", _optional_absolute_path, "", "PATH",
+         "the same token read from a file, such as a mounted Secret"),
+    Flag("--trusted-proxies", _networks, "private", "CIDR[,CIDR...]|private|none",
+         "an in-cluster ingress connects from a private address and its X-Forwarded-* are "
+         "kept; anyone else's are replaced (see Header trust)"),
+    Flag("--allow-underscores-in-headers", _boolean, "false", "",
+         "like nginx: X_Forwarded_For would alias X-Forwarded-For in WSGI/CGI apps",
+         is_switch=True),
+    Flag("--log-level", _choice("debug", "info", "warning", "error"), "info",
+         "debug|info|warning|error", "phase changes and errors, not every request"),
+    Flag("--log-format", _choice("text", "json"), "text", "text|json",
+         "json for log pipelines that parse fields"),
+    Flag("--access-log", _boolean, "false", "", "one line per request costs CPU; opt in",
+         is_switch=True),
+)
