@@ -352,7 +352,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.upstream = None
         if may_retry(failure.failure, reused=failure.reused,
                      response_bytes=failure.response_bytes, replayable=exchange.replayable):
-            self.ctx.metrics.upstream_errors.labels("retried").inc()
+            self.ctx.metrics.upstream_retries.inc()
             exchange.retried = True
             self._connect_task = self._loop.create_task(self._connect(exchange, retry=True))
             return

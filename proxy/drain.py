@@ -136,7 +136,7 @@ class DrainCoordinator:
         self._force.clear()
         self._ctx.metrics.drains_undone.inc()
         self._ctx.metrics.drain_started.set(0)
-        self._ctx.metrics.phase.state(Phase.SERVING.value)
+        self._ctx.metrics.set_phase(Phase.SERVING.value)
         log.warning("drain undone: no SIGTERM within the termination grace period (%.0f s) "
                     "plus %.0f s of /drain, so it was not a pod termination; ready and "
                     "accepting again", self._ctx.settings.termination_grace_period_s,
@@ -208,7 +208,7 @@ class DrainCoordinator:
 
     def _on_phase(self, phase: Phase, lasted: float, after: str) -> None:
         timeline = self._ctx.timeline
-        self._ctx.metrics.phase.state(phase.value)
+        self._ctx.metrics.set_phase(phase.value)
         connections = self._ctx.connections
         log.info(
             "phase %s (after %s, %.3fs): connections=%d tunnels=%d in_flight=%d "

@@ -669,11 +669,11 @@ def check_promql(expr: str, recorded: set[str]) -> set[str]:
 
 
 def test_promql_check_catches_mistakes() -> None:
-    check_promql('drain_proxy_upstream_errors_total{reason!="retried"}', set())
+    check_promql('drain_proxy_upstream_errors_total{reason!="connect"}', set())
     for wrong in ("rate(drain_proxy_requests_cut[5m])",  # the counter's name lacks _total
                   "drain_proxy_request_duration_seconds > 1",  # histogram needs a suffix
                   'drain_proxy_upstream_errors_total{reason="retry"}',
-                  'drain_proxy_phase{phase="serving"}',
+                  'drain_proxy_phase{drain_proxy_phase="serving"}',  # the label is phase
                   "sum(drain_proxy_requests_in_flight",
                   "drain_proxy:unknown_rule"):
         with pytest.raises(AssertionError):

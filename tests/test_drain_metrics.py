@@ -18,10 +18,10 @@ def test_drain_metrics_move_through_every_phase(run: Run[None]) -> None:
                 _app, proxy):
             idle = await Client.open(proxy.port)
             await idle.request()
-            assert sample(proxy, "drain_proxy_phase", {"drain_proxy_phase": "serving"}) == 1
+            assert sample(proxy, "drain_proxy_phase", {"phase": "serving"}) == 1
             assert proxy.coordinator is not None
             proxy.coordinator.trigger("test")
-            assert sample(proxy, "drain_proxy_phase", {"drain_proxy_phase": "propagating"}) == 1
+            assert sample(proxy, "drain_proxy_phase", {"phase": "propagating"}) == 1
             assert sample(proxy, "drain_proxy_drain_started_timestamp_seconds") > 0
             late = await Client.open(proxy.port)
             response = await late.request()
@@ -31,7 +31,7 @@ def test_drain_metrics_move_through_every_phase(run: Run[None]) -> None:
             assert sample(proxy, "drain_proxy_requests_served_while_draining_total") == 1
             assert 0 <= sample(proxy, "drain_proxy_last_accept_after_drain_start_seconds") < 1.0
             await proxy.coordinator.wait_drained()
-            assert sample(proxy, "drain_proxy_phase", {"drain_proxy_phase": "drained"}) == 1
+            assert sample(proxy, "drain_proxy_phase", {"phase": "drained"}) == 1
             assert await idle.is_closed_by_peer(), "idle keep-alive closed when draining"
             await eventually(lambda: sample(proxy, CLOSED, {"reason": "drain"}) == 2)
             duration = sample(proxy, "drain_proxy_drain_phase_duration_seconds",
@@ -133,8 +133,14 @@ def test_metrics_endpoint_lists_every_documented_metric(run: Run[None]) -> None:
             for name in ("drain_proxy_connections_active", "drain_proxy_connections_opened_total",
                          "drain_proxy_requests_in_flight", "drain_proxy_requests_total",
                          "drain_proxy_request_duration_seconds_bucket",
-                         'drain_proxy_upstream_errors_total{reason="retried"}',
-                         'drain_proxy_phase{drain_proxy_phase="serving"} 1.0',
+                         'drain_proxy_upstream_errors_total{reason="connect"}',
+                         "drain_proxy_upstream_retries_total",
+                         'drain_proxy_phase{phase="serving"} 1.0',
+                         'drain_proxy_phase{phase="drained"} 0.0',
+                         "drain_proxy_drain_requests_refused_total",
+                         "drain_proxy_drains_undone_total",
+                         "process_resident_memory_bytes", "process_open_fds",
+                         "process_cpu_seconds_total",
                          "drain_proxy_drain_started_timestamp_seconds",
                          'drain_proxy_drain_phase_duration_seconds{phase="propagating"}',
                          "drain_proxy_connections_accepted_while_draining_total",
@@ -143,6 +149,7 @@ def test_metrics_endpoint_lists_every_documented_metric(run: Run[None]) -> None:
                          'drain_proxy_connections_closed_total{reason="drain_deadline"}',
                          "drain_proxy_requests_cut_total"):
                 assert name in text, name
+            assert "_created" not in text, "no _created series"
             assert (await admin.request("GET", "/nope")).status == 404
             assert (await admin.request("DELETE", "/drain")).status == 405
             admin.close()

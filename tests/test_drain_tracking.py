@@ -166,7 +166,7 @@ def test_a_drain_no_sigterm_follows_is_undone_after_the_grace_period(run: Run[No
             client = await Client.open(proxy.port)  # listening again, on the same port
             response = await client.request()
             assert response.status == 200 and response.header("connection") is None
-            assert sample(proxy, "drain_proxy_phase", {"drain_proxy_phase": "serving"}) == 1
+            assert sample(proxy, "drain_proxy_phase", {"phase": "serving"}) == 1
             again = await admin.request("GET", "/drain?wait=false")  # a later drain works
             assert again.status == 202
             for connection in (admin, client):
