@@ -286,6 +286,8 @@ class ClientConnection(asyncio.Protocol):
     def _attach(self, exchange: Exchange, connection: UpstreamConnection, payload: bytes) -> None:
         assert exchange.request is not None
         exchange.upstream = connection
+        if self.ctx.access_log:
+            exchange.dispatched_at = time.monotonic()
         connection.bind(self, exchange.request.method == b"HEAD", exchange.request.upgrade)
         if self._write_paused:
             connection.client_full(True)
@@ -316,6 +318,8 @@ class ClientConnection(asyncio.Protocol):
             draining=self.ctx.draining, now=self._loop.time())
         exchange.status, exchange.head_sent = status, True
         exchange.framing_chunked = framing is Framing.CHUNKED
+        if self.ctx.access_log:
+            exchange.upstream_s = time.monotonic() - exchange.dispatched_at
         self._out.append(http_policy.build_response_head(
             status, reason, headers, framing, close is not None, request.http_10))
 
@@ -323,6 +327,7 @@ class ClientConnection(asyncio.Protocol):
         exchange = self._active
         if exchange is None or self.transport is None:
             return
+        exchange.sent_bytes += len(data)
         if exchange.framing_chunked:
             self._out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:

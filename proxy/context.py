@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from proxy.http_policy import Peer
 from proxy.lifecycle import DrainTimeline
+from proxy.logs import RepeatedWarning, fields
 from proxy.metrics import Metrics
 from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
@@ -55,6 +56,8 @@ class ProxyContext:
         self._upstream_authority = str(self.settings.upstream).encode()
         self.access_log = self.settings.access_log
         self._peers: dict[str, Peer] = {}
+        # A dead app fails every request alike: one line, then a summary per interval.
+        self.upstream_warnings = RepeatedWarning(log, "upstream errors")
         self.responses = self.metrics.responses
         # Read at scrape time instead of updated per request: two gauge updates per
         # request cost more than the scrape ever will.
@@ -123,9 +126,18 @@ class ProxyContext:
             self.timeline.served_while_draining += 1
             self.metrics.served_while_draining.inc()
         if self.access_log and exchange.request is not None:
-            access_log.info("%s %s %d %.6f", client_ip.decode(),
-                            exchange.request.method.decode(), exchange.status, duration_s)
+            request = exchange.request
+            version = "HTTP/1.0" if request.http_10 else "HTTP/1.1"
+            access_log.info(
+                '%s "%s %s %s" %d %d %.6f %.6f', client_ip.decode(), request.method.decode(),
+                request.target.decode("latin-1"), version, exchange.status, exchange.sent_bytes,
+                duration_s, exchange.upstream_s,
+                extra=fields(client=client_ip.decode(), method=request.method.decode(),
+                             path=request.target.decode("latin-1"), status=exchange.status,
+                             bytes=exchange.sent_bytes, duration_s=round(duration_s, 6),
+                             upstream_s=round(exchange.upstream_s, 6)))
 
     def upstream_failed(self, failure: UpstreamFailure) -> None:
-        self.metrics.upstream_errors.labels(failure.failure.label).inc()
-        log.warning("upstream %s: %s", failure.failure.label, failure)
+        label = failure.failure.label
+        self.metrics.upstream_errors.labels(label).inc()
+        self.upstream_warnings.warn(label, f"upstream {label}: {failure}")

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from proxy.context import ProxyContext
 from proxy.lifecycle import Phase
 from proxy.listener import Listener
+from proxy.logs import fields
 from proxy.tracker import Kind
 
 log = logging.getLogger("drain_proxy.drain")
@@ -65,7 +66,23 @@ class DrainCoordinator:
             return
         self._ctx.metrics.drain_started.set(time.time())
         self._on_phase(Phase.PROPAGATING, 0.0, source)
+        log.info("%s", self._plan(source))
         self._task = self._loop.create_task(self._supervised())
+
+    def _plan(self, source: str) -> str:
+        """What happens now and when the process exits at the latest, for the operator."""
+        settings = self._ctx.settings
+        readiness = ("readiness failing" if self._ctx.timeline.fail_readiness_on_drain
+                     else "readiness kept (--readiness-on-drain keep)")
+        window = settings.propagation_window_s
+        longest = max(settings.drain_timeout_s, settings.tunnel_drain_timeout_s)
+        if source.startswith("SIG"):
+            return (f"{source}: {readiness}; accepting for {window:g} s; exit by "
+                    f"{window + longest:g} s; signal again to stop now")
+        undo = settings.termination_grace_period_s + UNDO_MARGIN_S
+        return (f"{source}: {readiness}; accepting for {window:g} s, then draining for up to "
+                f"{longest:g} s; running until SIGTERM, which then exits at once (without "
+                f"one, the drain is undone after {undo:g} s)")
 
     def on_signal(self, name: str) -> None:
         """Signal handler: first signal drains then exits, a second one forces."""
@@ -183,12 +200,13 @@ class DrainCoordinator:
         if tunnels:
             timeline.cut_tunnels += ended
             metrics.tunnels_cut.inc(ended)
-            log.warning("tunnel drain deadline: cut %d tunnels", ended)
+            log.warning("tunnel drain deadline: cut %d tunnels", ended,
+                        extra=fields(tunnels_cut=ended))
         else:
             timeline.cut_requests += cut
             metrics.requests_cut.inc(cut)
             log.warning("drain deadline: cut %d in-flight requests, closed %d connections",
-                        cut, ended)
+                        cut, ended, extra=fields(requests_cut=cut, connections_closed=ended))
 
     async def _first_of(self, waits: list[Awaitable[None]], timeout_s: float) -> None:
         """Wait for the first of ``waits``, a second signal, or ``timeout_s``."""
@@ -210,10 +228,13 @@ class DrainCoordinator:
         timeline = self._ctx.timeline
         self._ctx.metrics.set_phase(phase.value)
         connections = self._ctx.connections
-        log.info(
-            "phase %s (after %s, %.3fs): connections=%d tunnels=%d in_flight=%d "
-            "accepted_while_draining=%d served_while_draining=%d closed_by_drain=%d cut=%d",
-            phase.value, after, lasted, connections.http, connections.tunnels,
-            self._ctx.requests_in_flight, timeline.accepted_while_draining,
-            timeline.served_while_draining, timeline.connections_closed_by_drain,
-            timeline.cut_requests)
+        counts = {
+            "connections": connections.http, "tunnels": connections.tunnels,
+            "in_flight": self._ctx.requests_in_flight,
+            "accepted_while_draining": timeline.accepted_while_draining,
+            "served_while_draining": timeline.served_while_draining,
+            "closed_by_drain": timeline.connections_closed_by_drain,
+            "cut": timeline.cut_requests,
+        }
+        log.info("phase %s (after %s, %.3fs)", phase.value, after, lasted,
+                 extra=fields(phase=phase.value, after=after, lasted_s=lasted, **counts))

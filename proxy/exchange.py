@@ -27,9 +27,9 @@ class Exchange:
     """One request from its first byte to the end of its response."""
 
     __slots__ = (
-        "error", "finished", "framing_chunked", "head_flushed", "head_sent", "pending",
-        "pending_bytes", "replay", "replay_bytes", "request", "request_complete", "retried",
-        "started_at", "status", "trailers", "upstream",
+        "dispatched_at", "error", "finished", "framing_chunked", "head_flushed", "head_sent",
+        "pending", "pending_bytes", "replay", "replay_bytes", "request", "request_complete",
+        "retried", "sent_bytes", "started_at", "status", "trailers", "upstream", "upstream_s",
     )
 
     def __init__(self) -> None:
@@ -47,6 +47,9 @@ class Exchange:
         self.head_flushed = False  # ... and written to the client: an error now must abort
         self.framing_chunked = False  # the response goes to the client chunked
         self.status = 0
+        self.sent_bytes = 0  # response body bytes relayed to the client
+        self.dispatched_at = 0.0  # access log only: when the request went to the app
+        self.upstream_s = 0.0  # access log only: from then to the response head
         self.retried = False
         self.finished = False
 

@@ -164,12 +164,14 @@ def _boolean(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Flag:
-    """One command-line flag: its parser, default, and the reason for that default."""
+    """One command-line flag: its parser, its default, what it does (``--help``), and why the
+    default is what it is (the README's configuration table)."""
 
     name: str
     parse: Callable[[str], Any]
     default: str
     metavar: str
+    does: str
     why: str
     is_switch: bool = False
 
@@ -184,68 +186,106 @@ class Flag:
 
 FLAGS: tuple[Flag, ...] = (
     Flag("--listen", parse_host_port, "0.0.0.0:8000", "HOST:PORT",
+         "where clients connect (the traffic port)",
          "the Service's targetPort points here"),
     Flag("--upstream", parse_upstream, "127.0.0.1:8080", "HOST:PORT|unix:PATH",
+         "the app every request is forwarded to",
          "the app in the same pod, on localhost"),
     Flag("--admin", parse_host_port, "0.0.0.0:9901", "HOST:PORT",
+         "where /livez, /readyz, /metrics and /drain are served",
          "probes and Prometheus must reach it from the node"),
     Flag("--mode", _choice("http", "tcp"), "http", "http|tcp",
+         "http: parse HTTP/1.1, rotate keep-alive connections, tunnel Upgrades; tcp: relay bytes",
          "http: HTTP/1.1 with rotation and Upgrade tunnels; tcp: a byte relay (gRPC, Redis, ...)"),
     Flag("--loop", _choice("auto", "uvloop", "asyncio"), "auto", "auto|uvloop|asyncio",
+         "the event loop: auto takes uvloop when it is installed",
          "uvloop is faster when it is installed"),
     Flag("--idle-timeout", _positive_seconds, "75", "S",
+         "close a client connection that sends nothing for S seconds between requests",
          "longer than common client and load-balancer idle timeouts (60 s)"),
     Flag("--header-timeout", _positive_seconds, "10", "S",
+         "answer 408 when a request head is not complete S seconds after its first byte",
          "total time for a request head; stops slow-header clients (408)"),
     Flag("--body-timeout", _positive_seconds, "60", "S",
+         "the longest pause in a request body (408; 504 if the app stopped reading it) or in "
+         "a client reading its response (closed)",
          "longest pause in a request body upload or in a client reading its response"),
     Flag("--upstream-connect-timeout", _positive_seconds, "2", "S",
+         "give up connecting to the app after S seconds (504; refused: 502)",
          "the app is on localhost: a slow connect means it is overloaded (504)"),
     Flag("--upstream-timeout", _positive_seconds, "60", "S",
+         "wait S seconds for the app's response head, and between reads of its body (504, "
+         "or a reset once the response has begun)",
          "wait for the app's response head, and between reads of its body, like nginx's "
          "proxy_read_timeout (504, or a reset once the response has begun)"),
     Flag("--upstream-idle-timeout", _positive_seconds, "2", "S",
+         "close a pooled connection to the app after S seconds unused",
          "below app keep-alive defaults (gunicorn 2 s, uvicorn 5 s) to avoid reuse races"),
     Flag("--max-header-bytes", _count(1024), "65536", "N",
+         "the largest request head in bytes (431), also for trailers",
          "generous for cookies yet bounded (431); also 100 headers, 8 KiB request line (414)"),
     Flag("--max-connections", _count(1), "10000", "N",
+         "stop accepting at N open client connections; more wait in the kernel backlog",
          "bounds memory; beyond it new connections wait in the kernel backlog"),
     Flag("--readiness-path", _path, "", "PATH",
+         "/readyz asks the app GET PATH (2xx: ready) instead of only connecting to it",
          "unset: a TCP connect to the app; set: GET PATH on the app must be 2xx"),
     Flag("--propagation-window", _seconds, "10", "S",
+         "after SIGTERM or /drain, keep accepting for S seconds, every response saying "
+         "Connection: close",
          "time for endpoints removal to reach kube-proxy and load balancers"),
     Flag("--drain-timeout", _seconds, "15", "S",
+         "after the window, wait up to S seconds for requests in flight, then cut them",
          "longest in-flight request we wait for after the window"),
     Flag("--termination-grace-period", _positive_seconds, "30", "S",
+         "the pod's terminationGracePeriodSeconds: start-up warns when window + drain timeout "
+         "+ 2 s exceeds it; a /drain no SIGTERM follows within it (+ 2 s) is undone",
          "match the pod's terminationGracePeriodSeconds (Kubernetes default 30)"),
     Flag("--max-requests-per-connection", _count(0), "1000", "N",
+         "close a keep-alive connection after about N responses, jittered (0: never)",
          "like nginx keepalive_requests: rebalances keep-alive clients (0 = off)"),
     Flag("--max-connection-age", _seconds, "0", "S",
+         "close a keep-alive connection after its first response past about S seconds of age "
+         "(0: never)",
          "optional age limit for keep-alive connections (0 = off)"),
     Flag("--tcp-rotate-idle", _seconds, "0", "S",
+         "tcp mode: close a connection past --max-connection-age once idle both ways for S "
+         "seconds (0: never)",
          "tcp mode: close a connection past --max-connection-age once idle this long (0 = off)"),
     Flag("--tunnel-drain-timeout", _optional_seconds, "", "S",
+         "after the window, let tunnels (tcp mode, WebSockets) run S seconds more, then cut "
+         "them (unset: --drain-timeout)",
          "how long TCP connections and Upgrade tunnels may run on in the drain (unset: "
          "the drain timeout)"),
     Flag("--rotation-jitter", _fraction, "0.1", "F",
+         "draw each connection's budget and age limit from N(1-F) to N(1+F)",
          "spread rotations so connections opened together do not close together"),
     Flag("--readiness-on-drain", _choice("fail", "keep"), "fail", "fail|keep",
+         "what /readyz answers in the window: fail (503) or keep (200)",
          "fail: leave the Service endpoints at once when the drain starts"),
     Flag("--drain-token", _optional_text, "", "TOKEN",
+         "/drain then needs Authorization: Bearer TOKEN (401 without it)",
          "the admin port is reachable from every pod: /drain wants Authorization: Bearer "
          "TOKEN (unset: anyone may drain, and a warning says so)"),
     Flag("--drain-token-file", _optional_absolute_path, "", "PATH",
+         "read the drain token from the file PATH (a mounted Secret)",
          "the same token read from a file, such as a mounted Secret"),
     Flag("--trusted-proxies", _networks, "private", "CIDR[,CIDR...]|private|none",
+         "peers whose X-Forwarded-*, Forwarded and X-Real-IP pass; anyone else's are "
+         "replaced (private: RFC 1918, RFC 6598, loopback, IPv6 ULA and link-local)",
          "an in-cluster ingress connects from a private address and its X-Forwarded-* are "
          "kept; anyone else's are replaced (see Header trust)"),
     Flag("--allow-underscores-in-headers", _boolean, "false", "",
+         "forward header names with '_' (dropped otherwise)",
          "like nginx: X_Forwarded_For would alias X-Forwarded-For in WSGI/CGI apps",
          is_switch=True),
     Flag("--log-level", _choice("debug", "info", "warning", "error"), "info",
-         "debug|info|warning|error", "phase changes and errors, not every request"),
+         "debug|info|warning|error", "the least severe log lines written",
+         "phase changes and errors, not every request"),
     Flag("--log-format", _choice("text", "json"), "text", "text|json",
+         "one line per event as text or as a JSON object",
          "json for log pipelines that parse fields"),
-    Flag("--access-log", _boolean, "false", "", "one line per request costs CPU; opt in",
-         is_switch=True),
+    Flag("--access-log", _boolean, "false", "",
+         "log one line per request: client, method, path, status, bytes, durations",
+         "one line per request costs CPU; opt in", is_switch=True),
 )

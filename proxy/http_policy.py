@@ -107,6 +107,7 @@ class ForwardRequest:
     expects_continue: bool
     idempotent: bool
     upgrade: bool = False  # forwarded with its Upgrade: a 101 turns it into a tunnel
+    target: bytes = b""  # as forwarded, in origin form (the access log shows it)
 
 
 def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
@@ -311,7 +312,7 @@ def check_request(
     return ForwardRequest(
         method=method, head=b"".join(lines), framing=scan.framing, http_10=http_10,
         client_keep_alive=keep_alive, expects_continue=scan.expects and not http_10,
-        idempotent=method in _IDEMPOTENT, upgrade=upgrade is not None,
+        idempotent=method in _IDEMPOTENT, upgrade=upgrade is not None, target=target,
     )
 
 

@@ -31,7 +31,7 @@ CLOSE_REASONS = (
 )
 UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol")
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:

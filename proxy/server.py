@@ -17,8 +17,10 @@ from proxy.admin import AdminApp, AdminServer
 from proxy.client import ClientConnection
 from proxy.context import ProxyContext
 from proxy.drain import DrainCoordinator
+from proxy.flags import Address
 from proxy.lifecycle import DrainTimeline
 from proxy.listener import Listener
+from proxy.logs import fields
 from proxy.metrics import Metrics
 from proxy.readiness import check_app
 from proxy.rotation import RotationPolicy
@@ -55,8 +57,7 @@ class ProxyServer:
             self.listener = Listener.bind(settings.listen, self._protocol_factory(),
                                           self.ctx.connections)
         except OSError as error:
-            raise StartupError(f"--listen {settings.listen}: cannot listen: {error.strerror}") \
-                from None
+            raise _cannot_listen("--listen", settings.listen, error) from None
         self.ctx.listener = self.listener
         # Made here, not in start(): signal handlers must exist before start() announces
         # the ports, or a SIGTERM right after the announcement kills the process undrained.
@@ -81,15 +82,35 @@ class ProxyServer:
             self.admin_port = await self._admin.start(admin.host, admin.port)
         except OSError as error:
             self.listener.close()
-            raise StartupError(f"--admin {admin}: cannot listen: {error.strerror}") from None
+            raise _cannot_listen("--admin", admin, error) from None
         await self.listener.start()
-        log.info("listening on %s:%d, admin on %s:%d, upstream %s (drain-proxy %s, %s)",
-                 self.settings.listen.host, self.port, self.settings.admin.host,
-                 self.admin_port, self.settings.upstream, __version__, build())
+        self._announce()
+
+    def _announce(self) -> None:
+        """The effective configuration, in one line."""
+        settings = self.settings
+        loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") \
+            else "asyncio"
+        exit_by = settings.propagation_window_s + max(settings.drain_timeout_s,
+                                                      settings.tunnel_drain_timeout_s)
+        log.info(
+            "listening on %s:%d, admin on %s:%d, upstream %s (drain-proxy %s, %s build, %s, "
+            "mode %s); window %g s, drain timeout %g s, grace period %g s: exit by %g s after "
+            "SIGTERM", settings.listen.host, self.port, settings.admin.host, self.admin_port,
+            settings.upstream, __version__, build(), loop, settings.mode,
+            settings.propagation_window_s, settings.drain_timeout_s,
+            settings.termination_grace_period_s, exit_by,
+            extra=fields(version=__version__, build=build(), loop=loop, mode=settings.mode,
+                         port=self.port, admin_port=self.admin_port,
+                         upstream=str(settings.upstream),
+                         propagation_window_s=settings.propagation_window_s,
+                         drain_timeout_s=settings.drain_timeout_s,
+                         termination_grace_period_s=settings.termination_grace_period_s))
 
     async def close(self) -> None:
         """Stop everything now (tests and the end of ``run``); no drain."""
         self.coordinator.close()
+        self.ctx.upstream_warnings.close()
         self.listener.close()
         if self._admin is not None:
             await self._admin.close()
@@ -100,6 +121,13 @@ class ProxyServer:
         # uvloop refuses to close a loop that still has them (EBUSY).
         for _ in range(3):
             await asyncio.sleep(0)
+
+
+def _cannot_listen(flag: str, address: Address, error: OSError) -> StartupError:
+    """One wording for both ports, whatever the error (a name that does not resolve has
+    no strerror)."""
+    reason = error.strerror or str(error)
+    return StartupError(f"{flag} {address}: cannot listen: {reason}")
 
 
 def _warn_about_budget(settings: Settings) -> None:

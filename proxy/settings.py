@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from proxy import __version__
 from proxy.flags import ENV_PREFIX, FLAGS, Address, Flag, Network
 
 
@@ -99,18 +100,41 @@ class _OneLineParser(argparse.ArgumentParser):
         raise SettingsError(message)
 
 
+_EPILOG = """\
+units: S is a number of seconds (0.5 is fine), N a whole number, F a fraction.
+
+on SIGTERM or SIGINT (or GET /drain on the admin port):
+  1. /readyz answers 503 at once (--readiness-on-drain keep: 200); /livez stays 200
+  2. for --propagation-window S, connections are still accepted and served, and
+     every response says Connection: close
+  3. the listener closes, idle connections close, requests in flight get
+     --drain-timeout S (tunnels: --tunnel-drain-timeout) and are then cut
+  4. the process exits as soon as every connection is done: at the latest
+     window + drain timeout after the signal, which must fit in
+     --termination-grace-period. A second signal skips to the cut.
+  /drain alone leaves the process running until SIGTERM, which then exits at once.
+
+exit codes: 0 drained, nothing cut; 1 a request was cut (deadline or second
+signal) or the drain failed; 2 a bad flag or environment variable, or a port
+that cannot be listened on.
+
+`drain-proxy demo` runs a simulated rollout (naive app vs drain-proxy) in about
+10 s on 127.0.0.1; `drain-proxy demo --help` lists its options."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser; values stay raw strings until ``_convert``."""
     parser = _OneLineParser(
         prog="drain-proxy",
         allow_abbrev=False,  # "--idle 5" must not silently mean --idle-timeout
-        description="Reverse-proxy sidecar that drains connections for zero-loss rollouts. "
-        "Every flag also reads DRAIN_PROXY_<FLAG_IN_UPPER_SNAKE>.",
-        epilog="`drain-proxy demo` runs a simulated rollout (naive app vs drain-proxy) in "
-        "about 10 s on 127.0.0.1; `drain-proxy demo --help` lists its options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the epilog's lines
+        description="Reverse-proxy sidecar that drains connections for zero-loss rollouts.\n"
+        "Every flag also reads DRAIN_PROXY_<FLAG_IN_UPPER_SNAKE>; a flag beats its variable.",
+        epilog=_EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"drain-proxy {__version__}")
     for flag in FLAGS:
-        help_text = f"{flag.why} (default {flag.default or 'unset'}; env {flag.env_var})"
+        help_text = f"{flag.does} (default {flag.default or 'unset'}; env {flag.env_var})"
         if flag.is_switch:
             parser.add_argument(flag.name, action="store_const", const="true", help=help_text)
         else:
@@ -168,7 +192,21 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         values["drain_token"] = _read_token(values["drain_token_file"])
     settings = Settings(**values)
     _check_not_forwarding_to_itself(settings)
+    _check_admin_apart(settings)
     return settings
+
+
+def _same_socket(a: Address, b: Address) -> bool:
+    """Whether two listen addresses would take the same port: same port, and the same host
+    or a wildcard on either side."""
+    return a.port != 0 and a.port == b.port and (
+        a.host == b.host or a.host in _WILDCARDS or b.host in _WILDCARDS)
+
+
+def _check_admin_apart(settings: Settings) -> None:
+    if _same_socket(settings.admin, settings.listen):
+        raise SettingsError(f"--admin {settings.admin}: the same port as --listen "
+                            f"{settings.listen}; allowed: another port")
 
 
 def _read_token(path: str) -> str:
