@@ -32,10 +32,26 @@ BODIES = {b.name: b for b in (
 BY_PATH = {b.path.encode(): b.payload for b in BODIES.values()}
 
 
+STREAM_PATH = b"/stream"  # 10 MiB written 256 KiB at a time, at the reader's pace
+STREAM_CHUNK, STREAM_CHUNKS = b"s" * 262144, 40
+
+
+async def stream(w: asyncio.StreamWriter) -> None:
+    """A large response that costs the app only one chunk per connection (for slow-reader
+    memory measurements of the proxy, bench_memory.py)."""
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(STREAM_CHUNK) * STREAM_CHUNKS))
+    for _ in range(STREAM_CHUNKS):
+        w.write(STREAM_CHUNK)
+        await w.drain()
+
+
 async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
     """Keep-alive HTTP/1.1: answer each GET with its body (unknown paths get the tiny one)."""
     with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
         while head := await r.readuntil(b"\r\n\r\n"):
+            if head.split(b" ", 2)[1] == STREAM_PATH:
+                await stream(w)
+                continue
             body = BY_PATH.get(head.split(b" ", 2)[1], b"ok")
             w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             if b"connection: close" in head.lower():

@@ -27,6 +27,7 @@ from typing import cast
 import httptools
 
 from proxy import flow, http_policy
+from proxy.buffers import SHARED_READ, limit_writes
 from proxy.client_state import (
     CLOSING,
     FRESH,
@@ -56,7 +57,7 @@ LINGER_S = 2.0  # after the last response: read and discard so the client gets i
 _METHOD_LIKE = re.compile(rb"[A-Z][A-Z0-9_-]* ")
 
 
-def _refusal(error: httptools.HttpParserError, data: bytes) -> HttpError:
+def _refusal(error: httptools.HttpParserError, data: memoryview | bytes) -> HttpError:
     """What to answer a request llhttp could not parse: our own refusal from inside a
     callback; 501 for a well-formed method llhttp does not know (RFC 9110 section 9.1);
     400 for anything else, such as a TLS handshake sent to the HTTP port."""
@@ -64,12 +65,12 @@ def _refusal(error: httptools.HttpParserError, data: bytes) -> HttpError:
     if isinstance(cause, HttpError):
         return cause
     unknown = isinstance(error, httptools.HttpParserInvalidMethodError)
-    if unknown and _METHOD_LIKE.match(data) is not None:
+    if unknown and _METHOD_LIKE.match(bytes(data[:32])) is not None:
         return HttpError(501, "method not implemented")
     return HttpError(400, str(error))
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(asyncio.BufferedProtocol):
     """One downstream connection, answering its requests strictly in order."""
 
     def __init__(self, ctx: ProxyContext) -> None:
@@ -102,10 +103,19 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self._gate.transport = cast(asyncio.Transport, transport)
         self._peer = self.ctx.peer(transport.get_extra_info("peername"))
+        limit_writes(self.transport)
         self.ctx.register(self, self._loop.time())
         self._read_deadline.set(self.ctx.settings.idle_timeout_s)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return SHARED_READ  # one read at a time, parsed before the next (proxy.buffers)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(SHARED_READ[:nbytes])
+
+    def data_received(self, data: memoryview | bytes) -> None:
+        """Bytes from the client; a view of the shared read buffer, so whatever must outlive
+        this call is copied (held bytes, an Upgrade's tail)."""
         if self.machine.input_closed:
             return  # after EOF, an error, or the last response: discard
         if self._held is not None:  # an Upgrade is with the app: not HTTP, not yet tunnel
@@ -152,12 +162,12 @@ class ClientConnection(asyncio.Protocol):
             self.ctx.connections.reclassify(self, Kind.SETTLED)
 
     # -- parsing --------------------------------------------------------------------------------
-    def _parse(self, data: bytes) -> None:
+    def _parse(self, data: memoryview | bytes) -> None:
         """Feed llhttp; forward what became ready; past an Upgrade request, hold the rest
         (forwarded Upgrade) or parse on (an Upgrade we drop, h2c).  A loop, not recursion:
         a pipeline of dropped Upgrades must not grow the stack."""
         while True:
-            tail: bytes | None = None
+            tail: memoryview | bytes | None = None
             # One name per except clause: mypyc types a local from its first binding, so a
             # name reused for another exception type raises TypeError in the compiled build.
             try:

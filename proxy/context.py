@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from proxy.http_policy import Peer
 from proxy.lifecycle import DrainTimeline
 from proxy.logs import RepeatedWarning, fields
+from proxy.memory import Trimmer
 from proxy.metrics import Metrics
 from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
@@ -58,6 +60,7 @@ class ProxyContext:
         self._peers: dict[str, Peer] = {}
         # A dead app fails every request alike: one line, then a summary per interval.
         self.upstream_warnings = RepeatedWarning(log, "upstream errors")
+        self.trimmer = Trimmer.from_libc()  # gives memory back once a load has passed
         self.responses = self.metrics.responses
         # Read at scrape time instead of updated per request: two gauge updates per
         # request cost more than the scrape ever will.
@@ -68,6 +71,7 @@ class ProxyContext:
     def register(self, connection: Drainable, now: float, kind: Kind = Kind.HTTP) -> None:
         """A client connection was accepted; it stays registered until it is lost."""
         self.connections.add(connection, kind)
+        self.trimmer.connections(len(self.connections), time.monotonic())
         self.metrics.connections_opened.inc()
         if self.timeline.started:
             self.timeline.accepted_while_draining += 1
@@ -79,6 +83,7 @@ class ProxyContext:
     def unregister(self, connection: Drainable, reason: str) -> None:
         """A client connection closed, for ``reason`` (a connections_closed label)."""
         self.connections.remove(connection)
+        self.trimmer.connections(len(self.connections), time.monotonic())
         self.metrics.connections_closed.labels(reason).inc()
         if reason == "drain":
             self.timeline.connections_closed_by_drain += 1

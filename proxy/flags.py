@@ -224,9 +224,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--max-header-bytes", _count(1024), "65536", "N",
          "the largest request head in bytes (431), also for trailers",
          "generous for cookies yet bounded (431); also 100 headers, 8 KiB request line (414)"),
-    Flag("--max-connections", _count(1), "10000", "N",
+    Flag("--max-connections", _count(1), "1000", "N",
          "stop accepting at N open client connections; more wait in the kernel backlog",
-         "bounds memory; beyond it new connections wait in the kernel backlog"),
+         "bounds memory: 1000 slow readers x 64 KiB + 32 MiB fits the manifests' 128 MiB "
+         "limit (deploy/README.md); more wait in the kernel backlog"),
     Flag("--readiness-path", _path, "", "PATH",
          "/readyz asks the app GET PATH (2xx: ready) instead of only connecting to it",
          "unset: a TCP connect to the app; set: GET PATH on the app must be 2xx"),

@@ -37,7 +37,7 @@ class Adoptions(Protocol):
 class Listener:
     """Owns one listening TCP socket and the asyncio server accepting on it."""
 
-    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
+    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.BaseProtocol],
                  adoptions: Adoptions) -> None:
         self._sock: socket.socket | None = sock
         # Kept: reported, and listened on again, after the socket is closed.
@@ -47,10 +47,10 @@ class Listener:
         self._server: asyncio.Server | None = None
         self._want_serving = False
         self._reconciling: asyncio.Task[None] | None = None
-        self._adopting: set[asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]] = set()
+        self._adopting: set[asyncio.Task[tuple[asyncio.Transport, asyncio.BaseProtocol]]] = set()
 
     @classmethod
-    def bind(cls, address: Address, factory: Callable[[], asyncio.Protocol],
+    def bind(cls, address: Address, factory: Callable[[], asyncio.BaseProtocol],
              adoptions: Adoptions) -> Listener:
         return cls(_listening_socket(address), factory, adoptions)
 
@@ -128,7 +128,7 @@ class Listener:
             self._adopting.add(task)
             task.add_done_callback(self._adopted)
 
-    def _adopted(self, task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
+    def _adopted(self, task: asyncio.Task[tuple[asyncio.Transport, asyncio.BaseProtocol]]) -> None:
         self._adopting.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("adopting a backlog connection failed: %s", task.exception())

@@ -65,7 +65,7 @@ class ProxyServer:
         self._admin: AdminServer | None = None
         self.admin_port = 0
 
-    def _protocol_factory(self) -> Callable[[], asyncio.Protocol]:
+    def _protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
         if self.settings.mode == "tcp":
             return lambda: TcpSession(self.ctx).client_end
         return lambda: ClientConnection(self.ctx)

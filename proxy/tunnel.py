@@ -24,7 +24,9 @@ import struct
 from collections.abc import Callable
 from typing import cast
 
-MAX_EARLY_BYTES = 256 * 1024  # read before the far end is connected; then pause
+from proxy.buffers import SHARED_READ, limit_writes
+
+MAX_EARLY_BYTES = 64 * 1024  # read before the far end is connected; then pause
 
 
 _LINGER_OFF = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends RST
@@ -40,7 +42,7 @@ def reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
-class TunnelEnd(asyncio.Protocol):
+class TunnelEnd(asyncio.BufferedProtocol):
     """One connection of a tunnel."""
 
     __slots__ = ("_early", "_early_size", "_reading_paused", "lost", "peer", "read_eof",
@@ -58,6 +60,14 @@ class TunnelEnd(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        limit_writes(self.transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return SHARED_READ  # one read at a time (proxy.buffers)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # A copy: the peer's transport may keep what it could not send yet.
+        self.data_received(bytes(SHARED_READ[:nbytes]))
 
     def adopt(self, transport: asyncio.Transport) -> None:
         """Take over a transport that was speaking HTTP (``set_protocol``)."""

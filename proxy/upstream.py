@@ -25,6 +25,7 @@ from typing import Protocol, cast
 
 import httptools
 
+from proxy.buffers import SHARED_READ, limit_writes
 from proxy.deadline import Deadline
 from proxy.flow import APP_FULL, ReadGate
 from proxy.http_policy import Framing, Headers, HttpError, app_response_framing
@@ -66,7 +67,7 @@ class _StrayResponse(Exception):
     """Raised inside llhttp callbacks to stop parsing a response we did not ask for."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One connection to the app, parsing responses with llhttp."""
 
     __slots__ = (
@@ -135,11 +136,18 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             reset(self.transport)
 
-    # -- asyncio.Protocol ------------------------------------------------------------------
+    # -- asyncio.BufferedProtocol ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self.gate.transport = cast(asyncio.Transport, transport)
+        limit_writes(self.transport)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return SHARED_READ  # one read at a time, parsed before the next (proxy.buffers)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(SHARED_READ[:nbytes])
+
+    def data_received(self, data: memoryview | bytes) -> None:
         if self._sink is None:  # bytes on an idle pooled connection: never trust it again
             self._poisoned = True
             self.close()
@@ -150,7 +158,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._switched(data[upgrade.args[0]:])
+            self._switched(bytes(data[upgrade.args[0]:]))  # a copy: the read buffer is shared
             return
         except httptools.HttpParserError as parse_error:
             self._poisoned = True
@@ -315,7 +323,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._read_deadline.set(idle_timeout_s)
 
 
-async def connect_to_app(settings: Settings, protocol: asyncio.Protocol) -> None:
+async def connect_to_app(settings: Settings, protocol: asyncio.BaseProtocol) -> None:
     """Connect ``protocol`` to the app (TCP or unix socket) within the connect timeout;
     UpstreamFailure REFUSED (502) or CONNECT_TIMEOUT (504).  Used by the pool and by
     TCP mode."""

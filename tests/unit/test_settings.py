@@ -23,7 +23,7 @@ DEFAULTS: list[tuple[str, object]] = [
     ("upstream_timeout_s", 60.0),
     ("upstream_idle_timeout_s", 2.0),
     ("max_header_bytes", 65536),
-    ("max_connections", 10000),
+    ("max_connections", 1000),
     ("readiness_path", None),
     ("propagation_window_s", 10.0),
     ("drain_timeout_s", 15.0),

@@ -1,0 +1,34 @@
+"""Memory per connection: one shared read buffer, and small write buffers.
+
+A peer that reads slowly (a client on a slow link, an app busy elsewhere) makes the
+proxy hold what it read from the other side until the peer takes it.  With plain
+protocols, asyncio and uvloop read up to 256 KiB at a time into a new bytes object,
+and a transport buffers up to 64 KiB before it asks its producer to pause: a slow
+reader could pin about 320 KiB, 1000 of them 300 MiB, in a sidecar limited to 128 MiB.
+
+So every connection reads through ``asyncio.BufferedProtocol`` into one buffer of
+``READ_BYTES`` that all connections share (the loop reads one socket at a time, and
+each read is parsed or copied before the next), and every transport pauses its
+producer at ``WRITE_HIGH_BYTES``.  What waits for a slow peer is then at most one read
+plus the high-water mark: 16 + 32 KiB, and about 60 KiB of RSS per slow reader with the
+objects around it (measured in benchmarks/bench_memory.py).  Smaller reads cost more
+system calls on large bodies; 16 KiB keeps a 64 KiB response to four.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+READ_BYTES: Final = 64 * 1024
+WRITE_HIGH_BYTES: Final = 0
+WRITE_LOW_BYTES: Final = 0
+
+# The one read buffer: a memoryview, so a read is sliced without a copy.
+SHARED_READ: Final = memoryview(bytearray(READ_BYTES))
+
+
+def limit_writes(transport: asyncio.Transport) -> None:
+    """Make a transport ask its producer to pause at WRITE_HIGH_BYTES buffered (uvloop's
+    transports are not asyncio subclasses, hence no isinstance check)."""
+    transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES, low=WRITE_LOW_BYTES)
