@@ -17,7 +17,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ONLY_BINARY=uvloop,httptools \
     DRAIN_PROXY_REQUIRE_EXTENSIONS=1
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY proxy ./proxy
 RUN pip wheel --wheel-dir /wheels . \
  && python -m venv /opt/drain-proxy \

@@ -913,9 +913,11 @@ def test_build_context_holds_only_what_the_image_needs() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     sent = docker.utils.build.exclude_paths(str(ROOT), patterns)
-    assert {"pyproject.toml", "setup.py", "README.md", "proxy/settings.py", "proxy/cli.py"} <= sent
+    assert {"pyproject.toml", "setup.py", "README.md", "LICENSE", "proxy/settings.py",
+            "proxy/cli.py"} <= sent
     # The builder always receives the Dockerfile and .dockerignore themselves.
-    wanted = {"pyproject.toml", "setup.py", "README.md", "proxy", "Dockerfile", ".dockerignore"}
+    wanted = {"pyproject.toml", "setup.py", "README.md", "LICENSE", "proxy", "Dockerfile",
+              ".dockerignore"}
     leaked = {path for path in sent
               if not (path in wanted or path.startswith("proxy/")) or "__pycache__" in path}
     assert not leaked, sorted(leaked)[:10]
