@@ -31,9 +31,9 @@ from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError
 # The per-request path; the rest (settings, admin, drain, metrics) runs rarely.
 HOT_MODULES = [
     "proxy/client.py", "proxy/client_state.py", "proxy/upstream.py", "proxy/upstream_state.py",
-    "proxy/exchange.py", "proxy/http_policy.py", "proxy/flow.py", "proxy/buffers.py",
-    "proxy/deadline.py", "proxy/rotation.py", "proxy/stats.py", "proxy/transitions.py",
-    "proxy/tunnel.py", "proxy/tcp.py",
+    "proxy/exchange.py", "proxy/http_policy.py", "proxy/http_response.py", "proxy/flow.py",
+    "proxy/buffers.py", "proxy/deadline.py", "proxy/rotation.py", "proxy/stats.py",
+    "proxy/transitions.py", "proxy/tunnel.py", "proxy/tcp.py",
 ]
 OPT_OUT = "DRAIN_PROXY_NO_EXTENSIONS"
 REQUIRED = "DRAIN_PROXY_REQUIRE_EXTENSIONS"

@@ -26,7 +26,7 @@ from typing import cast
 
 import httptools
 
-from proxy import flow, http_policy
+from proxy import flow, http_policy, http_response
 from proxy.buffers import SHARED_READ, limit_writes
 from proxy.client_state import (
     CLOSING,
@@ -236,7 +236,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing
         assert exchange is not None and exchange.request is not None
-        data = http_policy.chunk(body) if exchange.request.framing is Framing.CHUNKED else body
+        data = http_response.chunk(body) if exchange.request.framing is Framing.CHUNKED else body
         self._read_deadline.set(self.ctx.settings.body_timeout_s)  # progress: it restarts
         if exchange.add_body(data):
             self._pause(flow.CONNECTING, True)
@@ -246,7 +246,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         assert exchange is not None and exchange.request is not None
         if exchange.request.framing is Framing.CHUNKED:
             trailers = exchange.trailers.headers if exchange.trailers is not None else []
-            exchange.add_body(http_policy.last_chunk(trailers, request=True))
+            exchange.add_body(http_response.last_chunk(trailers, request=True))
         if exchange.request.framing is not Framing.NONE:
             self._read_deadline.clear()  # the body timer
         exchange.request_complete = True
@@ -314,14 +314,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             return  # HTTP/1.0 clients must never see a 1xx
         if status == 100 and not request.expects_continue:
             return
-        self._out.append(http_policy.interim_head(status, reason, headers))
+        self._out.append(http_response.interim_head(status, reason, headers))
 
     def response_head(self, status: int, reason: bytes, headers: Headers,
                       app_framing: Framing) -> None:
         exchange = self._active
         assert exchange is not None and exchange.request is not None
         request = exchange.request
-        framing = http_policy.client_response_framing(app_framing, request.http_10)
+        framing = http_response.client_response_framing(app_framing, request.http_10)
         close = self.machine.close_decision(
             client_keep_alive=request.client_keep_alive, close_delimited=framing is Framing.CLOSE,
             request_complete=exchange.request_complete, pipelined=bool(self._queue),
@@ -330,7 +330,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         exchange.framing_chunked = framing is Framing.CHUNKED
         if self.ctx.access_log:
             exchange.upstream_s = time.monotonic() - exchange.dispatched_at
-        self._out.append(http_policy.build_response_head(
+        self._out.append(http_response.build_response_head(
             status, reason, headers, framing, close is not None, request.http_10))
 
     def response_body(self, data: bytes) -> None:
@@ -347,7 +347,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         exchange = self._active
         assert exchange is not None
         if exchange.framing_chunked:
-            self._out.append(http_policy.last_chunk(trailers, request=False))
+            self._out.append(http_response.last_chunk(trailers, request=False))
         self.response_flush()
         exchange.upstream = None
         self._complete(exchange)
@@ -379,7 +379,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         exchange = self._active
         assert exchange is not None and self.transport is not None
         assert connection.transport is not None
-        self._out.append(http_policy.switching_head(reason, headers))
+        self._out.append(http_response.switching_head(reason, headers))
         self.response_flush()
         self._stop()
         self.machine.switched()
@@ -445,7 +445,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._abort()  # the truncation must be visible: no fake end of body
             return
         self._out.clear()  # a head still in our buffer: the client can get a clean 502
-        exchange.error = http_policy.error_response(failure.failure.status, str(failure))
+        exchange.error = http_response.error_response(failure.failure.status, str(failure))
         exchange.status = failure.failure.status
         self._answer_with_error(exchange)
 
@@ -463,7 +463,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._parsing = self._collector = None
         if self._ready is exchange:
             self._ready = None
-        exchange.error = http_policy.error_response(error.status, error.reason)
+        exchange.error = http_response.error_response(error.status, error.reason)
         exchange.status = error.status
         if exchange is self._active and exchange.upstream is not None:
             exchange.upstream.abort()  # the app got part of a request it must not complete

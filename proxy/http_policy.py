@@ -13,15 +13,14 @@ forwards a message its upstream reads differently is a request-smuggling hole:
   those named in ``Connection`` are removed, framing is re-declared canonically
   (``Content-Length: <int>`` or ``Transfer-Encoding: chunked``), the target is
   turned into origin form, and ``X-Forwarded-*`` are added;
-* responses get the same treatment, and their framing towards the client is
-  chosen here (length, chunked, close-delimited or none).
+* responses get the same treatment in ``http_response``, which also chooses their
+  framing towards the client (length, chunked, close-delimited or none).
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 Headers = list[tuple[bytes, bytes]]
@@ -46,14 +45,14 @@ class Framing(enum.Enum):
 
 
 # Removed when forwarding either way: they describe one hop, not the message.
-_HOP_BY_HOP = frozenset({
+HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
     b"transfer-encoding", b"content-length",
 })
 # Connection may not strip these: doing so would change the message's meaning.
-_NEVER_STRIPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+NEVER_STRIPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
 # Names an app framework (CGI-style) may map onto a framing header.
-_FRAMING_ALIASES = frozenset({b"content_length", b"transfer_encoding"})
+FRAMING_ALIASES = frozenset({b"content_length", b"transfer_encoding"})
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
@@ -145,11 +144,11 @@ def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
 _CLAIMS = frozenset({b"forwarded", b"x-real-ip", b"x-forwarded-port", b"x-forwarded-prefix",
                      b"x-forwarded-server", b"x-forwarded-ssl"})
 _REQUEST_ROLES = {
-    **dict.fromkeys(_HOP_BY_HOP, _HOP), b"upgrade": _UPGRADE,
+    **dict.fromkeys(HOP_BY_HOP, _HOP), b"upgrade": _UPGRADE,
     b"content-length": _LENGTH, b"transfer-encoding": _ENCODING, b"host": _HOST,
     b"connection": _CONNECTION, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
     b"x-forwarded-host": _XFH, b"expect": _EXPECT,
-    **dict.fromkeys(_FRAMING_ALIASES, _ALIAS), **dict.fromkeys(_CLAIMS, _CLAIM),
+    **dict.fromkeys(FRAMING_ALIASES, _ALIAS), **dict.fromkeys(_CLAIMS, _CLAIM),
 }
 # RFC 3986 authority as a Host value: a bracketed IPv6 literal or reg-name characters
 # (unreserved, pct-encoded, sub-delims), then an optional port.  No space, '/', '@'.
@@ -161,9 +160,9 @@ def valid_host(value: bytes) -> bool:
     """A Host value that is a valid authority (RFC 9110 section 7.2)."""
     return _HOST_VALUE.match(value) is not None
 # Connection tokens that name nothing we would forward anyway.
-_PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"te", b""})
-_NO_TOKENS: frozenset[bytes] = frozenset()
-_PLAIN_TOKEN_SETS = {token: frozenset({token}) for token in _PLAIN_CONNECTION_TOKENS}
+PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"te", b""})
+NO_TOKENS: frozenset[bytes] = frozenset()
+_PLAIN_TOKEN_SETS = {token: frozenset({token}) for token in PLAIN_CONNECTION_TOKENS}
 
 
 class _RequestScan:
@@ -177,12 +176,12 @@ class _RequestScan:
         self.host: bytes | None = None
         self.xff = b""
         self.forwarded_proto = self.forwarded_host = self.expects = False
-        self.tokens = _NO_TOKENS  # replaced, not updated: most requests have no Connection
+        self.tokens = NO_TOKENS  # replaced, not updated: most requests have no Connection
         self.upgrade = b""
         self.lines: list[bytes] = []
 
 
-def _connection_tokens(value: bytes) -> frozenset[bytes]:
+def connection_tokens(value: bytes) -> frozenset[bytes]:
     """The lowercased tokens of one Connection field value (most are one plain token)."""
     plain = _PLAIN_TOKEN_SETS.get(value.lower())
     if plain is not None:
@@ -238,7 +237,7 @@ def _scan_request_headers(headers: Headers, http_10: bool, authority: bytes | No
             scan.host = value
             lines += (name, b": ", authority or value, b"\r\n")
         elif role == _CONNECTION:
-            scan.tokens = scan.tokens | _connection_tokens(value)
+            scan.tokens = scan.tokens | connection_tokens(value)
         elif role == _ALIAS:
             raise HttpError(400, "ambiguous framing header name")
         elif role == _UPGRADE:
@@ -282,8 +281,8 @@ def check_request(
         raise HttpError(405, "CONNECT is not supported")
     http_10 = version == "1.0"
     target, authority = _origin_form(method, url)
-    scan = _scan_request_headers(headers, http_10, authority, _NO_TOKENS, peer)
-    extra_tokens = scan.tokens and scan.tokens - _PLAIN_CONNECTION_TOKENS - _NEVER_STRIPPED
+    scan = _scan_request_headers(headers, http_10, authority, NO_TOKENS, peer)
+    extra_tokens = scan.tokens and scan.tokens - PLAIN_CONNECTION_TOKENS - NEVER_STRIPPED
     if extra_tokens:  # rare: Connection names end-to-end-looking headers to drop
         scan = _scan_request_headers(headers, http_10, authority, extra_tokens, peer)
     if scan.hosts > 1 or (scan.hosts == 0 and not http_10):
@@ -322,149 +321,3 @@ def _framing_line(framing: Framing, length: int) -> bytes:
     if framing is Framing.CHUNKED:
         return b"Transfer-Encoding: chunked\r\n\r\n"
     return b"\r\n"
-
-
-def app_response_framing(status: int, headers: Headers, head_request: bool) -> Framing:
-    """How the app delimits this response body (CLOSE: it ends at the app's EOF)."""
-    if head_request or status < 200 or status in (204, 304):
-        return Framing.NONE
-    framing = Framing.CLOSE
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"content-length":
-            return Framing.LENGTH  # llhttp refuses it together with Transfer-Encoding
-        if lowered == b"transfer-encoding":
-            if value.strip().lower() != b"chunked":
-                raise HttpError(502, "upstream used an unsupported transfer-encoding")
-            framing = Framing.CHUNKED
-    return framing
-
-
-def client_response_framing(app_framing: Framing, client_http_10: bool) -> Framing:
-    """How the body is delimited towards the client.
-
-    Chunked or close-delimited bodies from the app are chunked for HTTP/1.1
-    clients, which keeps their connection alive; an HTTP/1.0 client can only
-    get a close-delimited body.
-    """
-    if app_framing is Framing.CHUNKED or app_framing is Framing.CLOSE:
-        return Framing.CLOSE if client_http_10 else Framing.CHUNKED
-    return app_framing
-
-
-def build_response_head(
-    status: int, reason: bytes, headers: Headers, framing: Framing, close: bool,
-    client_http_10: bool,
-) -> bytes:
-    """Serialise the response head for the client with our framing and Connection."""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    length = b""
-    tokens = _NO_TOKENS
-    hop_by_hop = _HOP_BY_HOP
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered not in hop_by_hop:
-            lines += (name, b": ", value, b"\r\n")
-        elif lowered == b"content-length":
-            length = value
-        elif lowered == b"connection":
-            tokens = tokens | _connection_tokens(value)
-    extra_tokens = tokens and tokens - _PLAIN_CONNECTION_TOKENS - _NEVER_STRIPPED
-    if extra_tokens:  # rare: drop the fields that Connection names, then start over
-        dropped = extra_tokens | {b"connection"}  # its tokens are now dealt with
-        kept = [(n, v) for n, v in headers if n.lower() not in dropped]
-        return build_response_head(status, reason, kept, framing, close, client_http_10)
-    if framing is Framing.LENGTH or (length and framing is Framing.NONE and status != 204):
-        lines.append(b"Content-Length: %d\r\n" % int(length))  # HEAD, 304 keep theirs
-    elif framing is Framing.CHUNKED:
-        lines.append(b"Transfer-Encoding: chunked\r\n")
-    if close:
-        lines.append(b"Connection: close\r\n\r\n")
-    elif client_http_10:
-        lines.append(b"Connection: keep-alive\r\n\r\n")
-    else:
-        lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-def switching_head(reason: bytes, headers: Headers) -> bytes:
-    """The app's 101 for the client: its Upgrade kept, framing and hop fields dropped."""
-    dropped = _HOP_BY_HOP - {b"upgrade"}
-    lines = [b"HTTP/1.1 101 ", reason, b"\r\n"]
-    for name, value in headers:
-        if name.lower() not in dropped:
-            lines += (name, b": ", value, b"\r\n")
-    lines.append(b"Connection: upgrade\r\n\r\n")
-    return b"".join(lines)
-
-
-def interim_head(status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """A 1xx response relayed to the client, minus hop-by-hop fields."""
-    lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
-    for name, value in headers:
-        if name.lower() not in _HOP_BY_HOP:
-            lines += (name, b": ", value, b"\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-_REASONS = {
-    400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout",
-    413: b"Content Too Large", 414: b"URI Too Long", 431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
-    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
-}
-
-
-def error_response(status: int, detail: str, close: bool = True) -> bytes:
-    """A small plain-text response the proxy generates itself."""
-    body = detail.encode("ascii", "replace") + b"\n"
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % (
-        status, _REASONS.get(status, b"Error"), len(body))
-    if status == 405:
-        head += b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE\r\n"
-    return head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body
-
-
-# Fields that must not come from a trailer section (RFC 9110 section 6.5.1): framing,
-# routing, authentication, request modifiers and response controls are evaluated before
-# the content.  They are dropped when forwarding trailers; framing fields in a *request*
-# trailer are refused outright, as a smuggling attempt.
-_NOT_IN_TRAILERS = _HOP_BY_HOP | {
-    b"host", b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"expect",
-    b"range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
-    b"max-forwards", b"cache-control", b"content-encoding", b"content-type",
-    b"content-range", b"location", b"retry-after", b"vary", b"www-authenticate",
-    b"proxy-authenticate", b"forwarded", b"x-forwarded-for", b"x-forwarded-host",
-    b"x-forwarded-proto",
-}
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"}) | _FRAMING_ALIASES
-
-
-def last_chunk(trailers: Headers, request: bool) -> bytes:
-    """The end of a chunked body, with the trailer fields that may be forwarded.
-
-    RFC 9112 section 7.1.2 allows trailers on any chunked message; a proxy forwards or
-    drops them, never refuses the message for them (except a request trailer that
-    tries to declare framing)."""
-    if not trailers:
-        return LAST_CHUNK
-    lines = [b"0\r\n"]
-    for name, value in trailers:
-        lowered = name.lower()
-        if request and lowered in _FRAMING:
-            raise HttpError(400, "framing header in the request trailers")
-        if lowered not in _NOT_IN_TRAILERS:
-            lines += (name, b": ", value, b"\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-def chunk(data: bytes) -> bytes:
-    """Frame one chunk of a chunked body (nothing for no data: that would end the body)."""
-    if not data:
-        return b""
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-LAST_CHUNK = b"0\r\n\r\n"

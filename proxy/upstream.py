@@ -28,7 +28,8 @@ import httptools
 from proxy.buffers import SHARED_READ, limit_writes
 from proxy.deadline import Deadline
 from proxy.flow import APP_FULL, ReadGate
-from proxy.http_policy import Framing, Headers, HttpError, app_response_framing
+from proxy.http_policy import Framing, Headers, HttpError
+from proxy.http_response import app_response_framing
 from proxy.settings import Settings
 from proxy.tunnel import reset
 from proxy.upstream_state import IDLE, Failure, UpstreamMachine

@@ -1,4 +1,5 @@
-"""Unit tests for proxy.http_policy; every head built is also parsed back with h11."""
+"""Unit tests for proxy.http_policy and proxy.http_response; every head built is also parsed
+back with h11."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import h11
 import pytest
 
 from proxy.http_policy import (
-    LAST_CHUNK,
     ForwardRequest,
     Framing,
     HeadCollector,
     Headers,
     HttpError,
     Peer,
+    check_request,
+)
+from proxy.http_response import (
+    LAST_CHUNK,
     app_response_framing,
     build_response_head,
-    check_request,
     chunk,
     client_response_framing,
     error_response,

@@ -18,7 +18,7 @@ import httptools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import http_policy
+from proxy import http_policy, http_response
 from proxy.http_policy import Framing, HeadCollector, HttpError
 
 SEEDS = [
@@ -67,12 +67,12 @@ class _Replay:
     def on_body(self, body: bytes) -> None:
         assert self.request is not None
         chunked = self.request.framing is Framing.CHUNKED
-        self.body.append(http_policy.chunk(body) if chunked else body)
+        self.body.append(http_response.chunk(body) if chunked else body)
 
     def on_message_complete(self) -> None:
         assert self.request is not None
         self.parsed += 1
-        last = http_policy.LAST_CHUNK if self.request.framing is Framing.CHUNKED else b""
+        last = http_response.LAST_CHUNK if self.request.framing is Framing.CHUNKED else b""
         self.forwarded.append(b"".join([self.request.head, *self.body, last]))
 
 

@@ -1,0 +1,170 @@
+"""The response side of the policy, and the heads the proxy writes.  Sans-IO.
+
+How the app delimits its response, how it is framed towards the client (a chunked or
+close-delimited body from the app is chunked for HTTP/1.1 clients and close-delimited for
+HTTP/1.0 ones), and the heads written: the client's response head with hop-by-hop fields
+removed and framing re-declared, 1xx and 101 heads, the proxy's own error responses, and
+chunked framing with the trailer fields that may be forwarded (both directions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from proxy.http_policy import (
+    FRAMING_ALIASES,
+    HOP_BY_HOP,
+    NEVER_STRIPPED,
+    NO_TOKENS,
+    PLAIN_CONNECTION_TOKENS,
+    Framing,
+    Headers,
+    HttpError,
+    connection_tokens,
+)
+
+
+def app_response_framing(status: int, headers: Headers, head_request: bool) -> Framing:
+    """How the app delimits this response body (CLOSE: it ends at the app's EOF)."""
+    if head_request or status < 200 or status in (204, 304):
+        return Framing.NONE
+    framing = Framing.CLOSE
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            return Framing.LENGTH  # llhttp refuses it together with Transfer-Encoding
+        if lowered == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise HttpError(502, "upstream used an unsupported transfer-encoding")
+            framing = Framing.CHUNKED
+    return framing
+
+
+def client_response_framing(app_framing: Framing, client_http_10: bool) -> Framing:
+    """How the body is delimited towards the client.
+
+    Chunked or close-delimited bodies from the app are chunked for HTTP/1.1
+    clients, which keeps their connection alive; an HTTP/1.0 client can only
+    get a close-delimited body.
+    """
+    if app_framing is Framing.CHUNKED or app_framing is Framing.CLOSE:
+        return Framing.CLOSE if client_http_10 else Framing.CHUNKED
+    return app_framing
+
+
+def build_response_head(
+    status: int, reason: bytes, headers: Headers, framing: Framing, close: bool,
+    client_http_10: bool,
+) -> bytes:
+    """Serialise the response head for the client with our framing and Connection."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    length = b""
+    tokens = NO_TOKENS
+    hop_by_hop = HOP_BY_HOP
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered not in hop_by_hop:
+            lines += (name, b": ", value, b"\r\n")
+        elif lowered == b"content-length":
+            length = value
+        elif lowered == b"connection":
+            tokens = tokens | connection_tokens(value)
+    extra_tokens = tokens and tokens - PLAIN_CONNECTION_TOKENS - NEVER_STRIPPED
+    if extra_tokens:  # rare: drop the fields that Connection names, then start over
+        dropped = extra_tokens | {b"connection"}  # its tokens are now dealt with
+        kept = [(n, v) for n, v in headers if n.lower() not in dropped]
+        return build_response_head(status, reason, kept, framing, close, client_http_10)
+    if framing is Framing.LENGTH or (length and framing is Framing.NONE and status != 204):
+        lines.append(b"Content-Length: %d\r\n" % int(length))  # HEAD, 304 keep theirs
+    elif framing is Framing.CHUNKED:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    if close:
+        lines.append(b"Connection: close\r\n\r\n")
+    elif client_http_10:
+        lines.append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def switching_head(reason: bytes, headers: Headers) -> bytes:
+    """The app's 101 for the client: its Upgrade kept, framing and hop fields dropped."""
+    dropped = HOP_BY_HOP - {b"upgrade"}
+    lines = [b"HTTP/1.1 101 ", reason, b"\r\n"]
+    for name, value in headers:
+        if name.lower() not in dropped:
+            lines += (name, b": ", value, b"\r\n")
+    lines.append(b"Connection: upgrade\r\n\r\n")
+    return b"".join(lines)
+
+
+def interim_head(status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """A 1xx response relayed to the client, minus hop-by-hop fields."""
+    lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    for name, value in headers:
+        if name.lower() not in HOP_BY_HOP:
+            lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+_REASONS = {
+    400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout",
+    413: b"Content Too Large", 414: b"URI Too Long", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+}
+
+
+def error_response(status: int, detail: str, close: bool = True) -> bytes:
+    """A small plain-text response the proxy generates itself."""
+    body = detail.encode("ascii", "replace") + b"\n"
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % (
+        status, _REASONS.get(status, b"Error"), len(body))
+    if status == 405:
+        head += b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE\r\n"
+    return head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body
+
+
+# Fields that must not come from a trailer section (RFC 9110 section 6.5.1): framing,
+# routing, authentication, request modifiers and response controls are evaluated before
+# the content.  They are dropped when forwarding trailers; framing fields in a *request*
+# trailer are refused outright, as a smuggling attempt.
+_NOT_IN_TRAILERS = HOP_BY_HOP | {
+    b"host", b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"expect",
+    b"range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
+    b"max-forwards", b"cache-control", b"content-encoding", b"content-type",
+    b"content-range", b"location", b"retry-after", b"vary", b"www-authenticate",
+    b"proxy-authenticate", b"forwarded", b"x-forwarded-for", b"x-forwarded-host",
+    b"x-forwarded-proto",
+}
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"}) | FRAMING_ALIASES
+
+
+def last_chunk(trailers: Headers, request: bool) -> bytes:
+    """The end of a chunked body, with the trailer fields that may be forwarded.
+
+    RFC 9112 section 7.1.2 allows trailers on any chunked message; a proxy forwards or
+    drops them, never refuses the message for them (except a request trailer that
+    tries to declare framing)."""
+    if not trailers:
+        return LAST_CHUNK
+    lines = [b"0\r\n"]
+    for name, value in trailers:
+        lowered = name.lower()
+        if request and lowered in _FRAMING:
+            raise HttpError(400, "framing header in the request trailers")
+        if lowered not in _NOT_IN_TRAILERS:
+            lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def chunk(data: bytes) -> bytes:
+    """Frame one chunk of a chunked body (nothing for no data: that would end the body)."""
+    if not data:
+        return b""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
