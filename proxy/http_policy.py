@@ -156,8 +156,21 @@ _HOST_VALUE = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?\Z")
 
 
+def _has_underscore(name: bytes) -> bool:
+    """Most names are letters, digits and '-': one replace and isalnum answer for them
+    (measured at a quarter of ``name.find``, whose argument parsing dominates; ``in`` is
+    worse still: bytes.__contains__ first tries its operand as an int and raises)."""
+    return not name.replace(b"-", b"").isalnum() and name.find(b"_") >= 0
+
+
 def valid_host(value: bytes) -> bool:
-    """A Host value that is a valid authority (RFC 9110 section 7.2)."""
+    """A Host value that is a valid authority (RFC 9110 section 7.2).  The common case, a
+    DNS name or IPv4 address and maybe a port, takes a few C calls; the regular expression
+    costs several times as much (measured) and decides the rest."""
+    name, colon, port = value.partition(b":")
+    if name.replace(b".", b"").replace(b"-", b"").isalnum() and (
+            not colon or not port or port.isdigit()):
+        return True
     return _HOST_VALUE.match(value) is not None
 # Connection tokens that name nothing we would forward anyway.
 PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"te", b""})
@@ -200,7 +213,7 @@ def _scan_request_headers(headers: Headers, http_10: bool, authority: bytes | No
         lowered = name.lower()
         role = roles.get(lowered)
         if role is None:
-            if lowered in strip or (b"_" in lowered and not peer.underscores):
+            if lowered in strip or (not peer.underscores and _has_underscore(lowered)):
                 continue  # an alias of another field for CGI-style apps (X_Forwarded_For)
             if not peer.trusted and lowered.startswith(b"x-forwarded-"):
                 continue  # a claim about the request's origin from an untrusted peer
