@@ -163,10 +163,11 @@ class DrainCoordinator:
         settings = self._ctx.settings
         await self._first_of([], settings.propagation_window_s)
         self._move(Phase.DRAINING)
-        self._listener.close()
+        self._listener.pause()
         for connection in self._ctx.connections.connections(Kind.HTTP):
             connection.drain()
         await asyncio.gather(
+            self._listener.stop_accepting(),
             self._settle(tunnels=False, timeout_s=settings.drain_timeout_s),
             self._settle(tunnels=True, timeout_s=settings.tunnel_drain_timeout_s))
 

@@ -14,8 +14,9 @@ with one deadline:
    Every response carries ``Connection: close`` so keep-alive clients finish their
    request and reconnect elsewhere.  Idle keep-alive connections are *not* closed
    here: a client may be sending on one at this very moment.
-3. ``draining``: close the listener, close connections that are idle now; busy
-   ones close after their current response.
+3. ``draining``: close the listener (refusing new handshakes, serving those already
+   under way and the backlog), close connections that are idle now; busy ones close
+   after their current response.
 4. Wait until every connection has ended, bounded by ``--drain-timeout`` (tunnels:
    ``--tunnel-drain-timeout``).  A connection accepted in the window whose first
    request comes only now is served too.  At the deadline abort what remains and

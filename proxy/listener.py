@@ -12,6 +12,7 @@ Closing our own socket too (the drain) is what makes new connections refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import socket
@@ -98,22 +99,47 @@ class Listener:
                 server.close()  # paused (or closed) while it was being created
 
     def close(self) -> None:
-        """Stop accepting for good: from now on the kernel refuses connections.
+        """Stop accepting at once (the process is closing): the kernel refuses from now on."""
+        self.pause()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
-        Connections that completed their handshake but were not accepted yet sit
-        in the kernel backlog; closing the socket would reset them, and their
-        clients have already sent a request.  So new handshakes are stopped first,
-        then the backlog is accepted and served, then the socket is closed.
+    async def stop_accepting(self) -> None:
+        """Stop accepting for good without resetting a client that is already connected.
+
+        A client is connected as soon as it has the SYN-ACK, and sends its request at
+        once.  Closing a listening socket resets the connections in its backlog and
+        those whose handshake is still completing.  So new handshakes are refused
+        first (their SYNs dropped: the client retries and is refused once the socket
+        is closed), the handshakes under way may finish for up to
+        ``HANDSHAKE_SETTLE_MAX_S``, everything that reached the backlog is accepted and
+        served, and only then is the socket closed.  The drain counts this as an
+        adoption in progress, so it cannot end meanwhile.
         """
         self.pause()
-        if self._sock is None:
+        sock = self._sock
+        if sock is None:
             return
-        _refuse_new_handshakes(self._sock)
-        self._adopt_backlog(self._sock)
-        self._sock.close()
-        self._sock = None
+        self._adoptions.adoption_started()
+        try:
+            filtered = _refuse_new_handshakes(sock)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + HANDSHAKE_SETTLE_MAX_S
+            while True:
+                self._adopt_backlog(sock, filtered)
+                if not filtered or not _handshakes_under_way(self.port) \
+                        or loop.time() >= deadline:
+                    break
+                await asyncio.sleep(HANDSHAKE_POLL_S)
+                if self._sock is not sock:
+                    return  # closed meanwhile (the process is closing)
+            self._adopt_backlog(sock, filtered)
+            self.close()
+        finally:
+            self._adoptions.adoption_ended()
 
-    def _adopt_backlog(self, sock: socket.socket) -> None:
+    def _adopt_backlog(self, sock: socket.socket, filtered: bool) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -123,6 +149,9 @@ class Listener:
             except OSError:
                 return  # e.g. EMFILE: nothing more we can take
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if filtered:  # an accepted socket inherits the listener's filter
+                with contextlib.suppress(OSError):
+                    connection.setsockopt(socket.SOL_SOCKET, _SO_DETACH_FILTER, 0)
             self._adoptions.adoption_started()
             task = loop.create_task(loop.connect_accepted_socket(self._factory, connection))
             self._adopting.add(task)
@@ -146,21 +175,54 @@ def _listening_socket(address: Address) -> socket.socket:
     return sock
 
 
-# SO_ATTACH_FILTER and a one-instruction classic BPF program: BPF_RET|BPF_K 0, "keep
-# 0 bytes", i.e. drop every packet.  Linux runs a listening socket's filter on
-# incoming SYNs, so no new connection can complete into the backlog while we empty
-# it; those clients retransmit their SYN and are refused once the socket is closed.
+# SO_ATTACH_FILTER with a classic BPF program that drops segments carrying SYN (a new
+# handshake) and keeps the rest.  Linux runs a listening socket's filter on the
+# segments that reach it with the TCP header at offset 0, so byte 13 holds the flags.
+# Only SYNs may be dropped: the final ACK of a handshake already under way (and the
+# request riding with it) must still reach the socket, or that client, connected since
+# its SYN-ACK, is reset when the socket closes.
 _SO_ATTACH_FILTER = 26
-_DROP_EVERYTHING = struct.pack("HBBI", 0x06, 0, 0, 0)
+_SO_DETACH_FILTER = 27
+_TCP_SYN = 0x02
+_DROP_SYNS = b"".join(struct.pack("HBBI", *instruction) for instruction in (
+    (0x30, 0, 0, 13),          # ldb [13]          load the TCP flags
+    (0x45, 0, 1, _TCP_SYN),    # jset #SYN, 0, 1   SYN set: next, else skip one
+    (0x06, 0, 0, 0),           # ret #0            drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1           keep the whole segment
+))
+HANDSHAKE_SETTLE_MAX_S = 1.5  # past one lost ACK: a SYN-ACK is retransmitted after 1 s
+HANDSHAKE_POLL_S = 0.005
+_SYN_RECV = "03"  # the state column of /proc/net/tcp
 
 
-def _refuse_new_handshakes(sock: socket.socket) -> None:
+def _refuse_new_handshakes(sock: socket.socket) -> bool:
     """Best effort: without it (not Linux) a connection can race the close and be reset."""
     if not sys.platform.startswith("linux"):
-        return
-    program = ctypes.create_string_buffer(_DROP_EVERYTHING)
-    fprog = struct.pack("@HP", 1, ctypes.addressof(program))  # struct sock_fprog
+        return False
+    program = ctypes.create_string_buffer(_DROP_SYNS, len(_DROP_SYNS))
+    count = len(_DROP_SYNS) // struct.calcsize("HBBI")
+    fprog = struct.pack("@HP", count, ctypes.addressof(program))  # struct sock_fprog
     try:
         sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
     except OSError as error:
         log.debug("cannot stop new handshakes before closing the listener: %s", error)
+        return False
+    return True
+
+
+def _handshakes_under_way(port: int) -> int:
+    """Handshakes to this port past the SYN-ACK but not completed (SYN_RECV), from the
+    kernel's table of this network namespace; 0 where it cannot be read."""
+    local_port = f":{port:04X}"
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as lines:
+                next(lines, None)  # the header
+                for line in lines:
+                    fields = line.split(None, 4)
+                    if fields[1].endswith(local_port) and fields[3] == _SYN_RECV:
+                        count += 1
+        except OSError:
+            continue
+    return count
