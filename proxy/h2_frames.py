@@ -1,0 +1,97 @@
+"""HTTP/2 frame layout (RFC 9113 section 4): constants, and the few frames the proxy
+writes itself.  Sans-IO.
+
+The proxy relays the client's and the app's frames as they are; it reads only the
+9-byte frame headers and the payloads of the connection-level frames (SETTINGS,
+PING, GOAWAY, RST_STREAM), never HPACK.  It writes only GOAWAY, PING, RST_STREAM,
+and, when the app cannot be reached, the server's SETTINGS preface.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HEADER_SIZE: Final = 9
+MAX_STREAM_ID: Final = 2**31 - 1
+DEFAULT_MAX_FRAME_SIZE: Final = 16_384
+LARGEST_MAX_FRAME_SIZE: Final = 2**24 - 1
+
+# Frame types (section 6).
+DATA: Final = 0x0
+HEADERS: Final = 0x1
+PRIORITY: Final = 0x2
+RST_STREAM: Final = 0x3
+SETTINGS: Final = 0x4
+PUSH_PROMISE: Final = 0x5
+PING: Final = 0x6
+GOAWAY: Final = 0x7
+WINDOW_UPDATE: Final = 0x8
+CONTINUATION: Final = 0x9
+
+# Flags.
+END_STREAM: Final = 0x1
+ACK: Final = 0x1
+END_HEADERS: Final = 0x4
+
+# Error codes (section 7).
+NO_ERROR: Final = 0x0
+PROTOCOL_ERROR: Final = 0x1
+INTERNAL_ERROR: Final = 0x2
+FRAME_SIZE_ERROR: Final = 0x6
+REFUSED_STREAM: Final = 0x7
+CANCEL: Final = 0x8
+ENHANCE_YOUR_CALM: Final = 0xB
+
+SETTINGS_MAX_FRAME_SIZE: Final = 0x5
+
+# ":status: 502" as an HPACK literal without indexing (name: static table entry 8): it
+# leaves the client's dynamic table as it is, so the proxy may send it on a connection
+# whose header blocks otherwise come from the app.
+BAD_GATEWAY_BLOCK: Final = b"\x08\x03502"
+
+# Payload sizes fixed by the spec, by frame type (0: any length).
+FIXED_LENGTH: Final = {PRIORITY: 5, RST_STREAM: 4, PING: 8, WINDOW_UPDATE: 4}
+CONNECTION_FRAMES: Final = frozenset({SETTINGS, PING, GOAWAY})  # stream 0 only
+STREAM_FRAMES: Final = frozenset({DATA, HEADERS, PRIORITY, RST_STREAM, PUSH_PROMISE,
+                                  CONTINUATION})  # never stream 0
+
+_HEADER = struct.Struct(">HBBBI")  # 24-bit length as 16 + 8 bits, type, flags, stream id
+
+
+def parse_header(buffer: bytes | bytearray | memoryview, offset: int) -> tuple[int, int, int, int]:
+    """(payload length, type, flags, stream id) of the frame header at ``offset``."""
+    high, low, kind, flags, stream = _HEADER.unpack_from(buffer, offset)
+    return (high << 8) | low, kind, flags, stream & MAX_STREAM_ID
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    length = len(payload)
+    return _HEADER.pack(length >> 8, length & 0xFF, kind, flags, stream) + payload
+
+
+def goaway(last_stream: int, error: int, debug: bytes = b"") -> bytes:
+    return frame(GOAWAY, 0, 0, struct.pack(">II", last_stream, error) + debug)
+
+
+def ping(opaque: bytes) -> bytes:
+    return frame(PING, 0, 0, opaque)
+
+
+def rst_stream(stream: int, error: int) -> bytes:
+    return frame(RST_STREAM, 0, stream, struct.pack(">I", error))
+
+
+def empty_settings() -> bytes:
+    return frame(SETTINGS, 0, 0)
+
+
+def settings_values(payload: bytes | memoryview) -> dict[int, int]:
+    """The identifier -> value pairs of a SETTINGS payload (length checked by the caller)."""
+    return {identifier: value for identifier, value
+            in struct.iter_unpack(">HI", payload)}
+
+
+def u32(payload: bytes | memoryview, offset: int = 0) -> int:
+    return int(struct.unpack_from(">I", payload, offset)[0])

@@ -1,0 +1,491 @@
+"""One HTTP/2 connection relayed frame by frame: stream lifetimes and the GOAWAY
+sequence.  Sans-IO: bytes in, bytes out, the clock passed in.
+
+Each client connection gets its own app connection, and the frames of both
+directions are relayed unchanged, so the app reads exactly the client's header blocks
+and the two HPACK contexts stay in step without the proxy decoding them.  The proxy
+reads frame headers to know when streams begin and end, and writes its own frames
+only between whole frames and never inside a header block (header blocks are held
+until complete, which also keeps a CONTINUATION flood away from the app).
+
+Ending a connection without failing a stream is the sequence gRPC servers use:
+
+    OPEN --goaway--> ANNOUNCED --PINGs acknowledged, or timer--> FINAL --last stream ends--> CLOSED
+      |                                                          ^
+      +--------------- drain of a connection without streams ----+
+
+``ANNOUNCED``: GOAWAY with the largest stream id (the client stops opening streams
+but nothing it already sent is refused) and a PING, and a second PING once the first
+comes back.  ``FINAL``: once the second PING comes back, the client has seen the
+GOAWAY and every stream it opened before is here, so the real last stream id is known; streams up
+to it run to completion, later ones are refused (REFUSED_STREAM: the client may retry
+them elsewhere).  A GOAWAY asked for before the connection's first stream waits for
+it: a GOAWAY before any stream makes a gRPC client fail its call rather than move on.
+A protocol violation or abuse ends the connection at once: GOAWAY with the error,
+then ``CLOSED``.  Every state change goes through ``TRANSITIONS``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from proxy import h2_frames as f
+from proxy.transitions import IllegalTransition, bit_masks
+
+
+class H2State(enum.IntEnum):
+    OPEN = 0  # relaying; the proxy has sent no GOAWAY
+    ANNOUNCED = 1  # GOAWAY(largest id) and a PING sent; waiting for its ACK or the timer
+    FINAL = 2  # GOAWAY with the real last stream id sent; the streams below it finish
+    CLOSED = 3  # over: flush what is queued, then close both connections
+
+
+OPEN: Final = H2State.OPEN
+ANNOUNCED: Final = H2State.ANNOUNCED
+FINAL: Final = H2State.FINAL
+CLOSED: Final = H2State.CLOSED
+
+TRANSITIONS: Final[dict[H2State, frozenset[H2State]]] = {
+    OPEN: frozenset({ANNOUNCED, FINAL, CLOSED}),
+    ANNOUNCED: frozenset({FINAL, CLOSED}),
+    FINAL: frozenset({CLOSED}),
+    CLOSED: frozenset(),
+}
+_ALLOWED: Final = bit_masks(TRANSITIONS)
+
+# Stream halves that have ended (END_STREAM); a reset ends both.
+_CLIENT_DONE: Final = 1
+_APP_DONE: Final = 2
+_BOTH_DONE: Final = 3
+
+# Our two PINGs' payloads, which tell their ACKs from those of the app's PINGs.  Two
+# rounds, not one: a client may already have queued a new stream when it reads our
+# GOAWAY, and gRPC's C core writes its PING ACK *before* the streams queued in the same
+# write.  Those streams always arrive before the second round's ACK.
+FIRST_PING: Final = b"drainpx1"
+SECOND_PING: Final = b"drainpx2"
+# Rapid reset (CVE-2023-44487): a stream opened and reset costs the client two frames
+# and the app a request.  A token bucket per connection: this many resets at once,
+# refilled at this rate; past it the connection ends with ENHANCE_YOUR_CALM.
+RESET_BURST: Final = 200
+RESET_RATE_PER_S: Final = 100.0
+
+
+class H2Session:
+    """What goes to the client and to the app for the frames each sends, and when the
+    connection ends.  After every call the adapter writes ``to_client`` and ``to_app``
+    (and empties them), and closes both connections once ``state`` is ``CLOSED``."""
+
+    def __init__(self, request_budget: int, max_header_block: int, now: float) -> None:
+        self.state = OPEN
+        self.to_client: list[bytes] = []
+        self.to_app: list[bytes] = []
+        self.close_reason = ""  # why it is CLOSED: a goaway reason, "app_error", ...
+        self.failed = False  # CLOSED by an error: the frame that caused it is not relayed
+        self.goaways: list[str] = []  # reasons of the GOAWAYs sent, for the metrics
+        self.opened = 0  # streams opened and ended, for the metrics (the adapter resets them)
+        self.ended = 0
+        self.streams: dict[int, int] = {}  # open stream id -> halves ended
+        self.streams_total = 0
+        self._budget = request_budget  # streams before rotation; 0: unlimited
+        self._max_block = max_header_block
+        self._highest = 0  # the largest stream id the client opened
+        self._last_stream = f.MAX_STREAM_ID  # no GOAWAY to the client may raise this
+        self._deferred = ""  # a GOAWAY asked for before the first stream
+        self._reason = ""  # why our GOAWAY sequence started
+        self._refused: set[int] = set()  # opened after the final GOAWAY
+        self._early: list[bytes] = []  # our frames for the client, before the app's SETTINGS
+        self._unreachable = False  # the proxy answers the client itself (app_unreachable)
+        self._client = _Direction(is_client=True)
+        self._app = _Direction(is_client=False)
+        self._reset_tokens = float(RESET_BURST)
+        self._reset_at = self._now = now
+
+    # -- events from the adapter -----------------------------------------------------------
+    def from_client(self, data: bytes | memoryview, now: float) -> None:
+        self._relay(self._client, data, self.to_app, now)
+
+    def from_app(self, data: bytes | memoryview, now: float) -> None:
+        self._relay(self._app, data, self.to_client, now)
+
+    def goaway(self, reason: str) -> None:
+        """Start ending the connection without failing a stream (drain, rotation)."""
+        if self.state is not OPEN:
+            return
+        if self.streams_total == 0:
+            self._deferred = self._deferred or reason
+            return
+        self._reason = reason
+        self._move(ANNOUNCED)
+        self._inject(f.goaway(self._last_stream, f.NO_ERROR) + f.ping(FIRST_PING))
+        self.goaways.append(reason)
+
+    def drain_idle(self) -> None:
+        """The listener closed: a connection that never had a stream ends now (there is
+        no call of it to fail); one that had streams goes on with its sequence."""
+        if self.state is OPEN and self.streams_total == 0:
+            self._reason = "drain"
+            self._final(0)
+            self.goaways.append("drain")
+        else:
+            self.goaway("drain")
+
+    def ping_timed_out(self) -> None:
+        """The client did not acknowledge our PING in time: send the final GOAWAY anyway."""
+        if self.state is ANNOUNCED:
+            self._final(self._highest)
+
+    def app_unreachable(self) -> None:
+        """The app cannot be reached.  Until ``unreachable_over``, the proxy answers this
+        connection itself: every stream gets 502, which gRPC reads as UNAVAILABLE, so a
+        call fails at once (a GOAWAY alone would have gRPC retry the call, unsent, until
+        its deadline), and SETTINGS and PINGs are acknowledged."""
+        if self.state is CLOSED:
+            return
+        self._unreachable = True
+        self._early.clear()  # a GOAWAY sequence of ours is moot now
+        self._app_preface_now()
+        if self._client.settings_seen:
+            self.to_client.append(f.frame(f.SETTINGS, f.ACK, 0))
+        for stream in sorted(s for s in self.streams if s % 2):
+            self._bad_gateway(stream)
+        self.streams.clear()
+
+    def unreachable_over(self) -> None:
+        """End a connection answered with 502s: GOAWAY naming the last stream answered."""
+        if self.state is not CLOSED:
+            self.to_client.append(f.goaway(min(self._last_stream, self._highest), f.NO_ERROR,
+                                           b"the app cannot be reached"))
+            self.close_reason = "unreachable"
+            self._move(CLOSED)
+
+    def _bad_gateway(self, stream: int) -> None:
+        self.to_client.append(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, stream,
+                                      f.BAD_GATEWAY_BLOCK))
+
+    def app_failed(self) -> None:
+        if self.state is not CLOSED:
+            self.close_reason = "app_error"
+            self.failed = True
+            self._move(CLOSED)
+
+    @property
+    def closed(self) -> bool:
+        return self.state is CLOSED
+
+    @property
+    def active(self) -> int:
+        """Streams the client is still waiting on."""
+        return len(self.streams)
+
+    # -- relaying ---------------------------------------------------------------------------
+    def _relay(self, side: _Direction, data: bytes | memoryview, out: list[bytes],
+               now: float) -> None:
+        if self.state is CLOSED:
+            return
+        self._now = now
+        buffer = side.buffer
+        buffer += data
+        size = len(buffer)
+        position = side.run = 0
+        while size - position >= f.HEADER_SIZE and not self.closed:
+            length, kind, flags, stream = f.parse_header(buffer, position)
+            if length > side.max_frame:
+                if side.is_client:
+                    self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"frame too large")
+                else:
+                    self.app_failed()
+                break
+            end = position + f.HEADER_SIZE + length
+            if end > size:
+                break
+            side.position, side.end = position, end
+            if side.is_client:
+                self._client_frame(side, length, kind, flags, stream)
+            else:
+                self._app_frame(side, length, kind, flags, stream)
+            if self.closed:
+                if not self.failed:
+                    position = end  # the frame that ended the last stream goes out
+                break  # nothing after it does
+            position = end
+        side.position = position
+        self._flush(side, out)
+        del buffer[:position]
+
+    def _flush(self, side: _Direction, out: list[bytes]) -> None:
+        """Queue the frames since the last flush, up to the frame being looked at."""
+        if side.position > side.run:
+            out.append(bytes(side.buffer[side.run:side.position]))
+        side.run = side.position
+
+    def _skip(self, side: _Direction, out: list[bytes]) -> None:
+        """The frame being looked at is not relayed as it stands (dropped, or held)."""
+        self._flush(side, out)
+        side.run = side.end
+
+    def _current(self, side: _Direction) -> bytes:
+        return bytes(side.buffer[side.position:side.end])
+
+    def _payload(self, side: _Direction) -> memoryview:
+        return memoryview(side.buffer)[side.position + f.HEADER_SIZE:side.end]
+
+    # -- the client's frames ------------------------------------------------------------------
+    def _client_frame(self, side: _Direction, length: int, kind: int, flags: int,
+                      stream: int) -> None:
+        if not side.settings_seen:
+            if kind != f.SETTINGS or flags & f.ACK:
+                self._fail(f.PROTOCOL_ERROR, "protocol_error", b"the preface must be SETTINGS")
+                return
+            side.settings_seen = True
+        if side.block_stream:
+            self._continue_block(side, length, kind, flags, stream)
+            return
+        if (stream == 0 and kind in f.STREAM_FRAMES) or (stream and kind in f.CONNECTION_FRAMES):
+            self._fail(f.PROTOCOL_ERROR, "protocol_error", b"frame on the wrong stream")
+            return
+        fixed = f.FIXED_LENGTH.get(kind, 0)
+        if fixed and length != fixed:
+            self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"frame of the wrong size")
+            return
+        if kind == f.DATA:
+            if stream in self._refused:
+                self._skip(side, self.to_app)
+            elif flags & f.END_STREAM:
+                self._half_done(stream, _CLIENT_DONE)
+        elif kind == f.HEADERS:
+            self._start_block(side, length, flags, stream)
+        elif kind == f.RST_STREAM:
+            self._stream_reset(stream)
+            self._count_reset()
+        elif kind == f.SETTINGS:
+            self._client_settings(side, length, flags)
+            if self._unreachable and not flags & f.ACK and not self.closed:
+                self.to_client.append(f.frame(f.SETTINGS, f.ACK, 0))
+        elif kind == f.PING:
+            if self._unreachable and not flags & f.ACK:
+                self.to_client.append(f.frame(f.PING, f.ACK, 0, bytes(self._payload(side))))
+            elif flags & f.ACK:
+                opaque = bytes(self._payload(side))
+                if opaque in (FIRST_PING, SECOND_PING):
+                    self._skip(side, self.to_app)  # our own PING: the app never sent it
+                    if self.state is ANNOUNCED and opaque == FIRST_PING:
+                        self._inject(f.ping(SECOND_PING))
+                    elif self.state is ANNOUNCED:
+                        self._final(self._highest)
+        elif kind == f.GOAWAY:
+            if length < 8:
+                self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"GOAWAY too short")
+        elif kind == f.CONTINUATION:
+            self._fail(f.PROTOCOL_ERROR, "protocol_error", b"CONTINUATION outside a header block")
+        elif kind == f.PUSH_PROMISE:
+            self._fail(f.PROTOCOL_ERROR, "protocol_error", b"a client cannot push")
+
+    def _client_settings(self, side: _Direction, length: int, flags: int) -> None:
+        if flags & f.ACK:
+            if length:
+                self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"SETTINGS ACK with a payload")
+            return
+        if length % 6:
+            self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"SETTINGS of the wrong size")
+            return
+        largest = f.settings_values(self._payload(side)).get(f.SETTINGS_MAX_FRAME_SIZE)
+        if largest is not None:
+            if not f.DEFAULT_MAX_FRAME_SIZE <= largest <= f.LARGEST_MAX_FRAME_SIZE:
+                self._fail(f.PROTOCOL_ERROR, "protocol_error", b"invalid SETTINGS_MAX_FRAME_SIZE")
+                return
+            self._app.max_frame = largest  # the app may send frames this large now
+
+    def _start_block(self, side: _Direction, length: int, flags: int, stream: int) -> None:
+        """A HEADERS (or, from the app, PUSH_PROMISE) frame: hold it until END_HEADERS."""
+        side.block_stream, side.block_flags = stream, flags
+        side.block_size = length
+        side.block = [self._current(side)]
+        self._skip(side, self.to_app if side.is_client else self.to_client)
+        if length > self._max_block and side.is_client:
+            self._fail(f.ENHANCE_YOUR_CALM, "abuse", b"header block too large")
+        elif flags & f.END_HEADERS:
+            self._end_block(side)
+
+    def _continue_block(self, side: _Direction, length: int, kind: int, flags: int,
+                        stream: int) -> None:
+        if kind != f.CONTINUATION or stream != side.block_stream:
+            if side.is_client:
+                self._fail(f.PROTOCOL_ERROR, "protocol_error", b"header block interrupted")
+            else:
+                self.app_failed()
+            return
+        side.block.append(self._current(side))
+        side.block_size += length
+        self._skip(side, self.to_app if side.is_client else self.to_client)
+        if side.block_size > self._max_block and side.is_client:
+            self._fail(f.ENHANCE_YOUR_CALM, "abuse", b"header block too large")
+        elif flags & f.END_HEADERS:
+            self._end_block(side)
+
+    def _end_block(self, side: _Direction) -> None:
+        block, stream, flags = side.block, side.block_stream, side.block_flags
+        side.block, side.block_stream = [], 0
+        if not side.is_client:
+            self.to_client.extend(block)
+            self._app_headers(stream, flags, block[0])
+            return
+        self.to_app.extend(block)  # always: the app's HPACK context must see every block
+        if stream in self.streams or stream in self._refused:  # trailers
+            if flags & f.END_STREAM:
+                self._half_done(stream, _CLIENT_DONE)
+            return
+        if stream % 2 == 0 or stream <= self._highest:
+            self._fail(f.PROTOCOL_ERROR, "protocol_error", b"invalid stream id")
+            return
+        self._highest = stream
+        if self._unreachable:
+            self.opened += 1
+            self._bad_gateway(stream)
+            return
+        if self.state is FINAL and stream > self._last_stream:
+            self._refused.add(stream)
+            self.to_app.append(f.rst_stream(stream, f.CANCEL))
+            self._inject(f.rst_stream(stream, f.REFUSED_STREAM))
+            self._count_reset()  # a client that keeps opening refused streams is resetting
+            return
+        self.streams[stream] = _CLIENT_DONE if flags & f.END_STREAM else 0
+        self.streams_total += 1
+        self.opened += 1
+        if self._budget and self.streams_total >= self._budget:
+            self.goaway("max_requests")
+        elif self._deferred:
+            self.goaway(self._deferred)
+
+    # -- the app's frames -----------------------------------------------------------------
+    def _app_frame(self, side: _Direction, length: int, kind: int, flags: int,
+                   stream: int) -> None:
+        """The app is trusted to speak HTTP/2; what is read here is what the stream
+        lifetimes and our own frames depend on."""
+        if not side.settings_seen:  # the app's SETTINGS: ours may follow them now
+            side.settings_seen = True
+            start, side.position = side.position, side.end
+            self._flush(side, self.to_client)
+            side.position = start
+            self.to_client.extend(self._early)
+            self._early.clear()
+        if side.block_stream:
+            self._continue_block(side, length, kind, flags, stream)
+        elif kind == f.DATA:
+            if stream in self._refused:
+                self._skip(side, self.to_client)
+            elif flags & f.END_STREAM:
+                self._half_done(stream, _APP_DONE)
+        elif kind == f.HEADERS or kind == f.PUSH_PROMISE:
+            self._start_block(side, length, flags | (kind << 8), stream)
+        elif kind == f.RST_STREAM:
+            self._stream_reset(stream)
+        elif kind == f.SETTINGS and not flags & f.ACK and length % 6 == 0:
+            largest = f.settings_values(self._payload(side)).get(f.SETTINGS_MAX_FRAME_SIZE)
+            if largest is not None:
+                self._client.max_frame = min(largest, f.LARGEST_MAX_FRAME_SIZE)
+        elif kind == f.GOAWAY and length >= 8:
+            self._app_goaway(f.u32(self._payload(side)) & f.MAX_STREAM_ID)
+
+    def _app_headers(self, stream: int, flags: int, first: bytes) -> None:
+        if flags >> 8 == f.PUSH_PROMISE:  # a stream the app opens; the client never sends
+            padding = 1 if flags & 0x8 else 0
+            promised = f.u32(first, f.HEADER_SIZE + padding) & f.MAX_STREAM_ID
+            self.streams[promised] = _CLIENT_DONE
+            self.opened += 1
+        elif flags & f.END_STREAM:
+            self._half_done(stream, _APP_DONE)
+
+    def _app_goaway(self, last_stream: int) -> None:
+        """The app is going away itself: streams above its last id will not be answered
+        (the client retries them), and no GOAWAY of ours may name a higher id."""
+        self._last_stream = min(self._last_stream, last_stream)
+        for stream in [s for s in self.streams if s > last_stream and s % 2 == 1]:
+            self._stream_reset(stream)
+
+    # -- streams, the sequence, errors ------------------------------------------------------
+    def _half_done(self, stream: int, half: int) -> None:
+        halves = self.streams.get(stream)
+        if halves is None:
+            return
+        halves |= half
+        if halves == _BOTH_DONE:
+            self._stream_reset(stream)
+        else:
+            self.streams[stream] = halves
+
+    def _stream_reset(self, stream: int) -> None:
+        if self.streams.pop(stream, None) is not None:
+            self.ended += 1
+            if self.state is FINAL and not self.streams:
+                self.close_reason = self._reason
+                self._move(CLOSED)
+
+    def _count_reset(self) -> None:
+        now = self._now
+        tokens = min(float(RESET_BURST),
+                     self._reset_tokens + (now - self._reset_at) * RESET_RATE_PER_S)
+        self._reset_at = now
+        self._reset_tokens = tokens - 1
+        if self._reset_tokens < 0:
+            self._fail(f.ENHANCE_YOUR_CALM, "abuse", b"too many stream resets")
+
+    def _final(self, last_stream: int) -> None:
+        self._last_stream = min(self._last_stream, last_stream)
+        self._inject(f.goaway(self._last_stream, f.NO_ERROR))
+        self._move(FINAL)
+        for stream in [s for s in self.streams if s > self._last_stream and s % 2 == 1]:
+            self._stream_reset(stream)  # the client retries those: nothing to wait for
+        if not self.streams:
+            self.close_reason = self._reason
+            self._move(CLOSED)
+
+    def _fail(self, error: int, reason: str, detail: bytes) -> None:
+        """End the connection now: GOAWAY with the error to the client, nothing more."""
+        self._app_preface_now()
+        self.to_client.append(f.goaway(min(self._last_stream, self._highest), error, detail))
+        self.goaways.append(reason)
+        self.close_reason = reason
+        self.failed = True
+        self._move(CLOSED)
+
+    def _inject(self, frames: bytes) -> None:
+        """Our own frames for the client.  The server's first frame must be its SETTINGS,
+        which come from the app: until they have gone out, ours wait."""
+        if self._app.settings_seen:
+            self.to_client.append(frames)
+        else:
+            self._early.append(frames)
+
+    def _app_preface_now(self) -> None:
+        """Ending the connection before the app's SETTINGS came: send empty ones of ours,
+        so that what follows is valid HTTP/2, and anything of ours held for them."""
+        if not self._app.settings_seen:
+            self._app.settings_seen = True
+            self.to_client.append(f.empty_settings())
+            self.to_client.extend(self._early)
+            self._early.clear()
+
+    def _move(self, state: H2State) -> None:
+        if not (_ALLOWED[self.state] >> state) & 1:
+            raise IllegalTransition(f"HTTP/2 connection: {self.state.name} -> {state.name}")
+        self.state = state
+
+
+class _Direction:
+    """The frames one side sends: the unparsed tail and a header block being held."""
+
+    __slots__ = ("block", "block_flags", "block_size", "block_stream", "buffer", "end",
+                 "is_client", "max_frame", "position", "run", "settings_seen")
+
+    def __init__(self, is_client: bool) -> None:
+        self.is_client = is_client
+        self.buffer = bytearray()
+        self.position = self.end = self.run = 0  # the frame being looked at; the relayed run
+        self.max_frame = f.DEFAULT_MAX_FRAME_SIZE  # until the receiver's SETTINGS say more
+        self.settings_seen = False
+        self.block: list[bytes] = []
+        self.block_stream = 0
+        self.block_flags = 0
+        self.block_size = 0
