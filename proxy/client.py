@@ -41,6 +41,8 @@ from proxy.client_state import (
 from proxy.context import ProxyContext
 from proxy.deadline import Deadline
 from proxy.exchange import Exchange
+from proxy.h2_frames import PREFACE
+from proxy.h2_relay import H2Connection
 from proxy.http_policy import Framing, HeadCollector, Headers, HttpError, Peer
 from proxy.tracker import Kind
 from proxy.tunnel import Tunnel, reset, splice
@@ -98,6 +100,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._connect_task: asyncio.Task[None] | None = None
         self._tunnel: Tunnel | None = None
         self._peer = Peer(b"")
+        self._sniffing = True  # the first bytes may be HTTP/2's preface
+        self._sniffed = b""  # a first read shorter than the preface, matching it so far
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -122,7 +126,34 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._held += data
             self._pause(flow.HELD, len(self._held) > MAX_HELD_BYTES)
             return
+        if self._sniffing:
+            sniffed = self._sniff(data)
+            if sniffed is None:
+                return
+            data = sniffed
         self._parse(data)
+
+    def _sniff(self, data: memoryview | bytes) -> memoryview | bytes | None:
+        """What to parse as HTTP/1.1, or None: the connection began with (or may still be
+        beginning with) the HTTP/2 preface, and is handed over to ``h2_relay``."""
+        seen = self._sniffed + bytes(data) if self._sniffed else data
+        size = min(len(seen), len(PREFACE))
+        if bytes(seen[:size]) != PREFACE[:size]:
+            self._sniffing, self._sniffed = False, b""
+            return seen
+        if size < len(PREFACE):
+            self._sniffed = bytes(seen)
+            return None
+        self._sniffing, self._sniffed = False, b""
+        transport = self.transport
+        assert transport is not None
+        self._stop()
+        self.machine.http2()
+        relay = H2Connection(self.ctx, transport)
+        self.ctx.connections.hand_over(self, relay)
+        self.transport = self._gate.transport = None
+        relay.start(bytes(seen[size:]))
+        return None
 
     def eof_received(self) -> bool:
         self._peer_eof = True

@@ -11,7 +11,8 @@ after it are neither HTTP nor tunnel data, so they are held unparsed
 (``UPGRADE_PENDING``); on a yes the connection becomes a byte relay
 (``TUNNELLED``).  A connection that must end after its last response half-closes
 and reads on, discarding, so that the client sees that response instead of a reset
-(``CLOSING``).
+(``CLOSING``).  A connection whose first bytes are the HTTP/2 preface is handed
+over to ``proxy.h2_relay`` (``HTTP2``).
 
 Every state change goes through ``TRANSITIONS``; anything else raises
 ``IllegalTransition``, a bug by definition.  The asyncio adapter (``proxy.client``)
@@ -52,6 +53,7 @@ class ClientState(enum.IntEnum):
     TUNNELLED = 5  # the app switched protocols: a byte relay
     CLOSING = 6  # the last response is written: half-closed, discarding input
     CLOSED = 7
+    HTTP2 = 8  # began with the HTTP/2 preface: handed over to h2_relay
 
 
 # The members as module constants for the per-request code: reading ``ClientState.IDLE``
@@ -64,9 +66,10 @@ UPGRADE_PENDING: Final = ClientState.UPGRADE_PENDING
 TUNNELLED: Final = ClientState.TUNNELLED
 CLOSING: Final = ClientState.CLOSING
 CLOSED: Final = ClientState.CLOSED
+HTTP2: Final = ClientState.HTTP2
 
 TRANSITIONS: Final[dict[ClientState, frozenset[ClientState]]] = {
-    FRESH: frozenset({ACTIVE, CLOSING, CLOSED}),
+    FRESH: frozenset({ACTIVE, CLOSING, CLOSED, HTTP2}),
     IDLE: frozenset({ACTIVE, CLOSING, CLOSED}),
     ACTIVE: frozenset({IDLE, PIPELINE_PAUSED, UPGRADE_PENDING, CLOSING, CLOSED}),
     PIPELINE_PAUSED: frozenset({ACTIVE, CLOSING, CLOSED}),
@@ -74,6 +77,7 @@ TRANSITIONS: Final[dict[ClientState, frozenset[ClientState]]] = {
     TUNNELLED: frozenset({CLOSED}),
     CLOSING: frozenset({CLOSED}),
     CLOSED: frozenset(),
+    HTTP2: frozenset(),  # final: h2_relay owns the connection from then on
 }
 # The same table as one bit mask of allowed targets per state, indexed by the state.
 _ALLOWED: Final = bit_masks(TRANSITIONS)
@@ -144,6 +148,10 @@ class ClientMachine:
     def upgrade_forwarded(self) -> None:
         """The request being answered asks to switch protocols and went to the app."""
         self._move(UPGRADE_PENDING)
+
+    def http2(self) -> None:
+        """The connection began with the HTTP/2 preface: ``h2_relay`` takes it over."""
+        self._move(HTTP2)
 
     def switched(self) -> None:
         """The app answered 101: the connection is a tunnel from now on."""

@@ -24,6 +24,7 @@ from proxy.tracker import ConnectionTracker, Drainable, Kind
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
+    from proxy.h2_relay import H2Connection
     from proxy.listener import Listener
     from proxy.upstream import UpstreamFailure, UpstreamPool
 
@@ -48,6 +49,8 @@ class ProxyContext:
     draining: bool = False  # lifecycle's close_after_response, cached when the drain begins
     access_log: bool = False
     responses: ResponseStats = field(init=False)
+    # HTTP/2 connections, told at the drain trigger to start their GOAWAY sequence.
+    h2_connections: set[H2Connection] = field(default_factory=set)
 
     @property
     def upstream_authority(self) -> bytes:
@@ -67,6 +70,9 @@ class ProxyContext:
         self.metrics.requests_in_flight.set_function(lambda: self.requests_in_flight)
         self.metrics.connections_active.set_function(lambda: len(self.connections))
         self.metrics.tunnels_active.set_function(lambda: self.connections.tunnels)
+        self.metrics.h2_connections_active.set_function(lambda: len(self.h2_connections))
+        self.metrics.h2_streams_active.set_function(
+            lambda: sum(c.active_streams for c in self.h2_connections))
 
     def register(self, connection: Drainable, now: float, kind: Kind = Kind.HTTP) -> None:
         """A client connection was accepted; it stays registered until it is lost."""

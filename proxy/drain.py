@@ -66,6 +66,8 @@ class DrainCoordinator:
             return
         self._ctx.metrics.drain_started.set(time.time())
         self._on_phase(Phase.PROPAGATING, 0.0, source)
+        for connection in list(self._ctx.h2_connections):
+            connection.goaway("drain")  # at once, not on its next request
         log.info("%s", self._plan(source))
         self._task = self._loop.create_task(self._supervised())
 

@@ -30,6 +30,8 @@ CLOSE_REASONS = (
     "peer", "idle_timeout", "max_requests", "max_age", "drain", "drain_deadline", "error",
 )
 UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol")
+# Why the proxy sent an HTTP/2 client a GOAWAY (proxy.h2_state).
+GOAWAY_REASONS = ("drain", "max_requests", "max_age", "abuse", "protocol_error")
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -106,9 +108,31 @@ class Metrics:
         self.requests_cut = Counter(
             "drain_proxy_requests_cut",
             "In-flight requests aborted by the drain deadline or a second signal.", registry=r)
+        self.h2_connections_active = Gauge(
+            "drain_proxy_h2_connections_active", "HTTP/2 client connections open now.",
+            registry=r)
+        self.h2_connections = Counter(
+            "drain_proxy_h2_connections", "HTTP/2 client connections (prior knowledge) served.",
+            registry=r)
+        self.h2_streams_active = Gauge(
+            "drain_proxy_h2_streams_active", "HTTP/2 streams open now (requests in flight).",
+            registry=r)
+        self.h2_streams = Counter(
+            "drain_proxy_h2_streams", "HTTP/2 streams opened (each a request, or a gRPC call).",
+            registry=r)
+        self.h2_streams_cut = Counter(
+            "drain_proxy_h2_streams_cut",
+            "HTTP/2 streams in flight when their connection was cut: the drain deadline, a "
+            "second signal, or the app failing (also in drain_proxy_requests_cut when the "
+            "drain cut them).", registry=r)
+        self.h2_goaways = Counter(
+            "drain_proxy_h2_goaways", "GOAWAY sequences the proxy started, by reason.",
+            ["reason"], registry=r)
         self._initialise_labels()
 
     def _initialise_labels(self) -> None:
+        for reason in GOAWAY_REASONS:
+            self.h2_goaways.labels(reason)
         for reason in CLOSE_REASONS:
             self.connections_closed.labels(reason)
         for reason in UPSTREAM_ERROR_REASONS:

@@ -1,6 +1,7 @@
 """Raw TCP mode: each client connection is relayed to a new connection to the app.
 
-For protocols that are not HTTP/1.1 (gRPC over HTTP/2, Redis, Postgres, ...).
+For protocols that are neither HTTP/1.1 nor HTTP/2 cleartext (Redis, Postgres, TLS
+the app terminates, ...).
 The drain follows the same timeline as HTTP: readiness fails, the listener keeps
 accepting through the window, then closes; connections then end by themselves
 until ``--tunnel-drain-timeout`` and the rest are aborted and counted.

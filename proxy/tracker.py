@@ -84,6 +84,13 @@ class ConnectionTracker:
             self._count(kind, +1)
             self._count(before, -1)
 
+    def hand_over(self, before: Drainable, after: Drainable) -> None:
+        """The same client connection is now driven by another object (HTTP/1.1 found
+        the HTTP/2 preface): it keeps its place and kind, and is not counted as closed."""
+        kind = self._kind.pop(before, None)
+        if kind is not None:
+            self._kind[after] = kind
+
     def remove(self, connection: Drainable) -> None:
         kind = self._kind.pop(connection, None)
         if kind is not None:

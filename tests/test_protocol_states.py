@@ -24,14 +24,17 @@ from proxy import client_state, upstream_state
 from proxy.client import ClientConnection
 from proxy.client_state import ClientState
 from proxy.context import ProxyContext
+from proxy.h2_frames import PREFACE
 from proxy.lifecycle import DrainTimeline
 from proxy.metrics import Metrics
 from proxy.rotation import RotationPolicy
 from proxy.settings import parse_settings
+from proxy.tracker import Kind
 from proxy.upstream import UpstreamConnection, UpstreamPool
 from proxy.upstream_state import UpstreamState
 
 from conftest import Run
+from helpers import eventually
 
 C, U = ClientState, UpstreamState
 Edge = tuple[Any, Any]
@@ -195,6 +198,21 @@ async def keep_alive_then_close(edges: set[Edge]) -> None:
     h.step(lambda: h.client_side.close() if not h.client.eof_received() else None)
     await h.turn()
     assert h.state is C.CLOSED
+
+
+@scenario
+async def http2_preface_hands_the_connection_over(edges: set[Edge]) -> None:
+    h = Harness(edges)
+    h.send(PREFACE[:10])
+    assert h.state is C.FRESH, "a first read shorter than the preface waits for the rest"
+    h.send(PREFACE[10:] + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # and SETTINGS
+    assert h.state is C.HTTP2
+    relays = list(h.ctx.h2_connections)
+    assert list(h.ctx.connections.connections(Kind.HTTP)) == relays and len(relays) == 1
+    assert h.ctx.metrics.registry.get_sample_value(
+        "drain_proxy_connections_closed_total", {"reason": "peer"}) == 0, "not a close"
+    await eventually(lambda: not h.ctx.h2_connections)  # nothing listens on the app port
+    assert h.client_side.take().startswith(b"\x00\x00\x00\x04"), "SETTINGS, then GOAWAY"
 
 
 @scenario

@@ -33,8 +33,9 @@ def machine(state: ClientState = S.FRESH, budget: int = 0,
 def test_every_state_has_a_row_and_closed_is_final() -> None:
     assert set(TRANSITIONS) == set(ClientState)
     assert TRANSITIONS[S.CLOSED] == frozenset()
+    assert TRANSITIONS[S.HTTP2] == frozenset(), "handed over to h2_relay for good"
     assert all(S.CLOSED in targets for state, targets in TRANSITIONS.items()
-               if state is not S.CLOSED), "a connection can be lost in any state"
+               if state not in (S.CLOSED, S.HTTP2)), "a connection can be lost in any state"
 
 
 ILLEGAL: list[tuple[ClientState, Callable[[ClientMachine], object]]] = [
