@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from typing import Any
 
 import grpc
 
@@ -33,7 +34,8 @@ class GrpcApp:
     def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         with self._lock:
             self.unary_calls += 1
-        return b"echo:" + request + b" from " + context.peer().encode()
+        peer: str = context.peer()
+        return b"echo:" + request + b" from " + peer.encode()
 
 
 def _server_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -77,8 +79,7 @@ def channel(port: int) -> grpc.Channel:
     return grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
 
 
-def method(ch: grpc.Channel, kind: str, name: str) -> grpc.UnaryUnaryMultiCallable:
-    """A callable for ``/test.Echo/<name>``; ``kind`` is the call kind (grpc's names)."""
-    factory = getattr(ch, kind)
-    callable_: grpc.UnaryUnaryMultiCallable = factory(f"/{SERVICE}/{name}")
-    return callable_
+def method(ch: grpc.Channel, kind: str, name: str) -> Any:
+    """A callable for ``/test.Echo/<name>``; ``kind`` is the call kind (grpc's names:
+    ``unary_unary``, ``unary_stream``, ...), whose multicallable types differ."""
+    return getattr(ch, kind)(f"/{SERVICE}/{name}")
