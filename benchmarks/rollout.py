@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the configuration and results as JSON")
+    parser.add_argument("--grpc", action="store_true",
+                        help="also run the gRPC group (needs grpcio): the same scale-down "
+                        "with gRPC channels, and a scale-up without and with rotation")
     return parser
 
 
@@ -121,6 +125,17 @@ def main() -> int:
     causes = report.format_causes(results)
     if causes:
         print(f"\n```\n{causes}\n```")
+    if args.grpc:
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        from proxy.rollout import grpc_rollout
+        grpc_config = grpc_rollout.GrpcConfig(
+            propagation_delay_s=config.propagation_delay_s, window_s=config.window_s,
+            drain_timeout_s=config.drain_timeout_s,
+            max_requests_per_connection=config.max_requests_per_connection, seed=config.seed)
+        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+            group = runner.run(grpc_rollout.run_grpc_group(
+                grpc_config, lambda line: print(line, file=sys.stderr, flush=True)))
+        print("\n" + grpc_rollout.format_grpc_group(group, grpc_config, markdown=True))
     if args.json is not None:
         args.json.write_text(json.dumps({"config": asdict(config),
                                          "results": report.to_json(results)}, indent=2))

@@ -1,4 +1,5 @@
-"""``drain-proxy demo``: a simulated scale-down under load, naive vs drain-proxy, in ~10 s.
+"""``drain-proxy demo``: a simulated scale-down under load, naive vs drain-proxy, in ~10 s
+(and ~20 s more for the gRPC group, when grpcio is installed).
 
 The first command after ``pip install``: it needs no cluster, no app and no
 configuration, so a newcomer sees the termination race and what the proxy does
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import NoReturn, TextIO
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                         help="event loop (default %(default)s)")
+    parser.add_argument("--no-grpc", action="store_true",
+                        help="skip the gRPC group (run when grpcio is installed; ~20 s)")
     return parser
 
 
@@ -145,5 +149,25 @@ def main(argv: Sequence[str]) -> int:
     config = RolloutConfig(propagation_delay_s=args.propagation_delay, window_s=args.window)
     with _quiet_proxy_logs(), asyncio.Runner(loop_factory=factory) as runner:
         results = runner.run(run_rollout(config, progress=ProgressPrinter(sys.stderr)))
-    print("\n" + render(config, results), end="")
+        print("\n" + render(config, results), end="", flush=True)
+        if not args.no_grpc:
+            print("\n" + _grpc_group(runner, config))
     return 0
+
+
+def _grpc_group(runner: asyncio.Runner, config: RolloutConfig) -> str:
+    """The gRPC group with the same routing delay and window, when grpcio is installed."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC core logs each GOAWAY otherwise
+    try:
+        from proxy.rollout import grpc_rollout
+    except ImportError:
+        return ("gRPC group skipped: grpcio is not installed (pip install grpcio, or "
+                "drain-proxy demo --no-grpc)")
+    grpc_config = grpc_rollout.GrpcConfig(propagation_delay_s=config.propagation_delay_s,
+                                          window_s=config.window_s)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    group = runner.run(grpc_rollout.run_grpc_group(grpc_config, progress))
+    return grpc_rollout.format_grpc_group(group, grpc_config)

@@ -44,6 +44,10 @@ class Endpoints:
         self._turn += 1
         return name, self._ports[name]
 
+    def add(self, name: str, port: int) -> None:
+        """A new pod became ready (a scale-up): new connections may go to it now."""
+        self._ports[name] = port
+
     def remove(self, name: str) -> None:
         """The endpoints update has reached kube-proxy: no new connection goes to ``name``."""
         self._ports.pop(name, None)
