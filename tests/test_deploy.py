@@ -712,9 +712,9 @@ def exposition() -> Exposition:
     return Exposition(frozenset(names), labels)
 
 
-METRIC = re.compile(r"\bdrain_proxy_[a-z_]+")
+METRIC = re.compile(r"\bdrain_proxy_[a-z0-9_]+")  # Prometheus names may hold digits (h2)
 RECORDED = re.compile(r"\bdrain_proxy:[a-z_:]+")
-SELECTOR = re.compile(r"\b(drain_proxy_[a-z_]+)\s*\{([^}]*)\}")
+SELECTOR = re.compile(r"\b(drain_proxy_[a-z0-9_]+)\s*\{([^}]*)\}")
 MATCHER = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 
 
@@ -840,7 +840,8 @@ def test_dashboard_queries_use_exported_metrics() -> None:
     assert {"drain_proxy_phase", "drain_proxy_last_accept_after_drain_start_seconds",
             "drain_proxy_connections_closed_total", "drain_proxy_requests_in_flight",
             "drain_proxy_request_duration_seconds_bucket", "drain_proxy_requests_cut_total",
-            "drain_proxy_requests_total"} <= used
+            "drain_proxy_requests_total", "drain_proxy_h2_goaways_total",
+            "drain_proxy_h2_streams_active"} <= used
 
 
 def test_dashboard_shape() -> None:
