@@ -6,6 +6,7 @@ run several proxies in one process and nothing lives in import-time globals.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -64,6 +65,7 @@ class ProxyContext:
         # A dead app fails every request alike: one line, then a summary per interval.
         self.upstream_warnings = RepeatedWarning(log, "upstream errors")
         self.trimmer = Trimmer.from_libc()  # gives memory back once a load has passed
+        self._trim_timer: asyncio.TimerHandle | None = None
         self.responses = self.metrics.responses
         # Read at scrape time instead of updated per request: two gauge updates per
         # request cost more than the scrape ever will.
@@ -77,7 +79,7 @@ class ProxyContext:
     def register(self, connection: Drainable, now: float, kind: Kind = Kind.HTTP) -> None:
         """A client connection was accepted; it stays registered until it is lost."""
         self.connections.add(connection, kind)
-        self.trimmer.connections(len(self.connections), time.monotonic())
+        self._count_for_trimmer()
         self.metrics.connections_opened.inc()
         if self.timeline.started:
             self.timeline.accepted_while_draining += 1
@@ -89,12 +91,22 @@ class ProxyContext:
     def unregister(self, connection: Drainable, reason: str) -> None:
         """A client connection closed, for ``reason`` (a connections_closed label)."""
         self.connections.remove(connection)
-        self.trimmer.connections(len(self.connections), time.monotonic())
+        self._count_for_trimmer()
         self.metrics.connections_closed.labels(reason).inc()
         if reason == "drain":
             self.timeline.connections_closed_by_drain += 1
         if self.listener is not None and len(self.connections) < self.settings.max_connections:
             self.listener.resume()
+
+    def _count_for_trimmer(self) -> None:
+        """Tell the trimmer; if it puts a trim off, tell it again then (once)."""
+        due = self.trimmer.connections(len(self.connections), time.monotonic())
+        if due is not None and self._trim_timer is None:
+            def again() -> None:
+                self._trim_timer = None
+                self._count_for_trimmer()
+            self._trim_timer = asyncio.get_running_loop().call_later(
+                max(0.0, due - time.monotonic()), again)
 
     def peer(self, address: object) -> Peer:
         """Who is on the other end of an accepted connection (its address is a tuple for

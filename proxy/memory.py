@@ -5,7 +5,8 @@ keeps the freed pages of its heap for reuse: the process's RSS stays where the p
 left it, and on a node the sidecar looks as large as its worst minute.  glibc's
 ``malloc_trim(0)`` returns the free pages.  It walks the heap (a few milliseconds
 for a large one), so it runs only after the number of open connections has fallen to
-a quarter of its peak since the last trim, and at most once per ``MIN_INTERVAL_S``.
+a quarter of its peak since the last trim, and at most once per ``MIN_INTERVAL_S``
+(one put off by the interval runs when it ends).
 Where there is no glibc (another libc, another OS) it does nothing.
 """
 
@@ -17,7 +18,7 @@ import logging
 from collections.abc import Callable
 
 log = logging.getLogger("drain_proxy.memory")
-MIN_INTERVAL_S = 5.0
+MIN_INTERVAL_S = 1.0  # a trim costs milliseconds; a falling load gets one per second at most
 MIN_PEAK = 64  # fewer connections than this never held enough to matter
 
 
@@ -47,14 +48,17 @@ class Trimmer:
     def available(self) -> bool:
         return self._trim is not None
 
-    def connections(self, count: int, now: float) -> None:
-        """The number of open connections changed to ``count`` at ``now``."""
+    def connections(self, count: int, now: float) -> float | None:
+        """The number of open connections is ``count`` at ``now``.  Returns when to tell
+        it again, with no change needed: a trim the interval put off (the last
+        connections of a load often close within it, and nothing would follow)."""
         self._peak = max(self._peak, count)
-        if self._peak < MIN_PEAK or count > self._peak // 4:
-            return
-        if now - self._last < MIN_INTERVAL_S or self._trim is None:
-            return
+        if self._peak < MIN_PEAK or count > self._peak // 4 or self._trim is None:
+            return None
+        if now - self._last < MIN_INTERVAL_S:
+            return self._last + MIN_INTERVAL_S
         self._trim(0)
         self.trims += 1
         self._last, self._peak = now, count
         log.debug("returned freed memory to the system after %d connections closed", count)
+        return None

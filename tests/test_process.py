@@ -320,7 +320,11 @@ def test_slow_readers_cost_at_most_64_kib_each_and_memory_comes_back(
                 for writer in slow:
                     writer.close()
                 after = await _settled_rss(proxy.process.pid)
-                assert after - baseline < 16 * 2**20, "freed memory went back to the system"
+                # Most of it, not all: Python's object arenas and the loop keep some.  Without
+                # the trim the RSS stays at its peak (after == loaded).
+                assert after - baseline <= (loaded - baseline) / 2, \
+                    f"freed memory went back to the system: {(after - baseline) / 2**20:.1f} " \
+                    f"of {(loaded - baseline) / 2**20:.1f} MiB still held"
             finally:
                 proxy.signal(signal.SIGTERM)
                 await proxy.wait()

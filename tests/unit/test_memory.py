@@ -28,9 +28,10 @@ def test_trims_once_the_load_has_fallen_to_a_quarter_of_its_peak() -> None:
     assert calls.count == 0, "still more than a quarter of the peak"
     trimmer.connections(250, now=12.0)
     assert calls.count == 1
-    trimmer.connections(0, now=12.5)
+    again = trimmer.connections(0, now=12.5)
     assert calls.count == 1, "at most once per interval"
-    trimmer.connections(0, now=12.0 + MIN_INTERVAL_S)
+    assert again == 12.0 + MIN_INTERVAL_S, "but asks to be told again when it ends"
+    assert trimmer.connections(0, now=again) is None
     assert calls.count == 2, "from 250 to none: the rest goes back too, an interval later"
 
 
