@@ -93,5 +93,5 @@ def settings_values(payload: bytes | memoryview) -> dict[int, int]:
             in struct.iter_unpack(">HI", payload)}
 
 
-def u32(payload: bytes | memoryview, offset: int = 0) -> int:
+def u32(payload: bytes | bytearray | memoryview, offset: int = 0) -> int:
     return int(struct.unpack_from(">I", payload, offset)[0])

@@ -68,6 +68,8 @@ SECOND_PING: Final = b"drainpx2"
 # Rapid reset (CVE-2023-44487): a stream opened and reset costs the client two frames
 # and the app a request.  A token bucket per connection: this many resets at once,
 # refilled at this rate; past it the connection ends with ENHANCE_YOUR_CALM.
+# The largest frame either peer may send through the proxy (_cap_frame_size).
+MAX_FRAME_CAP: Final = 65_536
 RESET_BURST: Final = 200
 RESET_RATE_PER_S: Final = 100.0
 
@@ -291,11 +293,27 @@ class H2Session:
             self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"SETTINGS of the wrong size")
             return
         largest = f.settings_values(self._payload(side)).get(f.SETTINGS_MAX_FRAME_SIZE)
-        if largest is not None:
-            if not f.DEFAULT_MAX_FRAME_SIZE <= largest <= f.LARGEST_MAX_FRAME_SIZE:
-                self._fail(f.PROTOCOL_ERROR, "protocol_error", b"invalid SETTINGS_MAX_FRAME_SIZE")
-                return
-            self._app.max_frame = largest  # the app may send frames this large now
+        if largest is not None and not (
+                f.DEFAULT_MAX_FRAME_SIZE <= largest <= f.LARGEST_MAX_FRAME_SIZE):
+            self._fail(f.PROTOCOL_ERROR, "protocol_error", b"invalid SETTINGS_MAX_FRAME_SIZE")
+            return
+        capped = self._cap_frame_size(side)
+        if capped is not None:
+            self._app.max_frame = capped  # the app may send frames this large now
+
+    def _cap_frame_size(self, side: _Direction) -> int | None:
+        """The SETTINGS_MAX_FRAME_SIZE of the SETTINGS frame being looked at, lowered in
+        place to ``MAX_FRAME_CAP``.  The proxy holds a frame until it is complete, so a
+        peer allowing 16 MiB frames would have it hold 16 MiB per connection; the sender
+        uses smaller frames instead, and nothing else changes."""
+        buffer, value = side.buffer, None
+        for offset in range(side.position + f.HEADER_SIZE, side.end - 5, 6):
+            if (buffer[offset] << 8) | buffer[offset + 1] == f.SETTINGS_MAX_FRAME_SIZE:
+                value = f.u32(buffer, offset + 2)
+                if value > MAX_FRAME_CAP:
+                    buffer[offset + 2:offset + 6] = MAX_FRAME_CAP.to_bytes(4, "big")
+                    value = MAX_FRAME_CAP
+        return value
 
     def _start_block(self, side: _Direction, length: int, flags: int, stream: int) -> None:
         """A HEADERS (or, from the app, PUSH_PROMISE) frame: hold it until END_HEADERS."""
@@ -363,6 +381,10 @@ class H2Session:
                    stream: int) -> None:
         """The app is trusted to speak HTTP/2; what is read here is what the stream
         lifetimes and our own frames depend on."""
+        if kind == f.SETTINGS and not flags & f.ACK and length % 6 == 0:
+            capped = self._cap_frame_size(side)  # before the frame is relayed
+            if capped is not None:
+                self._client.max_frame = capped
         if not side.settings_seen:  # the app's SETTINGS: ours may follow them now
             side.settings_seen = True
             start, side.position = side.position, side.end
@@ -381,10 +403,6 @@ class H2Session:
             self._start_block(side, length, flags | (kind << 8), stream)
         elif kind == f.RST_STREAM:
             self._stream_reset(stream)
-        elif kind == f.SETTINGS and not flags & f.ACK and length % 6 == 0:
-            largest = f.settings_values(self._payload(side)).get(f.SETTINGS_MAX_FRAME_SIZE)
-            if largest is not None:
-                self._client.max_frame = min(largest, f.LARGEST_MAX_FRAME_SIZE)
         elif kind == f.GOAWAY and length >= 8:
             self._app_goaway(f.u32(self._payload(side)) & f.MAX_STREAM_ID)
 

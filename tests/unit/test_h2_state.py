@@ -19,7 +19,7 @@ from hyperframe.frame import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.h2_state import FIRST_PING, RESET_BURST, SECOND_PING, TRANSITIONS, H2Session, H2State
+from proxy.h2_state import FIRST_PING, MAX_FRAME_CAP, RESET_BURST, SECOND_PING, TRANSITIONS, H2Session, H2State
 from proxy.transitions import IllegalTransition
 
 S = H2State
@@ -236,6 +236,23 @@ def test_an_unreachable_app_gets_each_stream_a_502_then_goaway() -> None:
     assert "ACK" in later[1].flags
     s.unreachable_over()
     assert s.state is S.CLOSED and goaways(out(s.to_client)) == [(3, 0)]
+
+
+def test_frames_larger_than_64_kib_are_never_allowed_through_the_proxy() -> None:
+    """A peer allowing 16 MiB frames would have the proxy hold 16 MiB per connection
+    (a frame is relayed once complete): both sides are told 64 KiB at most."""
+    s = H2Session(0, max_header_block=65536, now=0.0)
+    huge = {0x5: 2**24 - 1, 0x4: 1 << 20}  # MAX_FRAME_SIZE, and INITIAL_WINDOW_SIZE untouched
+    s.from_client(SettingsFrame(0, settings=huge).serialize(), 0.0)
+    s.from_app(SettingsFrame(0, settings=huge).serialize(), 0.0)
+    for sent in (out(s.to_app)[0], out(s.to_client)[0]):
+        assert isinstance(sent, SettingsFrame)
+        assert sent.settings == {0x5: MAX_FRAME_CAP, 0x4: 1 << 20}
+    s.from_client(request(1, end_stream=False)
+                  + DataFrame(1, data=b"x" * MAX_FRAME_CAP).serialize(), 0.0)
+    assert s.state is S.OPEN
+    s.from_client(DataFrame(1, data=b"x" * (MAX_FRAME_CAP + 1)).serialize(), 0.0)
+    assert s.state is S.CLOSED and goaways(out(s.to_client))[-1][1] == 0x6  # FRAME_SIZE_ERROR
 
 
 def test_leaving_closed_is_illegal() -> None:
