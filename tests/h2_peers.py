@@ -16,6 +16,7 @@ import h2.exceptions
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, PingFrame, SettingsFrame
 
 IO_TIMEOUT_S = 5.0
+BIG_BODY = b"b" * (10 * 2**20)  # the answer to /big
 
 
 @dataclass
@@ -28,6 +29,7 @@ class H2App:
     delay_s: float = 0.0  # before each answer
     _server: asyncio.Server | None = None
     _serving: set[asyncio.Task[None]] = field(default_factory=set)
+    _paths: dict[int, bytes] = field(default_factory=dict)
 
     @property
     def port(self) -> int:
@@ -62,7 +64,10 @@ class H2App:
 
     async def _on(self, conn: h2.connection.H2Connection, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
-            self.requests.append([(bytes(k), bytes(v)) for k, v in event.headers or []])
+            headers = [(bytes(k), bytes(v)) for k, v in event.headers or []]
+            self.requests.append(headers)
+            if event.stream_id is not None:
+                self._paths[event.stream_id] = dict(headers).get(b":path", b"")
         elif isinstance(event, h2.events.DataReceived) and event.stream_id is not None:
             conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.StreamReset):
@@ -70,9 +75,14 @@ class H2App:
         elif isinstance(event, h2.events.StreamEnded) and event.stream_id is not None:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
+            body = BIG_BODY if self._paths.get(event.stream_id) == b"/big" else b"ok"
             with contextlib.suppress(h2.exceptions.StreamClosedError):
-                conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", "2")])
-                conn.send_data(event.stream_id, b"ok", end_stream=True)
+                conn.send_headers(event.stream_id, [(":status", "200"),
+                                                    ("content-length", str(len(body)))])
+                chunk = conn.max_outbound_frame_size  # the client's window must allow it all
+                for start in range(0, len(body), chunk):
+                    conn.send_data(event.stream_id, body[start:start + chunk],
+                                   end_stream=start + chunk >= len(body))
 
 
 @contextlib.asynccontextmanager
@@ -169,10 +179,10 @@ class H2Client:
         with contextlib.suppress(ConnectionError, RuntimeError):
             self.send_raw(ack.serialize())
 
-    def raw_headers(self, stream: int, end_stream: bool = True) -> bytes:
+    def raw_headers(self, stream: int, end_stream: bool = True, path: str = "/late") -> bytes:
         """A HEADERS frame for a new stream, encoded with this connection's HPACK
         context but not through h2's state machine (which refuses after a GOAWAY)."""
-        block = self.conn.encoder.encode([(":method", "GET"), (":path", "/late"),
+        block = self.conn.encoder.encode([(":method", "GET"), (":path", path),
                                           (":scheme", "http"), (":authority", "app")])
         flags = {"END_HEADERS", "END_STREAM"} if end_stream else {"END_HEADERS"}
         return HeadersFrame(stream, data=block, flags=flags).serialize()

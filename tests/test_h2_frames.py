@@ -20,6 +20,8 @@ from hyperframe.frame import (
     HeadersFrame,
     PingFrame,
     RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from conftest import Run
@@ -255,5 +257,29 @@ def test_h2load_many_streams_per_connection_all_succeed(run: Run[None]) -> None:
             assert "status codes: 2000 2xx" in report, report
             assert sample(proxy, "drain_proxy_h2_streams_total") == 2000
             assert sample(proxy, "drain_proxy_h2_connections_total") == 4
+
+    run(scenario())
+
+
+def test_a_client_that_stops_reading_a_large_answer_costs_the_proxy_bounded_memory(
+        run: Run[None]) -> None:
+    """The client opens its windows wide and allows 16 MiB frames, asks for 10 MiB and
+    reads none of it: the proxy stops reading the app once the client's socket is full,
+    and holds at most one (capped) frame besides what the socket took."""
+    async def scenario() -> None:
+        async with h2_app() as app, running_proxy(f"127.0.0.1:{app.port}") as proxy:
+            client = await H2Client.open(proxy.port)
+            wide = SettingsFrame(0, settings={0x4: 2**31 - 1, 0x5: 2**24 - 1}).serialize()
+            client.send_raw(wide + WindowUpdateFrame(0, window_increment=2**31 - 1 - 65535
+                                                     ).serialize()
+                            + client.raw_headers(1, path="/big"))
+            await eventually(lambda: len(app.requests) == 1)
+            relay = next(iter(proxy.ctx.h2_connections))
+            await eventually(lambda: not relay._app.reading)  # the client's socket is full
+            client_side = relay._client.transport
+            assert client_side is not None
+            held = client_side.get_write_buffer_size() + len(relay.session._app.buffer)
+            assert held <= 2 * 65_545, f"{held} bytes held for a client that reads nothing"
+            client.close()
 
     run(scenario())
