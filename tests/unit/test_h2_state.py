@@ -19,7 +19,15 @@ from hyperframe.frame import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.h2_state import FIRST_PING, MAX_FRAME_CAP, RESET_BURST, SECOND_PING, TRANSITIONS, H2Session, H2State
+from proxy.h2_state import (
+    FIRST_PING,
+    MAX_FRAME_CAP,
+    RESET_BURST,
+    SECOND_PING,
+    TRANSITIONS,
+    H2Session,
+    H2State,
+)
 from proxy.transitions import IllegalTransition
 
 S = H2State
