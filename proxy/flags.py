@@ -243,11 +243,12 @@ FLAGS: tuple[Flag, ...] = (
          "+ 2 s exceeds it; a /drain no SIGTERM follows within it (+ 2 s) is undone",
          "match the pod's terminationGracePeriodSeconds (Kubernetes default 30)"),
     Flag("--max-requests-per-connection", _count(0), "1000", "N",
-         "close a keep-alive connection after about N responses, jittered (0: never)",
-         "like nginx keepalive_requests: rebalances keep-alive clients (0 = off)"),
+         "close a keep-alive connection after about N responses (HTTP/2: N streams, ended "
+         "by GOAWAY), jittered (0: never)",
+         "like nginx keepalive_requests: rebalances keep-alive and gRPC clients (0 = off)"),
     Flag("--max-connection-age", _seconds, "0", "S",
          "close a keep-alive connection after its first response past about S seconds of age "
-         "(0: never)",
+         "(HTTP/2: GOAWAY at that age) (0: never)",
          "optional age limit for keep-alive connections (0 = off)"),
     Flag("--tcp-rotate-idle", _seconds, "0", "S",
          "tcp mode: close a connection past --max-connection-age once idle both ways for S "

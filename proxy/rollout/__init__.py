@@ -13,7 +13,9 @@ and the real proxy, and the rest is left out:
   never retry silently;
 - ``scenario``: one schedule, the same for every setup;
 - ``report``: the results and their formatting (sans-IO);
-- ``demo``: ``drain-proxy demo``.
+- ``demo``: ``drain-proxy demo``;
+- ``grpc_rollout`` and ``service_relay``: the same scale-down with real gRPC channels,
+  which need a Service address that routes TCP connections, and a scale-up (grpcio).
 
 Left out on purpose: readiness probes (the endpoints update *is* their effect),
 network latency, several nodes, and the start-up race (pod B is ready from the

@@ -31,19 +31,19 @@ import enum
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 
 from proxy.rollout import report
-from proxy.rollout.endpoints import Endpoints, NoEndpoints
+from proxy.rollout.endpoints import Endpoints
 from proxy.rollout.pods import Note
 from proxy.rollout.report import Event, ScenarioResult
+from proxy.rollout.service_relay import ServiceRelay
 from proxy.server import ProxyServer
 from proxy.settings import parse_settings
-from proxy.tunnel import reset
 
 SERVICE = "rollout.Pod"
 CALL_TIMEOUT_S = 5.0
@@ -197,67 +197,6 @@ class GrpcPod:
             await self.proxy.close()
 
 
-class ServiceRelay:
-    """The Service's address: each new connection goes to the pod ``Endpoints`` picks
-    then, and stays there (kube-proxy's DNAT and conntrack).  A pod that refuses makes
-    the client's connection reset, as a SYN to a pod that is gone is."""
-
-    def __init__(self, endpoints: Endpoints) -> None:
-        self.endpoints = endpoints
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._route, "127.0.0.1", 0)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._pipes):
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _route(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._pipes.add(task)
-        app_writer: asyncio.StreamWriter | None = None
-        try:
-            try:
-                _, port = self.endpoints.pick()
-                app_reader, app_writer = await asyncio.open_connection("127.0.0.1", port)
-            except (OSError, NoEndpoints):
-                reset(writer.transport)  # type: ignore[arg-type]
-                return
-            await asyncio.gather(_pipe(reader, app_writer), _pipe(app_reader, writer))
-        except asyncio.CancelledError:
-            pass  # the run is over
-        finally:
-            for end in (writer, app_writer):
-                if end is not None:
-                    end.close()
-                    with contextlib.suppress(OSError, asyncio.CancelledError):
-                        await end.wait_closed()
-            self._pipes.discard(task)
-
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """One direction; an EOF is passed on, a reset too (RuntimeError: uvloop's word for
-    a transport the other direction has closed already)."""
-    try:
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-        if not sink.is_closing() and sink.can_write_eof():
-            sink.write_eof()
-    except (OSError, RuntimeError):
-        if not sink.is_closing():
-            reset(sink.transport)  # type: ignore[arg-type]
-
-
 def _caller(port: int, until: list[float], tally: _Tally, think_s: float) -> None:
     """One channel calling ``Which`` in a loop until ``until[0]`` (monotonic; the
     scale-down moves it once pod A has exited)."""
@@ -294,6 +233,27 @@ def _streamer(pod_port: int, start: float, count: int, tally: _Tally,
             note(f"the streaming call failed: {error.code().name}")
 
 
+@contextlib.asynccontextmanager
+async def _behind_a_service(pods: list[GrpcPod], in_service: int, threads: int
+                            ) -> AsyncIterator[tuple[Endpoints, int, futures.ThreadPoolExecutor]]:
+    """Start ``pods``, the first ``in_service`` of them behind a Service; yields its
+    endpoints, its port and a thread pool for the channels; stops everything after."""
+    relay: ServiceRelay | None = None
+    pool = futures.ThreadPoolExecutor(max_workers=threads)
+    try:
+        for pod in pods:
+            await pod.start()
+        endpoints = Endpoints({pod.name: pod.port for pod in pods[:in_service]})
+        relay = ServiceRelay(endpoints)
+        yield endpoints, await relay.start(), pool
+    finally:
+        if relay is not None:
+            await relay.close()
+        for pod in pods:
+            await pod.stop()
+        pool.shutdown(wait=False)
+
+
 async def run_scale_down(setup: GrpcSetup, config: GrpcConfig) -> ScenarioResult:
     """Pod A terminates while channels call through the Service; load runs until pod A
     has exited (and a little after), so a pinned channel meets whatever pod A does."""
@@ -308,15 +268,9 @@ async def run_scale_down(setup: GrpcSetup, config: GrpcConfig) -> ScenarioResult
         loop.call_soon_threadsafe(note, text)
 
     tally = _Tally()
-    relay: ServiceRelay | None = None
-    pool = futures.ThreadPoolExecutor(max_workers=config.channels + 1)
     until = [time.monotonic() + 3600.0]  # moved once pod A has exited
-    try:
-        await pod_a.start()
-        await pod_b.start()
-        endpoints = Endpoints({"A": pod_a.port, "B": pod_b.port})
-        relay = ServiceRelay(endpoints)
-        port = await relay.start()
+    async with _behind_a_service([pod_a, pod_b], 2, config.channels + 1) as (
+            endpoints, port, pool):
         callers = [loop.run_in_executor(pool, _caller, port, until, tally, config.think_s)
                    for _ in range(config.channels)]
         stream_start = time.monotonic() + config.before_s + config.window_s - 0.2
@@ -333,12 +287,6 @@ async def run_scale_down(setup: GrpcSetup, config: GrpcConfig) -> ScenarioResult
         until[0] = time.monotonic() + SETTLE_S
         await asyncio.gather(*callers, streamer)
         note("load stops")
-    finally:
-        if relay is not None:
-            await relay.close()
-        await pod_a.stop()
-        await pod_b.stop()
-        pool.shutdown(wait=False)
     assert pod_a.exited_at is not None
     timeline = tuple(sorted((Event(at - sigterm_at, text) for at, text in events),
                             key=lambda event: event.at_s))
@@ -370,14 +318,8 @@ async def run_scale_up(max_requests: int, config: GrpcConfig) -> ScaleUpResult:
     pod_a = GrpcPod("A", GrpcSetup.DRAIN_PROXY, config, max_requests)
     pod_b = GrpcPod("B", GrpcSetup.DRAIN_PROXY, config, max_requests)
     tally = _Tally()
-    relay: ServiceRelay | None = None
-    pool = futures.ThreadPoolExecutor(max_workers=config.channels)
-    try:
-        await pod_a.start()
-        await pod_b.start()
-        endpoints = Endpoints({"A": pod_a.port})
-        relay = ServiceRelay(endpoints)
-        port = await relay.start()
+    async with _behind_a_service([pod_a, pod_b], 1, config.channels) as (
+            endpoints, port, pool):
         until = [time.monotonic() + config.before_s + config.scale_up_observe_s]
         callers = [loop.run_in_executor(pool, _caller, port, until, tally, config.think_s)
                    for _ in range(config.channels)]
@@ -385,12 +327,6 @@ async def run_scale_up(max_requests: int, config: GrpcConfig) -> ScaleUpResult:
         joined = time.monotonic()
         endpoints.add("B", pod_b.port)
         await asyncio.gather(*callers)
-    finally:
-        if relay is not None:
-            await relay.close()
-        await pod_a.stop()
-        await pod_b.stop()
-        pool.shutdown(wait=False)
     after = [(at, pod) for at, pod in tally.log if at >= joined]
     on_b = [at for at, pod in after if pod == "B"]
     return ScaleUpResult(max_requests, len(after), len(on_b),
