@@ -76,12 +76,13 @@ def test_demo_is_only_a_leading_word(capsys: pytest.CaptureFixture[str]) -> None
 
 
 @pytest.mark.slow
-def test_demo_command_prints_the_comparison_and_leaves_no_file(tmp_path: Path) -> None:
+def test_demo_command_prints_the_comparisons_and_leaves_no_file(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "proxy", "demo"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=50, env=child_env(),
+                            capture_output=True, text=True, timeout=120, env=child_env(),
                             check=False)
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+    http, _, grpc = result.stdout.partition("\ngRPC: ")
+    rows = {line.split()[0]: line.split() for line in http.splitlines()
             if line.split()[:1] in (["naive"], ["preStop"], ["drain-proxy"])
             and "%" in line}
     assert set(rows) == {"naive", "preStop", "drain-proxy"}, result.stdout
@@ -89,4 +90,9 @@ def test_demo_command_prints_the_comparison_and_leaves_no_file(tmp_path: Path) -
     assert int(rows["naive"][2]) > 0
     assert "Timeline of the drain-proxy run" in result.stdout
     assert "[3/3] drain-proxy" in result.stderr  # the progress lines
+    # The gRPC group (grpcio is in the test extra): drain-proxy fails no call, and only
+    # rotation brings the new pod any call.
+    http2 = [line.split() for line in grpc.splitlines() if line.startswith("drain-proxy (HTTP/2)")]
+    assert len(http2) == 1 and http2[0][3] == "0", grpc
+    assert "no rotation                pod B served 0 of" in grpc, grpc
     assert list(tmp_path.iterdir()) == []
