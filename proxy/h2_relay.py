@@ -167,6 +167,8 @@ class H2Connection:
             await connect_to_app(self.ctx.settings, self._app)
         except UpstreamFailure as failure:
             self.ctx.upstream_failed(failure)
+            if self.finished:
+                return  # the client left while we were connecting
             self.session.app_unreachable()
             self._after()
             self._linger_timer = self._loop.call_later(UNREACHABLE_LINGER_S,
