@@ -195,8 +195,10 @@ FLAGS: tuple[Flag, ...] = (
          "where /livez, /readyz, /metrics and /drain are served",
          "probes and Prometheus must reach it from the node"),
     Flag("--mode", _choice("http", "tcp"), "http", "http|tcp",
-         "http: parse HTTP/1.1, rotate keep-alive connections, tunnel Upgrades; tcp: relay bytes",
-         "http: HTTP/1.1 with rotation and Upgrade tunnels; tcp: a byte relay (gRPC, Redis, ...)"),
+         "http: HTTP/1.1 and HTTP/2 cleartext (gRPC), rotated and drained, Upgrades "
+         "tunnelled; tcp: relay bytes",
+         "http: HTTP/1.1 and h2c/gRPC with rotation and GOAWAY drain; tcp: a byte relay "
+         "(Redis, TLS, ...)"),
     Flag("--loop", _choice("auto", "uvloop", "asyncio"), "auto", "auto|uvloop|asyncio",
          "the event loop: auto takes uvloop when it is installed",
          "uvloop is faster when it is installed"),
