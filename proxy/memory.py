@@ -60,5 +60,5 @@ class Trimmer:
         self._trim(0)
         self.trims += 1
         self._last, self._peak = now, count
-        log.debug("returned freed memory to the system after %d connections closed", count)
+        log.debug("returned freed memory to the system (%d connections open)", count)
         return None
