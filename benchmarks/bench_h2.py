@@ -4,8 +4,11 @@ nginx (``grpc_pass``) and Traefik (an ``h2c://`` backend), interleaved in one ru
 Workloads, each driven by h2load (many streams per connection, prior knowledge):
 
 * ``h2c``: GETs of a 2-byte file from nghttpd (nghttp2's C server, never the bottleneck);
-* ``grpc``: gRPC unary calls (POST ``application/grpc``, one framed 16-byte message) to a
-  grpcio server (``grpc_backend.py``; Python, so it bounds the throughput, not the CPU figure).
+* ``grpc-shaped``: the frames of a gRPC unary call (POST ``application/grpc``, ``te:
+  trailers``, one framed 16-byte message) to nghttpd, which answers with a file: the proxy
+  relays what a gRPC call is made of, with an app that is never the bottleneck;
+* ``grpc``: real gRPC unary calls to a grpcio server (``grpc_backend.py``; Python, on the
+  proxy's CPU: it bounds the throughput, and its scheduling shows in every proxy's CPU).
 
 CPU is read from /proc for the process that proxies (the nginx worker, Traefik, drain-proxy),
 never for the app or h2load; servers run on one CPU and h2load on the other (taskset).  Each
@@ -35,7 +38,7 @@ from targets import Servers, child_pid, cpu_ticks, free_port
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ("direct", "drain-proxy", "nginx-grpc_pass", "traefik")
-WORKLOADS = ("h2c", "grpc")
+WORKLOADS = ("h2c", "grpc-shaped", "grpc")
 GRPC_PATH = "/bench.Echo/Unary"
 NGINX_H2 = """upstream app {{ server 127.0.0.1:{app}; keepalive 64; }}
   server {{ listen 127.0.0.1:{port} http2; keepalive_requests 100000000;
@@ -82,10 +85,11 @@ def traefik_binary() -> str | None:
 
 def start_backend(servers: Servers, workload: str) -> int:
     port = free_port()
-    if workload == "h2c":
+    if workload != "grpc":
         www = servers.tmp / "www"
-        www.mkdir(exist_ok=True)
+        (www / "bench.Echo").mkdir(parents=True, exist_ok=True)
         (www / "ok").write_bytes(b"ok")
+        (www / "bench.Echo" / "Unary").write_bytes(b"ok")  # what GRPC_PATH names
         servers.spawn(["nghttpd", "--no-tls", "-d", str(www), str(port)], "nghttpd")
     else:
         servers.spawn([sys.executable, str(HERE / "grpc_backend.py"), str(port)], "grpc-app")
@@ -126,9 +130,10 @@ def start_target(servers: Servers, name: str, app: int) -> Row:
 def h2load(pin: list[str], row: Row, workload: str, body: Path, args: argparse.Namespace
            ) -> None:
     """One measurement: h2load for ``--duration`` s; CPU of the proxying process meanwhile."""
-    url = f"http://127.0.0.1:{row.port}" + (GRPC_PATH if workload == "grpc" else "/ok")
+    grpc_frames = workload.startswith("grpc")
+    url = f"http://127.0.0.1:{row.port}" + (GRPC_PATH if grpc_frames else "/ok")
     extra = (["-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers"]
-             if workload == "grpc" else [])
+             if grpc_frames else [])
     argv = [*pin, "h2load", "-D", str(args.duration), "-c", str(args.connections),
             "-m", str(args.streams), *extra, url]
     before = cpu_ticks(row.cpu_pid) if row.cpu_pid else 0
@@ -194,9 +199,9 @@ def main() -> int:
     print(f"h2load -D {args.duration} -c {args.connections} -m {args.streams}, "
           f"{args.repeat} interleaved measurements per target\n")
     for workload in args.workloads.split(","):
-        if workload == "h2c" and shutil.which("nghttpd", path=os.environ["PATH"] + ":/usr/sbin"
-                                              ) is None:
-            print("### h2c\n\nskipped: nghttpd is not installed (apt-get install "
+        if workload != "grpc" and shutil.which("nghttpd",
+                                               path=os.environ["PATH"] + ":/usr/sbin") is None:
+            print(f"### {workload}\n\nskipped: nghttpd is not installed (apt-get install "
                   "nghttp2-server)\n")
             continue
         servers = Servers(tools.nginx, None, pinning.server_cpu)

@@ -11,6 +11,7 @@ machine falls back to.  The fast test runs without matplotlib (tables only); the
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -126,3 +127,24 @@ def test_the_drain_under_load_benchmark_passes_a_short_run() -> None:
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr[-2000:]
     assert "**1 of 1 runs passed**" in res.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("h2load") is None
+                    or shutil.which("nghttpd", path=os.environ.get("PATH", "") + ":/usr/sbin")
+                    is None, reason="h2load or nghttpd is missing (apt-get install "
+                                    "nghttp2-client nghttp2-server)")
+def test_the_http2_benchmark_measures_drain_proxy_against_direct_access() -> None:
+    """bench_h2.py at its shortest: every row it prints for drain-proxy has a CPU figure and
+    no failed request, for plain h2c and for gRPC-shaped requests."""
+    script = ROOT / "benchmarks" / "bench_h2.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--duration", "1", "--repeat", "1",
+         "--targets", "direct,drain-proxy", "--workloads", "h2c,grpc-shaped"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    proxied = [line.split("|") for line in res.stdout.splitlines()
+               if line.startswith("| drain-proxy |")]
+    assert len(proxied) == 2, res.stdout
+    for cells in proxied:
+        assert float(cells[5]) > 0 and cells[7].strip() == "0", cells
