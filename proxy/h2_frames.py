@@ -87,11 +87,5 @@ def empty_settings() -> bytes:
     return frame(SETTINGS, 0, 0)
 
 
-def settings_values(payload: bytes | memoryview) -> dict[int, int]:
-    """The identifier -> value pairs of a SETTINGS payload (length checked by the caller)."""
-    return {identifier: value for identifier, value
-            in struct.iter_unpack(">HI", payload)}
-
-
 def u32(payload: bytes | bytearray | memoryview, offset: int = 0) -> int:
     return int(struct.unpack_from(">I", payload, offset)[0])

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import cast
 
-from proxy import h2_frames
+from proxy import flow, h2_frames
 from proxy.buffers import SHARED_READ, limit_writes
 from proxy.context import ProxyContext
 from proxy.h2_state import ANNOUNCED, H2Session
@@ -36,16 +36,16 @@ _CLOSED_AS = {"drain": "drain", "max_requests": "max_requests", "max_age": "max_
 class _Side(asyncio.BufferedProtocol):
     """One of the two connections; everything it sees goes to the ``H2Connection``."""
 
-    __slots__ = ("from_client", "reading", "relay", "transport")
+    __slots__ = ("from_client", "gate", "relay", "transport")
 
     def __init__(self, relay: H2Connection, from_client: bool) -> None:
         self.relay = relay
         self.from_client = from_client
         self.transport: asyncio.Transport | None = None
-        self.reading = True
+        self.gate = flow.ReadGate()  # the other side full, or the app still connecting
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = self.gate.transport = cast(asyncio.Transport, transport)
         limit_writes(self.transport)
         if self.relay.finished:  # the app connection came after the client had gone
             self.transport.close()
@@ -61,24 +61,18 @@ class _Side(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+        self.transport = self.gate.transport = None
         self.relay.ended(self.from_client, exc)
 
     def pause_writing(self) -> None:
-        self.relay.other(self).set_reading(False)
+        self.relay.other(self).gate.set(flow.APP_FULL, True)
 
     def resume_writing(self) -> None:
-        self.relay.other(self).set_reading(True)
+        self.relay.other(self).gate.set(flow.APP_FULL, False)
 
-    def set_reading(self, reading: bool) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing() or reading == self.reading:
-            return
-        self.reading = reading
-        if reading:
-            transport.resume_reading()
-        else:
-            transport.pause_reading()
+    @property
+    def reading(self) -> bool:
+        return not self.gate.paused
 
 
 class H2Connection:
@@ -91,7 +85,7 @@ class H2Connection:
         self.session = H2Session(ctx.rotation.request_budget(), ctx.settings.max_header_bytes,
                                  now)
         self._client = _Side(self, from_client=True)
-        self._client.transport = client
+        self._client.transport = self._client.gate.transport = client
         self._app = _Side(self, from_client=False)
         self._pending: list[bytes] = [h2_frames.PREFACE]  # for the app, until connected
         self._pending_size = 0
@@ -183,7 +177,7 @@ class H2Connection:
         assert app is not None
         app.write(b"".join(self._pending))
         self._pending.clear()
-        self._client.set_reading(True)
+        self._client.gate.set(flow.CONNECTING, False)
 
     def _after(self) -> None:
         """Write what the session queued, arm its timer, and close if it is over."""
@@ -218,7 +212,7 @@ class H2Connection:
         self._pending.extend(frames)
         self._pending_size += sum(len(chunk) for chunk in frames)
         if self._pending_size > MAX_PENDING_BYTES:
-            self._client.set_reading(False)  # until the app connection is made
+            self._client.gate.set(flow.CONNECTING, True)  # until the app connection is made
 
     def _unreachable_over(self) -> None:
         self.session.unreachable_over()

@@ -292,28 +292,26 @@ class H2Session:
         if length % 6:
             self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"SETTINGS of the wrong size")
             return
-        largest = f.settings_values(self._payload(side)).get(f.SETTINGS_MAX_FRAME_SIZE)
-        if largest is not None and not (
-                f.DEFAULT_MAX_FRAME_SIZE <= largest <= f.LARGEST_MAX_FRAME_SIZE):
+        advertised = self._cap_frame_size(side)
+        if advertised is None:
+            return
+        if not f.DEFAULT_MAX_FRAME_SIZE <= advertised <= f.LARGEST_MAX_FRAME_SIZE:
             self._fail(f.PROTOCOL_ERROR, "protocol_error", b"invalid SETTINGS_MAX_FRAME_SIZE")
             return
-        capped = self._cap_frame_size(side)
-        if capped is not None:
-            self._app.max_frame = capped  # the app may send frames this large now
+        self._app.max_frame = min(advertised, MAX_FRAME_CAP)  # the app may send this now
 
     def _cap_frame_size(self, side: _Direction) -> int | None:
-        """The SETTINGS_MAX_FRAME_SIZE of the SETTINGS frame being looked at, lowered in
-        place to ``MAX_FRAME_CAP``.  The proxy holds a frame until it is complete, so a
-        peer allowing 16 MiB frames would have it hold 16 MiB per connection; the sender
-        uses smaller frames instead, and nothing else changes."""
-        buffer, value = side.buffer, None
+        """The SETTINGS_MAX_FRAME_SIZE the SETTINGS frame being looked at advertises (None:
+        none), lowered in place to ``MAX_FRAME_CAP``.  The proxy holds a frame until it is
+        complete, so a peer allowing 16 MiB frames would have it hold 16 MiB per
+        connection; the sender uses smaller frames instead, and nothing else changes."""
+        buffer, advertised = side.buffer, None
         for offset in range(side.position + f.HEADER_SIZE, side.end - 5, 6):
             if (buffer[offset] << 8) | buffer[offset + 1] == f.SETTINGS_MAX_FRAME_SIZE:
-                value = f.u32(buffer, offset + 2)
-                if value > MAX_FRAME_CAP:
+                advertised = f.u32(buffer, offset + 2)
+                if advertised > MAX_FRAME_CAP:
                     buffer[offset + 2:offset + 6] = MAX_FRAME_CAP.to_bytes(4, "big")
-                    value = MAX_FRAME_CAP
-        return value
+        return advertised
 
     def _start_block(self, side: _Direction, length: int, flags: int, stream: int) -> None:
         """A HEADERS (or, from the app, PUSH_PROMISE) frame: hold it until END_HEADERS."""
@@ -382,9 +380,9 @@ class H2Session:
         """The app is trusted to speak HTTP/2; what is read here is what the stream
         lifetimes and our own frames depend on."""
         if kind == f.SETTINGS and not flags & f.ACK and length % 6 == 0:
-            capped = self._cap_frame_size(side)  # before the frame is relayed
-            if capped is not None:
-                self._client.max_frame = capped
+            advertised = self._cap_frame_size(side)  # before the frame is relayed
+            if advertised is not None:
+                self._client.max_frame = min(advertised, MAX_FRAME_CAP)
         if not side.settings_seen:  # the app's SETTINGS: ours may follow them now
             side.settings_seen = True
             start, side.position = side.position, side.end
