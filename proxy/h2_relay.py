@@ -201,7 +201,7 @@ class H2Connection:
             self._ping_timer = self._loop.call_later(PING_ACK_TIMEOUT_S, self._ping_timed_out)
         if session.closed and not self.finished:
             reason = session.close_reason
-            self._finish(_CLOSED_AS.get(reason, "error"), abort=reason == "app_error")
+            self._finish(_CLOSED_AS.get(reason, "error"), abort=session.reset_client)
 
     def _to_app(self, frames: list[bytes]) -> None:
         if self._connected:

@@ -85,6 +85,7 @@ class H2Session:
         self.to_app: list[bytes] = []
         self.close_reason = ""  # why it is CLOSED: a goaway reason, "app_error", ...
         self.failed = False  # CLOSED by an error: the frame that caused it is not relayed
+        self.reset_client = False  # end with RST: what the client got is not complete
         self.goaways: list[str] = []  # reasons of the GOAWAYs sent, for the metrics
         self.opened = 0  # streams opened and ended, for the metrics (the adapter resets them)
         self.ended = 0
@@ -169,7 +170,7 @@ class H2Session:
     def app_failed(self) -> None:
         if self.state is not CLOSED:
             self.close_reason = "app_error"
-            self.failed = True
+            self.failed = self.reset_client = True
             self._move(CLOSED)
 
     @property
