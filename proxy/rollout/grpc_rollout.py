@@ -39,7 +39,7 @@ import grpc
 
 from proxy.rollout import report
 from proxy.rollout.endpoints import Endpoints
-from proxy.rollout.pods import Note
+from proxy.rollout.pods import Note, rotations_counted
 from proxy.rollout.report import Event, ScenarioResult
 from proxy.rollout.service_relay import ServiceRelay
 from proxy.server import ProxyServer
@@ -164,11 +164,7 @@ class GrpcPod:
 
     @property
     def rotations(self) -> int:
-        if self.proxy is None:
-            return 0
-        registry = self.proxy.metrics.registry
-        return sum(int(registry.get_sample_value(GOAWAY, {"reason": reason}) or 0)
-                   for reason in ("max_requests", "max_age"))
+        return rotations_counted(self.proxy, GOAWAY)
 
     async def terminate(self, note: Note) -> None:
         assert self.app is not None

@@ -104,11 +104,7 @@ class Pod:
     @property
     def rotations(self) -> int:
         """Connections drain-proxy ended for their request budget or age (none without it)."""
-        if self.proxy is None:
-            return 0
-        registry = self.proxy.metrics.registry
-        return sum(int(registry.get_sample_value(CLOSED, {"reason": reason}) or 0)
-                   for reason in ROTATION_REASONS)
+        return rotations_counted(self.proxy, CLOSED)
 
     async def terminate(self, note: Note) -> None:
         """SIGTERM: behave as the setup does; return once the pod has exited."""
@@ -155,3 +151,13 @@ _HOW_IT_EXITS = {
     Setup.PRESTOP_SLEEP: " after its preStop sleep: listener closed, open connections dropped",
     Setup.DRAIN_PROXY: ": its preStop hook returned, the app stopped, the proxy exited",
 }
+
+
+def rotations_counted(proxy: ProxyServer | None, metric: str) -> int:
+    """The sum of ``metric`` over the rotation reasons (0 without a proxy): the keep-alive
+    closes, or the HTTP/2 GOAWAYs, of the request budget and the age limit."""
+    if proxy is None:
+        return 0
+    registry = proxy.metrics.registry
+    return sum(int(registry.get_sample_value(metric, {"reason": reason}) or 0)
+               for reason in ROTATION_REASONS)
