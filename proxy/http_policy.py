@@ -94,19 +94,28 @@ class HeadCollector:
             raise HttpError(431, "request header fields too large")
 
 
-@dataclass(slots=True)
 class ForwardRequest:
-    """A validated request and the head to send upstream."""
+    """A validated request and the head to send upstream.
 
-    method: bytes
-    head: bytes
-    framing: Framing
-    http_10: bool
-    client_keep_alive: bool
-    expects_continue: bool
-    idempotent: bool
-    upgrade: bool = False  # forwarded with its Upgrade: a 101 turns it into a tunnel
-    target: bytes = b""  # as forwarded, in origin form (the access log shows it)
+    A plain class rather than a dataclass: mypyc compiles a dataclass's fields but leaves
+    the ``__init__`` that ``dataclasses`` generates to the interpreter, and one of these is
+    built for every request."""
+
+    __slots__ = ("client_keep_alive", "expects_continue", "framing", "head", "http_10",
+                 "idempotent", "method", "target", "upgrade")
+
+    def __init__(self, method: bytes, head: bytes, framing: Framing, http_10: bool,
+                 client_keep_alive: bool, expects_continue: bool, idempotent: bool,
+                 upgrade: bool = False, target: bytes = b"") -> None:
+        self.method = method
+        self.head = head
+        self.framing = framing
+        self.http_10 = http_10
+        self.client_keep_alive = client_keep_alive
+        self.expects_continue = expects_continue
+        self.idempotent = idempotent
+        self.upgrade = upgrade  # forwarded with its Upgrade: a 101 turns it into a tunnel
+        self.target = target  # as forwarded, in origin form (the access log shows it)
 
 
 def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
