@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from proxy.exchange import Exchange
 from proxy.http_policy import Peer
 from proxy.lifecycle import DrainTimeline
+from proxy.listener import Listener
 from proxy.logs import RepeatedWarning, fields
 from proxy.memory import Trimmer
 from proxy.metrics import Metrics
@@ -22,12 +24,10 @@ from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
 from proxy.stats import ResponseStats
 from proxy.tracker import ConnectionTracker, Drainable, Kind
+from proxy.upstream import UpstreamFailure, UpstreamPool
 
 if TYPE_CHECKING:
-    from proxy.exchange import Exchange
-    from proxy.h2_relay import H2Connection
-    from proxy.listener import Listener
-    from proxy.upstream import UpstreamFailure, UpstreamPool
+    from proxy.h2_relay import H2Connection  # it imports this module
 
 log = logging.getLogger("drain_proxy.upstream")
 access_log = logging.getLogger("drain_proxy.access")
