@@ -9,10 +9,10 @@ reader could pin about 320 KiB, 1000 of them 300 MiB, in a sidecar limited to 12
 So every connection reads through ``asyncio.BufferedProtocol`` into one buffer of
 ``READ_BYTES`` that all connections share (the loop reads one socket at a time, and
 each read is parsed or copied before the next), and every transport pauses its
-producer at ``WRITE_HIGH_BYTES``.  What waits for a slow peer is then at most one read
-plus the high-water mark: 16 + 32 KiB, and about 60 KiB of RSS per slow reader with the
-objects around it (measured in benchmarks/bench_memory.py).  Smaller reads cost more
-system calls on large bodies; 16 KiB keeps a 64 KiB response to four.
+producer as soon as anything waits to be sent (``WRITE_HIGH_BYTES`` is 0).  What waits
+for a slow peer is then at most one read, and about 60 KiB of RSS per slow reader with
+the objects around it (measured in benchmarks/bench_memory.py).  Smaller reads would cost
+more system calls on large bodies.
 """
 
 from __future__ import annotations
@@ -26,6 +26,14 @@ WRITE_LOW_BYTES: Final = 0
 
 # The one read buffer: a memoryview, so a read is sliced without a copy.
 SHARED_READ: Final = memoryview(bytearray(READ_BYTES))
+
+
+def copy_read(nbytes: int) -> bytes:
+    """The last read, copied out of the shared buffer for a transport to keep.  Bytes, not
+    a bytearray: uvloop wraps anything else in a memoryview before sending it.
+    ``tobytes`` copies in one call, where ``bytes(view)`` goes through the buffer protocol
+    at several times the cost (``bench_instructions.py --mode tcp``)."""
+    return SHARED_READ[:nbytes].tobytes()
 
 
 def limit_writes(transport: asyncio.Transport) -> None:

@@ -53,6 +53,7 @@ class TcpSession:
         self._connecting = self._loop.create_task(self._connect())
         settings = self.ctx.settings
         if settings.max_connection_age_s and settings.tcp_rotate_idle_s:
+            self.tunnel.tracks_activity = True
             expires_at = self.ctx.rotation.expiry(now)
             self._rotation = self._loop.call_at(expires_at, self._rotate_when_idle)
 
