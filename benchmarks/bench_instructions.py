@@ -46,7 +46,8 @@ def requests(port: int, count: int, connections: int = 4) -> None:
         connection.close()
 
 
-def measure(python: str, loop: str, count: int, workdir: Path) -> tuple[str, float]:
+def measure(python: str, loop: str, count: int, workdir: Path, mode: str = "http"
+            ) -> tuple[str, float]:
     """(build description, instructions per request) for one python's drain-proxy."""
     build = subprocess.run(
         [python, "-c", "import proxy; print(proxy.__version__, proxy.build())"],
@@ -58,7 +59,7 @@ def measure(python: str, loop: str, count: int, workdir: Path) -> tuple[str, flo
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python, "-m", "proxy",
          "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{app_port}", "--admin",
          f"127.0.0.1:{admin}", "--loop", loop, "--log-level", "warning",
-         "--max-requests-per-connection", "0"],
+         "--max-requests-per-connection", "0", "--mode", mode],
         cwd=proxy_home(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_200(admin, "/readyz", 120)  # valgrind starts Python slowly
@@ -83,6 +84,8 @@ def main() -> int:
                         help="a python with drain-proxy installed (repeat; default: this one)")
     parser.add_argument("--loops", default="uvloop,asyncio")
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--mode", choices=("http", "tcp"), default="http",
+                        help="the proxy's mode: in tcp mode a request is a relayed round trip")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("bench_instructions: valgrind is not installed (apt-get install valgrind)",
@@ -97,12 +100,12 @@ def main() -> int:
             first = 0.0
             for python in pythons:
                 print(f"{loop}: {python}", file=sys.stderr)
-                build, per_request = measure(python, loop, args.requests, Path(tmp))
+                build, per_request = measure(python, loop, args.requests, Path(tmp), args.mode)
                 first = first or per_request
                 rows.append(f"| drain-proxy {build} | `{python}` | {loop} | {per_request:,.0f} "
                             f"| {per_request / first:.3f}x |")
     print(f"{args.requests} keep-alive GETs over 4 connections (tiny body), after 300 to "
-          f"warm up; callgrind instruction counts of the proxy process\n")
+          f"warm up; --mode {args.mode}; callgrind instruction counts of the proxy process\n")
     print("\n".join(rows))
     return 0
 
