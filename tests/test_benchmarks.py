@@ -148,3 +148,15 @@ def test_the_http2_benchmark_measures_drain_proxy_against_direct_access() -> Non
     assert len(proxied) == 2, res.stdout
     for cells in proxied:
         assert float(cells[5]) > 0 and cells[7].strip() == "0", cells
+
+
+@pytest.mark.slow
+def test_traefik_and_caddy_rows_measure_or_say_why_not(tmp_path: Path) -> None:
+    """The peers' rows: measured, with the peer's own CPU, or skipped with the install hint."""
+    stdout = run_bench(tmp_path, "--targets", "direct,traefik,caddy", "--bodies", "tiny").stdout
+    for name in ("traefik", "caddy"):
+        [cells] = rows(stdout, name)
+        if cells[2].startswith("skipped:"):
+            assert f"pip install {name}-bin" in cells[2]
+            continue
+        assert float(cells[2]) > 0 and float(cells[7]) > 0, cells  # req/s, proxy CPU us/req

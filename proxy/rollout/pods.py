@@ -12,6 +12,8 @@ The three setups differ only in what the pod does between SIGTERM and exit:
   delays the app's SIGTERM, so it goes on serving while routing catches up, then
   exits just as abruptly: keep-alive clients were never told to leave, and
   whatever is in flight at that moment is cut.
+- **an external sidecar** (``external.ExternalSidecar``): another proxy, run as a process
+  from a command the caller gives; it gets SIGTERM and the app stops once it has exited.
 - **drain-proxy**: what ``deploy/`` does.  The proxy gets SIGTERM and runs its
   drain; the app's ``preStop`` hook (``GET /drain``) holds the app's SIGTERM until
   the drain is over, then the app stops with nothing left to serve.  The drain is
@@ -29,6 +31,7 @@ from typing import Protocol
 
 from proxy.lifecycle import Phase
 from proxy.rollout.app import App
+from proxy.rollout.external import ExternalSidecar, SidecarProcess
 from proxy.server import ProxyServer
 from proxy.settings import parse_settings
 
@@ -44,11 +47,15 @@ class Setup(enum.Enum):
     DRAIN_PROXY = "drain-proxy"
 
 
+SetupKind = Setup | ExternalSidecar  # a built-in setup, or a proxy run from a command
+KILL_MARGIN_S = 2.0  # an external sidecar is killed this long after its window + drain timeout
+
+
 @dataclass(frozen=True, slots=True)
 class PodSpec:
     """What every pod of one run looks like."""
 
-    setup: Setup
+    setup: SetupKind
     window_s: float  # the preStop sleep, or drain-proxy's --propagation-window
     drain_timeout_s: float
     max_requests_per_connection: int
@@ -71,6 +78,7 @@ class Pod:
         self.spec = spec
         self.app = App(spec.service_s, spec.slow_s)
         self.proxy: ProxyServer | None = None
+        self.sidecar: SidecarProcess | None = None
         self.exited_at: float | None = None  # loop time
         self._state = "serving"
 
@@ -80,6 +88,9 @@ class Pod:
             self.proxy = ProxyServer(parse_settings(self._proxy_flags(), environ={}),
                                      rng=random.Random(f"{self.spec.seed}-{self.name}"))
             await self.proxy.start()
+        elif isinstance(self.spec.setup, ExternalSidecar):
+            self.sidecar = SidecarProcess(self.spec.setup, self.app.port)
+            await self.sidecar.start()
 
     def _proxy_flags(self) -> list[str]:
         spec = self.spec
@@ -92,6 +103,8 @@ class Pod:
     @property
     def port(self) -> int:
         """Where the Service sends this pod's connections."""
+        if self.sidecar is not None:
+            return self.sidecar.port
         return self.proxy.port if self.proxy is not None else self.app.port
 
     @property
@@ -102,8 +115,11 @@ class Pod:
         return self._state
 
     @property
-    def rotations(self) -> int:
-        """Connections drain-proxy ended for their request budget or age (none without it)."""
+    def rotations(self) -> int | None:
+        """Connections drain-proxy ended for their request budget or age (none without it);
+        None (unknown) for an external sidecar, whose inside is not observed."""
+        if self.sidecar is not None:
+            return None
         return rotations_counted(self.proxy, CLOSED)
 
     async def terminate(self, note: Note) -> None:
@@ -114,12 +130,14 @@ class Pod:
             await asyncio.sleep(self.spec.window_s)  # the hook's sleep is the thing simulated
         elif self.spec.setup is Setup.DRAIN_PROXY:
             await self._drain(note)
+        elif self.sidecar is not None:
+            await self._terminate_sidecar(self.sidecar, note)
         self.app.kill()
         if self.proxy is not None:
             await self.proxy.close()
         self._state = "exited"
         self.exited_at = asyncio.get_running_loop().time()
-        note(f"pod {self.name} exited" + _HOW_IT_EXITS[self.spec.setup])
+        note(f"pod {self.name} exited" + _how_it_exits(self.spec.setup))
 
     async def _drain(self, note: Note) -> None:
         """The proxy's SIGTERM path; its phase changes go on the timeline at the times
@@ -136,6 +154,17 @@ class Pod:
         note(f"{prefix}: drained: {timeline.served_while_draining} responses since SIGTERM, "
              f"{timeline.cut_requests} requests cut", at=timeline.entered_at[Phase.DRAINED])
 
+    async def _terminate_sidecar(self, sidecar: SidecarProcess, note: Note) -> None:
+        """SIGTERM to the sidecar's PID; the app's stop waits for its exit."""
+        self._state = "SIGTERM sent"
+        name = sidecar.sidecar.name
+        note(f"{name} on pod {self.name}: SIGTERM to PID {sidecar.pid}")
+        kill_after = self.spec.window_s + self.spec.drain_timeout_s + KILL_MARGIN_S
+        code, killed = await sidecar.terminate(kill_after)
+        await sidecar.kill()  # removes its directory; the process has exited
+        note(f"{name} on pod {self.name}: " + (f"killed after {kill_after:g} s" if killed
+                                               else f"exited with code {code}"))
+
     async def stop(self) -> None:
         """End of the run (pod B): stop at once, no client is left to notice."""
         if self._state == "exited":
@@ -143,7 +172,15 @@ class Pod:
         self.app.kill()
         if self.proxy is not None:
             await self.proxy.close()
+        if self.sidecar is not None:
+            await self.sidecar.kill()
         self._state = "exited"
+
+
+def _how_it_exits(setup: SetupKind) -> str:
+    if isinstance(setup, ExternalSidecar):
+        return f": {setup.name} exited, then the app stopped"
+    return _HOW_IT_EXITS[setup]
 
 
 _HOW_IT_EXITS = {

@@ -17,7 +17,8 @@ The columns answer the questions an operator asks after a rollout:
   damage.
 - **rotations**: keep-alive connections the server ended with ``Connection: close``
   because of its request budget or age limit, while serving normally (not
-  the drain's closes): how keep-alive clients get rebalanced.
+  the drain's closes): how keep-alive clients get rebalanced.  ``-`` when unknown: an
+  external sidecar's connections are not observed from inside.
 - **drain**: from pod A's SIGTERM until the pod had fully exited.
 """
 
@@ -44,7 +45,7 @@ class ScenarioResult:
     requests: int
     retries: int
     failures: Mapping[str, int]  # by cause
-    rotations: int
+    rotations: int | None  # None: not observable (an external sidecar)
     drain_s: float
     events: tuple[Event, ...] = field(default=())
 
@@ -87,7 +88,8 @@ def format_ratio(ratio: float | None) -> str:
 
 def _row(result: ScenarioResult) -> tuple[str, ...]:
     return (result.setup, str(result.requests), str(result.failed),
-            format_ratio(result.success_ratio), str(result.retries), str(result.rotations),
+            format_ratio(result.success_ratio), str(result.retries),
+            "-" if result.rotations is None else str(result.rotations),
             f"{result.drain_s:.2f} s")
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from proxy.rollout import clients
 from proxy.rollout.clients import Pace, Session, Tally
 from proxy.rollout.endpoints import Endpoints
-from proxy.rollout.pods import Pod, PodSpec, Setup
+from proxy.rollout.pods import Pod, PodSpec, Setup, SetupKind
 from proxy.rollout.report import Event, Progress, ScenarioResult
 
 PROGRESS_EVERY_S = 0.1
@@ -75,7 +75,7 @@ ProgressCallback = Callable[[Progress], None]
 class _Run:
     """State of one setup's run; times are the event loop's clock."""
 
-    def __init__(self, setup: Setup, config: RolloutConfig) -> None:
+    def __init__(self, setup: SetupKind, config: RolloutConfig) -> None:
         self.setup = setup
         self.config = config
         self.loop = asyncio.get_running_loop()
@@ -104,7 +104,7 @@ class _Run:
         return ScenarioResult(
             setup=self.setup.value, requests=self.tally.requests, retries=self.tally.retries,
             failures=dict(self.tally.failures),
-            rotations=self.pod_a.rotations + self.pod_b.rotations,
+            rotations=_sum_known(self.pod_a.rotations, self.pod_b.rotations),
             drain_s=self.pod_a.exited_at - self.sigterm_at, events=tuple(events))
 
     def load(self, endpoints: Endpoints) -> list[Coroutine[Any, Any, None]]:
@@ -141,6 +141,11 @@ class _Run:
         await terminating
 
 
+def _sum_known(a: int | None, b: int | None) -> int | None:
+    """Both pods' rotations, or None when a pod's are unknown (an external sidecar's)."""
+    return None if a is None or b is None else a + b
+
+
 async def _sleep_until(when: float) -> None:
     """Wait for a moment of the schedule (simulated time passing, not synchronisation)."""
     await asyncio.sleep(max(0.0, when - asyncio.get_running_loop().time()))
@@ -153,8 +158,9 @@ async def _report_progress(run: _Run, callback: ProgressCallback, index: int,
         await asyncio.sleep(PROGRESS_EVERY_S)
 
 
-async def run_setup(setup: Setup, config: RolloutConfig, progress: ProgressCallback | None = None,
-                    index: int = 1, total: int = 1) -> ScenarioResult:
+async def run_setup(setup: SetupKind, config: RolloutConfig,
+                    progress: ProgressCallback | None = None, index: int = 1,
+                    total: int = 1) -> ScenarioResult:
     """Run the whole schedule for one setup and return what the clients saw."""
     run = _Run(setup, config)
     try:
@@ -182,7 +188,7 @@ async def run_setup(setup: Setup, config: RolloutConfig, progress: ProgressCallb
         await run.pod_b.stop()
 
 
-async def run_rollout(config: RolloutConfig, setups: Sequence[Setup] = tuple(Setup),
+async def run_rollout(config: RolloutConfig, setups: Sequence[SetupKind] = tuple(Setup),
                       progress: ProgressCallback | None = None) -> list[ScenarioResult]:
     """Run each setup in turn (never at the same time: they would share the CPU)."""
     return [await run_setup(setup, config, progress, index, len(setups))
