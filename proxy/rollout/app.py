@@ -29,15 +29,16 @@ SLOW_HALF = b"x" * 1024
 class App:
     """One app process: a listener and the connections it accepted."""
 
-    def __init__(self, service_s: float, slow_s: float) -> None:
+    def __init__(self, service_s: float, slow_s: float, body: bytes = BODY) -> None:
         self.service_s = service_s
         self.slow_s = slow_s
+        self.body = body  # what ``/`` answers: a pod's name lets clients see who served them
         self._server: asyncio.Server | None = None
         self._connections: set[_AppConnection] = set()
 
-    async def start(self) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _AppConnection(self), "127.0.0.1", 0)
+        self._server = await loop.create_server(lambda: _AppConnection(self), host, port)
 
     @property
     def port(self) -> int:
@@ -120,8 +121,8 @@ class _AppConnection(asyncio.Protocol):
             self._timer = loop.call_later(self._app.slow_s, self._finish_slow)
             return
         self._send(h11.Response(status_code=200, headers=[
-            ("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))]),
-            h11.Data(data=BODY), h11.EndOfMessage())
+            ("Content-Type", "text/plain"), ("Content-Length", str(len(self._app.body)))]),
+            h11.Data(data=self._app.body), h11.EndOfMessage())
         self._next_cycle()
 
     def _finish_slow(self) -> None:
