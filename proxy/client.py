@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from collections import deque
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -52,11 +52,11 @@ from proxy.upstream_state import may_retry
 log = logging.getLogger("drain_proxy.client")
 access_log = logging.getLogger("drain_proxy.access")
 
-MAX_HELD_BYTES = 64 * 1024  # bytes past an Upgrade request, while the app decides
-LINGER_S = 2.0  # after the last response: read and discard so the client gets it
+MAX_HELD_BYTES: Final = 64 * 1024  # bytes past an Upgrade request, while the app decides
+LINGER_S: Final = 2.0  # after the last response: read and discard so the client gets it
 
 
-_METHOD_LIKE = re.compile(rb"[A-Z][A-Z0-9_-]* ")
+_METHOD_LIKE: Final = re.compile(rb"[A-Z][A-Z0-9_-]* ")
 
 
 def _refusal(error: httptools.HttpParserError, data: memoryview | bytes) -> HttpError:

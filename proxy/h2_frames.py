@@ -57,7 +57,7 @@ CONNECTION_FRAMES: Final = frozenset({SETTINGS, PING, GOAWAY})  # stream 0 only
 STREAM_FRAMES: Final = frozenset({DATA, HEADERS, PRIORITY, RST_STREAM, PUSH_PROMISE,
                                   CONTINUATION})  # never stream 0
 
-_HEADER = struct.Struct(">HBBBI")  # 24-bit length as 16 + 8 bits, type, flags, stream id
+_HEADER: Final = struct.Struct(">HBBBI")  # 24-bit length as 16 + 8 bits, type, flags, stream id
 
 
 def parse_header(buffer: bytes | bytearray | memoryview, offset: int) -> tuple[int, int, int, int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
+from typing import Final, cast
 
 from proxy import flow, h2_frames
 from proxy.buffers import SHARED_READ, limit_writes
@@ -24,13 +24,13 @@ from proxy.upstream import UpstreamFailure, connect_to_app
 
 log = logging.getLogger("drain_proxy.h2")
 
-PING_ACK_TIMEOUT_S = 1.0  # a client that never answers our PING still gets the final GOAWAY
-MAX_PENDING_BYTES = 64 * 1024  # for the app, while its connection is being made
+PING_ACK_TIMEOUT_S: Final = 1.0  # a client that never answers our PING still gets the final GOAWAY
+MAX_PENDING_BYTES: Final = 64 * 1024  # for the app, while its connection is being made
 # With the app unreachable, the proxy answers each stream 502 for this long, then ends the
 # connection; the client's next connection tries the app again.
-UNREACHABLE_LINGER_S = 1.0
+UNREACHABLE_LINGER_S: Final = 1.0
 # connections_closed reasons (metrics.CLOSE_REASONS) for the ways a session ends.
-_CLOSED_AS = {"drain": "drain", "max_requests": "max_requests", "max_age": "max_age"}
+_CLOSED_AS: Final = {"drain": "drain", "max_requests": "max_requests", "max_age": "max_age"}
 
 
 class _Side(asyncio.BufferedProtocol):

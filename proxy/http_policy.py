@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -45,15 +46,15 @@ class Framing(enum.Enum):
 
 
 # Removed when forwarding either way: they describe one hop, not the message.
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
     b"transfer-encoding", b"content-length",
 })
 # Connection may not strip these: doing so would change the message's meaning.
-NEVER_STRIPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+NEVER_STRIPPED: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 # Names an app framework (CGI-style) may map onto a framing header.
-FRAMING_ALIASES = frozenset({b"content_length", b"transfer_encoding"})
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+FRAMING_ALIASES: Final = frozenset({b"content_length", b"transfer_encoding"})
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class HeadCollector:
@@ -146,13 +147,24 @@ def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
 # What a request header name means to the proxy; unlisted names pass through as sent.
 # One dict lookup per header keeps the common case to a single pass (measured:
 # the set-building version cost 13 us per request, this one about 4).
-(_HOP, _LENGTH, _ENCODING, _HOST, _CONNECTION, _XFF, _XFP, _XFH, _EXPECT, _ALIAS, _UPGRADE,
- _CLAIM) = range(12)
+# Final, so that the compiled build inlines them instead of looking each one up per header.
+_HOP: Final = 0
+_LENGTH: Final = 1
+_ENCODING: Final = 2
+_HOST: Final = 3
+_CONNECTION: Final = 4
+_XFF: Final = 5
+_XFP: Final = 6
+_XFH: Final = 7
+_EXPECT: Final = 8
+_ALIAS: Final = 9
+_UPGRADE: Final = 10
+_CLAIM: Final = 11
 # Fields by which a client claims where a request came from: kept (and X-Forwarded-For
 # appended to) from a trusted proxy, dropped from anyone else (--trusted-proxies).
-_CLAIMS = frozenset({b"forwarded", b"x-real-ip", b"x-forwarded-port", b"x-forwarded-prefix",
-                     b"x-forwarded-server", b"x-forwarded-ssl"})
-_REQUEST_ROLES = {
+_CLAIMS: Final = frozenset({b"forwarded", b"x-real-ip", b"x-forwarded-port",
+                            b"x-forwarded-prefix", b"x-forwarded-server", b"x-forwarded-ssl"})
+_REQUEST_ROLES: Final = {
     **dict.fromkeys(HOP_BY_HOP, _HOP), b"upgrade": _UPGRADE,
     b"content-length": _LENGTH, b"transfer-encoding": _ENCODING, b"host": _HOST,
     b"connection": _CONNECTION, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
@@ -161,7 +173,7 @@ _REQUEST_ROLES = {
 }
 # RFC 3986 authority as a Host value: a bracketed IPv6 literal or reg-name characters
 # (unreserved, pct-encoded, sub-delims), then an optional port.  No space, '/', '@'.
-_HOST_VALUE = re.compile(
+_HOST_VALUE: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?\Z")
 
 
@@ -172,19 +184,68 @@ def _has_underscore(name: bytes) -> bool:
     return not name.replace(b"-", b"").isalnum() and name.find(b"_") >= 0
 
 
+# Unlisted names get a kind above the roles: pass, plus a bit for each reason a peer's
+# policy may drop them.
+_UNLISTED: Final = 16
+_UNDERSCORED: Final = 1  # a CGI-style alias of another name (X_Forwarded_For)
+_ORIGIN_CLAIM: Final = 2  # another X-Forwarded-* field: who sent the request
+# Names as sent, with their kind: clients send the same few names on every request, and
+# one lookup replaces a lower(), a role lookup and the checks below (counted: a tenth of a
+# proxied request's instructions).  Bounded in entries and in name length.
+_KIND_CACHE_ENTRIES: Final = 4096
+_KIND_CACHE_NAME_BYTES: Final = 64
+_name_kinds: Final[dict[bytes, int]] = {}
+
+
+def _name_kind(name: bytes) -> int:
+    """A header name's role, or ``_UNLISTED`` with the bits of its drop reasons."""
+    kind = _name_kinds.get(name)
+    if kind is not None:
+        return kind
+    lowered = name.lower()
+    role = _REQUEST_ROLES.get(lowered)
+    if role is not None:
+        kind = role
+    else:
+        kind = _UNLISTED
+        if _has_underscore(lowered):
+            kind |= _UNDERSCORED
+        if lowered.startswith(b"x-forwarded-"):
+            kind |= _ORIGIN_CLAIM
+    if len(name) <= _KIND_CACHE_NAME_BYTES:
+        if len(_name_kinds) >= _KIND_CACHE_ENTRIES:
+            _name_kinds.clear()
+        _name_kinds[name] = kind
+    return kind
+
+
+# Host values already found valid, for the same reason (most connections send one Host).
+_valid_hosts: Final[dict[bytes, bool]] = {}
+
+
 def valid_host(value: bytes) -> bool:
     """A Host value that is a valid authority (RFC 9110 section 7.2).  The common case, a
     DNS name or IPv4 address and maybe a port, takes a few C calls; the regular expression
     costs several times as much (measured) and decides the rest."""
+    if value in _valid_hosts:
+        return True
     name, colon, port = value.partition(b":")
     if name.replace(b".", b"").replace(b"-", b"").isalnum() and (
             not colon or not port or port.isdigit()):
-        return True
-    return _HOST_VALUE.match(value) is not None
+        valid = True
+    else:
+        valid = _HOST_VALUE.match(value) is not None
+    if valid and len(value) <= 255:  # a DNS name's limit; longer ones are checked each time
+        if len(_valid_hosts) >= _KIND_CACHE_ENTRIES:
+            _valid_hosts.clear()
+        _valid_hosts[value] = True
+    return valid
+
+
 # Connection tokens that name nothing we would forward anyway.
-PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"te", b""})
-NO_TOKENS: frozenset[bytes] = frozenset()
-_PLAIN_TOKEN_SETS = {token: frozenset({token}) for token in PLAIN_CONNECTION_TOKENS}
+PLAIN_CONNECTION_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"te", b""})
+NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+_PLAIN_TOKEN_SETS: Final = {token: frozenset({token}) for token in PLAIN_CONNECTION_TOKENS}
 
 
 class _RequestScan:
@@ -215,20 +276,18 @@ def _scan_request_headers(headers: Headers, http_10: bool, authority: bytes | No
                           strip: frozenset[bytes], peer: Peer) -> _RequestScan:
     scan = _RequestScan()
     lines = scan.lines
-    roles = _REQUEST_ROLES
     for name, value in headers:
         if value and (value[-1] == 32 or value[-1] == 9):
             value = value.rstrip(b" \t")  # llhttp keeps trailing OWS; other parsers drop it
-        lowered = name.lower()
-        role = roles.get(lowered)
-        if role is None:
-            if lowered in strip or (not peer.underscores and _has_underscore(lowered)):
+        role = _name_kind(name)
+        if strip and name.lower() in strip:
+            continue  # named in Connection (rare: the second pass)
+        if role >= _UNLISTED:
+            if role & _UNDERSCORED and not peer.underscores:
                 continue  # an alias of another field for CGI-style apps (X_Forwarded_For)
-            if not peer.trusted and lowered.startswith(b"x-forwarded-"):
+            if role & _ORIGIN_CLAIM and not peer.trusted:
                 continue  # a claim about the request's origin from an untrusted peer
             lines += (name, b": ", value, b"\r\n")
-        elif lowered in strip:
-            continue
         elif role == _CLAIM:
             if peer.trusted:
                 lines += (name, b": ", value, b"\r\n")

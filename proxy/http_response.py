@@ -10,6 +10,7 @@ chunked framing with the trailer fields that may be forwarded (both directions).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from proxy.http_policy import (
     FRAMING_ALIASES,
@@ -108,7 +109,7 @@ def interim_head(status: int, reason: bytes, headers: Sequence[tuple[bytes, byte
     return b"".join(lines)
 
 
-_REASONS = {
+_REASONS: Final = {
     400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout",
     413: b"Content Too Large", 414: b"URI Too Long", 431: b"Request Header Fields Too Large",
     500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
@@ -130,7 +131,7 @@ def error_response(status: int, detail: str, close: bool = True) -> bytes:
 # routing, authentication, request modifiers and response controls are evaluated before
 # the content.  They are dropped when forwarding trailers; framing fields in a *request*
 # trailer are refused outright, as a smuggling attempt.
-_NOT_IN_TRAILERS = HOP_BY_HOP | {
+_NOT_IN_TRAILERS: Final = HOP_BY_HOP | {
     b"host", b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"expect",
     b"range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
     b"max-forwards", b"cache-control", b"content-encoding", b"content-type",
@@ -138,7 +139,7 @@ _NOT_IN_TRAILERS = HOP_BY_HOP | {
     b"proxy-authenticate", b"forwarded", b"x-forwarded-for", b"x-forwarded-host",
     b"x-forwarded-proto",
 }
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"}) | FRAMING_ALIASES
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"}) | FRAMING_ALIASES
 
 
 def last_chunk(trailers: Headers, request: bool) -> bytes:
@@ -167,4 +168,4 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"

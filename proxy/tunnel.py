@@ -22,14 +22,14 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 from proxy.buffers import SHARED_READ, copy_read, limit_writes
 
-MAX_EARLY_BYTES = 64 * 1024  # read before the far end is connected; then pause
+MAX_EARLY_BYTES: Final = 64 * 1024  # read before the far end is connected; then pause
 
 
-_LINGER_OFF = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends RST
+_LINGER_OFF: Final = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends RST
 
 
 def reset(transport: asyncio.Transport) -> None:

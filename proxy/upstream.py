@@ -21,7 +21,7 @@ likely to have been closed by the app), and never one that has seen stray bytes.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -35,7 +35,7 @@ from proxy.tunnel import reset
 from proxy.upstream_state import IDLE, Failure, UpstreamMachine
 
 # Pooled idle connections beyond this are closed: they cost the app a socket each.
-MAX_IDLE_CONNECTIONS = 256
+MAX_IDLE_CONNECTIONS: Final = 256
 
 
 class UpstreamFailure(Exception):

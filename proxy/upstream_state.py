@@ -92,12 +92,12 @@ class Failure(enum.Enum):
         return 504 if _LABELS[self] == "timeout" else 502
 
 
-_LABELS = {
+_LABELS: Final = {
     Failure.REFUSED: "connect", Failure.CONNECT_TIMEOUT: "timeout", Failure.CLOSED: "reset",
     Failure.RESET: "reset", Failure.TIMEOUT: "timeout", Failure.STALLED: "timeout",
     Failure.PROTOCOL: "protocol",
 }
-RETRYABLE = frozenset({Failure.CLOSED, Failure.RESET})
+RETRYABLE: Final = frozenset({Failure.CLOSED, Failure.RESET})
 
 
 def may_retry(failure: Failure, *, reused: bool, response_bytes: bool,

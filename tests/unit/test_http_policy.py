@@ -397,6 +397,35 @@ def test_a_valid_host_is_forwarded(host: bytes) -> None:
     assert values(parse_request(forward([(b"Host", host)]).head).headers, b"host") == [host]
 
 
+def test_a_name_remembered_for_one_peer_follows_the_next_peers_policy() -> None:
+    """The kind of a header name is remembered across requests; what a peer may send is
+    not: the same names, first from a peer that may send them, then from one that may not."""
+    names = [(b"X_Team", b"a"), (b"X-Forwarded-Port", b"443"), (b"X-Forwarded-Debug", b"1")]
+    lenient = Peer(CLIENT_IP, trusted=True, underscores=True)
+    for _ in range(2):  # the second round answers from what the first remembered
+        kept = parse_request(forward([*HOST, *names], peer=lenient).head).headers
+        assert values(kept, b"x_team") == [b"a"] and values(kept, b"x-forwarded-port") == [b"443"]
+        assert values(kept, b"x-forwarded-debug") == [b"1"]
+        dropped = parse_request(forward([*HOST, *names], peer=UNTRUSTED).head).headers
+        assert not values(dropped, b"x_team") and not values(dropped, b"x-forwarded-port")
+        assert not values(dropped, b"x-forwarded-debug")
+
+
+def test_many_distinct_names_and_hosts_do_not_grow_memory_without_bound() -> None:
+    """A client that sends a new name or Host on every request (a scan, an attack) cannot
+    grow the remembered kinds and hosts past their bound, and is still checked right."""
+    from proxy import http_policy
+
+    for n in range(5000):
+        request = forward([(b"Host", b"h%d.test" % n), (b"X-Scan-%d" % n, b"1"),
+                           (b"X-Long-" + b"n" * 100, b"2")])
+        assert b"X-Scan-%d: 1" % n in request.head
+    assert len(http_policy._name_kinds) <= 4096 and len(http_policy._valid_hosts) <= 4096
+    assert not any(len(name) > 64 for name in http_policy._name_kinds)
+    with pytest.raises(HttpError):
+        forward([(b"Host", b"h1.test/evil")])
+
+
 @pytest.mark.parametrize(("url", "target"), [
     (b"/path#frag", b"/path"), (b"/a?b=1#c", b"/a?b=1"), (b"http://app.test/x#y", b"/x")])
 def test_a_fragment_is_not_sent_on(url: bytes, target: bytes) -> None:
