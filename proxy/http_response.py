@@ -24,6 +24,40 @@ from proxy.http_policy import (
     connection_tokens,
 )
 
+# What a response header name means here, remembered per name as the app sends it: an
+# app sends the same few names in every response, and one lookup replaces the lower()
+# and set lookups of each name in both passes below (bounded like the request side's).
+_PASS: Final = 0
+_CONTENT_LENGTH: Final = 1
+_TRANSFER_ENCODING: Final = 2
+_CONNECTION: Final = 3
+_OTHER_HOP: Final = 4  # hop-by-hop: never forwarded as the app sent it
+_NAME_CACHE_ENTRIES: Final = 4096
+_NAME_CACHE_NAME_BYTES: Final = 64
+_name_kinds: Final[dict[bytes, int]] = {}
+
+
+def _name_kind(name: bytes) -> int:
+    kind = _name_kinds.get(name)
+    if kind is not None:
+        return kind
+    lowered = name.lower()
+    if lowered == b"content-length":
+        kind = _CONTENT_LENGTH
+    elif lowered == b"transfer-encoding":
+        kind = _TRANSFER_ENCODING
+    elif lowered == b"connection":
+        kind = _CONNECTION
+    elif lowered in HOP_BY_HOP:
+        kind = _OTHER_HOP
+    else:
+        kind = _PASS
+    if len(name) <= _NAME_CACHE_NAME_BYTES:
+        if len(_name_kinds) >= _NAME_CACHE_ENTRIES:
+            _name_kinds.clear()
+        _name_kinds[name] = kind
+    return kind
+
 
 def app_response_framing(status: int, headers: Headers, head_request: bool) -> Framing:
     """How the app delimits this response body (CLOSE: it ends at the app's EOF)."""
@@ -31,10 +65,10 @@ def app_response_framing(status: int, headers: Headers, head_request: bool) -> F
         return Framing.NONE
     framing = Framing.CLOSE
     for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"content-length":
+        kind = _name_kind(name)
+        if kind == _CONTENT_LENGTH:
             return Framing.LENGTH  # llhttp refuses it together with Transfer-Encoding
-        if lowered == b"transfer-encoding":
+        if kind == _TRANSFER_ENCODING:
             if value.strip().lower() != b"chunked":
                 raise HttpError(502, "upstream used an unsupported transfer-encoding")
             framing = Framing.CHUNKED
@@ -58,17 +92,16 @@ def build_response_head(
     client_http_10: bool,
 ) -> bytes:
     """Serialise the response head for the client with our framing and Connection."""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    lines = [_status_line(status, reason)]
     length = b""
     tokens = NO_TOKENS
-    hop_by_hop = HOP_BY_HOP
     for name, value in headers:
-        lowered = name.lower()
-        if lowered not in hop_by_hop:
+        kind = _name_kind(name)
+        if kind == _PASS:
             lines += (name, b": ", value, b"\r\n")
-        elif lowered == b"content-length":
+        elif kind == _CONTENT_LENGTH:
             length = value
-        elif lowered == b"connection":
+        elif kind == _CONNECTION:
             tokens = tokens | connection_tokens(value)
     extra_tokens = tokens and tokens - PLAIN_CONNECTION_TOKENS - NEVER_STRIPPED
     if extra_tokens:  # rare: drop the fields that Connection names, then start over
@@ -76,7 +109,7 @@ def build_response_head(
         kept = [(n, v) for n, v in headers if n.lower() not in dropped]
         return build_response_head(status, reason, kept, framing, close, client_http_10)
     if framing is Framing.LENGTH or (length and framing is Framing.NONE and status != 204):
-        lines.append(b"Content-Length: %d\r\n" % int(length))  # HEAD, 304 keep theirs
+        lines.append(_length_line(length))  # HEAD, 304 keep theirs
     elif framing is Framing.CHUNKED:
         lines.append(b"Transfer-Encoding: chunked\r\n")
     if close:
@@ -86,6 +119,28 @@ def build_response_head(
     else:
         lines.append(b"\r\n")
     return b"".join(lines)
+
+
+# Status lines by code, with the reason they were built with (apps send one per code).
+_status_lines: Final[dict[int, tuple[bytes, bytes]]] = {}
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    cached = _status_lines.get(status)
+    if cached is not None and cached[0] == reason:
+        return cached[1]
+    line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    if len(reason) <= 64:  # at most one entry per code: llhttp reads three digits
+        _status_lines[status] = (reason, line)
+    return line
+
+
+def _length_line(length: bytes) -> bytes:
+    """Content-Length, canonical: the app's value as sent when it is plain digits without
+    leading zeros (the usual case), else rewritten (llhttp lets trailing spaces through)."""
+    if length.isdigit() and (length[0] != 48 or len(length) == 1):
+        return b"Content-Length: " + length + b"\r\n"
+    return b"Content-Length: %d\r\n" % int(length)
 
 
 def switching_head(reason: bytes, headers: Headers) -> bytes:

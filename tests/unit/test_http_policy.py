@@ -258,6 +258,15 @@ def test_response_hop_by_hop_headers_are_stripped() -> None:
     assert b"".join(bytes(e.data) for e in events if isinstance(e, h11.Data)) == b"hello world"
 
 
+def test_response_heads_built_from_remembered_names_and_lines_stay_exact() -> None:
+    """Status lines and header kinds are remembered between responses: a code seen with a
+    new reason, a name in another case, and a length with trailing space come out right."""
+    for reason, name in [(b"OK", b"Connection"), (b"Fine", b"CONNECTION"), (b"OK", b"connection")]:
+        head = build_response_head(200, reason, [(name, b"close"), (b"Content-Length", b"5 ")],
+                                   Framing.LENGTH, False, False)
+        assert head == b"HTTP/1.1 200 %s\r\nContent-Length: 5\r\n\r\n" % reason
+
+
 def test_response_headers_named_in_connection_are_stripped() -> None:
     headers = [(b"Connection", b"close, X-Secret"), (b"X-Secret", b"s"), (b"X-App", b"1"),
                (b"Content-Length", b"0")]
