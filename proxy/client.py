@@ -109,7 +109,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._peer = self.ctx.peer(transport.get_extra_info("peername"))
         limit_writes(self.transport)
         self.ctx.register(self, self._loop.time())
-        self._read_deadline.set(self.ctx.settings.idle_timeout_s)
+        self._read_deadline.set(self.ctx.limits.idle_timeout_s)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return SHARED_READ  # one read at a time, parsed before the next (proxy.buffers)
@@ -182,7 +182,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._write_paused = True
         if self._active is not None and self._active.upstream is not None:
             self._active.upstream.client_full(True)
-        self._write_deadline.set(self.ctx.settings.body_timeout_s)
+        self._write_deadline.set(self.ctx.limits.body_timeout_s)
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -227,13 +227,13 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # -- llhttp callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        settings = self.ctx.settings
+        limits = self.ctx.limits
         self._parsing = Exchange()
         self.ctx.requests_in_flight += 1  # a request is in flight from its first byte
         self.machine.request_begins()
         self._collector = HeadCollector(
-            settings.max_request_line_bytes, settings.max_header_bytes, settings.max_header_count)
-        self._read_deadline.set(settings.header_timeout_s)
+            limits.max_request_line_bytes, limits.max_header_bytes, limits.max_header_count)
+        self._read_deadline.set(limits.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         assert self._collector is not None
@@ -254,7 +254,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             collector.headers, self._parser.should_keep_alive(), self._peer,
             self.ctx.upstream_authority, self._parser.should_upgrade())
         if request.framing is not Framing.NONE:
-            self._read_deadline.set(self.ctx.settings.body_timeout_s)
+            self._read_deadline.set(self.ctx.limits.body_timeout_s)
         else:
             self._read_deadline.clear()
         if self._active is None:
@@ -268,7 +268,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         exchange = self._parsing
         assert exchange is not None and exchange.request is not None
         data = http_response.chunk(body) if exchange.request.framing is Framing.CHUNKED else body
-        self._read_deadline.set(self.ctx.settings.body_timeout_s)  # progress: it restarts
+        self._read_deadline.set(self.ctx.limits.body_timeout_s)  # progress: it restarts
         if exchange.add_body(data):
             self._pause(flow.CONNECTING, True)
 
@@ -449,10 +449,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif after is THEN_PARSE_HELD:  # the app refused the Upgrade: still HTTP
             held, self._held = bytes(self._held or b""), None
             self._pause(flow.HELD, False)
-            self._read_deadline.set(self.ctx.settings.idle_timeout_s)
+            self._read_deadline.set(self.ctx.limits.idle_timeout_s)
             self._parse(held)
         elif after is THEN_AWAIT_REQUEST:
-            self._read_deadline.set(self.ctx.settings.idle_timeout_s)
+            self._read_deadline.set(self.ctx.limits.idle_timeout_s)
 
     def _finish(self, exchange: Exchange, status: int, answered: bool = True) -> None:
         """The exchange is over: a response of ``status``, or not ``answered`` at all (cut
@@ -609,6 +609,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._gate.paused:
             self._read_deadline.clear()
         elif self._parsing is not None and self._collector is None:
-            self._read_deadline.set(self.ctx.settings.body_timeout_s)
+            self._read_deadline.set(self.ctx.limits.body_timeout_s)
         elif self._parsing is not None:
-            self._read_deadline.set(self.ctx.settings.header_timeout_s)
+            self._read_deadline.set(self.ctx.limits.header_timeout_s)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from proxy.exchange import Exchange
 from proxy.http_policy import Peer
 from proxy.lifecycle import DrainTimeline
+from proxy.limits import RequestLimits
 from proxy.listener import Listener
 from proxy.logs import RepeatedWarning, fields
 from proxy.memory import Trimmer
@@ -60,6 +61,7 @@ class ProxyContext:
 
     def __post_init__(self) -> None:
         self._upstream_authority = str(self.settings.upstream).encode()
+        self.limits = RequestLimits(self.settings)
         self.access_log = self.settings.access_log
         self._peers: dict[str, Peer] = {}
         # A dead app fails every request alike: one line, then a summary per interval.

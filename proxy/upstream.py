@@ -30,6 +30,7 @@ from proxy.deadline import Deadline
 from proxy.flow import APP_FULL, ReadGate
 from proxy.http_policy import Framing, Headers, HttpError
 from proxy.http_response import app_response_framing
+from proxy.limits import RequestLimits
 from proxy.settings import Settings
 from proxy.tunnel import reset
 from proxy.upstream_state import IDLE, Failure, UpstreamMachine
@@ -117,7 +118,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def request_sent(self) -> None:
         """The whole request went out: from now on the app has ``--upstream-timeout``."""
         if self.machine.request_sent():
-            self._read_deadline.set(self.pool.settings.upstream_timeout_s)
+            self._read_deadline.set(self.pool.limits.upstream_timeout_s)
 
     def client_full(self, full: bool) -> None:
         """Backpressure from the client: stop reading the app while its socket is full.
@@ -126,7 +127,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if full:
             self._read_deadline.clear()
         elif self.machine.responding:
-            self._read_deadline.set(self.pool.settings.upstream_timeout_s)
+            self._read_deadline.set(self.pool.limits.upstream_timeout_s)
 
     def abort(self) -> None:
         """The client side gave up on this exchange: reset, so the app sees it."""
@@ -155,7 +156,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             return
         self._response_bytes = True
         if self.machine.responding:  # progress: the read timer restarts
-            self._read_deadline.set(self.pool.settings.upstream_timeout_s)
+            self._read_deadline.set(self.pool.limits.upstream_timeout_s)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -187,7 +188,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         """The app is not reading the request body: it has ``--body-timeout`` to resume."""
-        self._write_deadline.set(self.pool.settings.body_timeout_s)
+        self._write_deadline.set(self.pool.limits.body_timeout_s)
         if self._sink is not None:
             self._sink.app_writable(False)
 
@@ -237,7 +238,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._keep_alive = self._parser.should_keep_alive()
         self._close_delimited = framing is Framing.CLOSE
         self.machine.response_begins()
-        self._read_deadline.set(self.pool.settings.upstream_timeout_s)
+        self._read_deadline.set(self.pool.limits.upstream_timeout_s)
         self._trailers = []
         sink.response_head(status, self._reason, self._headers, framing)
         if self._head_request:  # llhttp cannot know: a response to HEAD ends with its head
@@ -348,6 +349,7 @@ class UpstreamPool:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.limits = RequestLimits(settings)
         self._idle: list[UpstreamConnection] = []
         self._closed = False
 
@@ -372,7 +374,7 @@ class UpstreamPool:
         if unusable or self._closed or len(self._idle) >= MAX_IDLE_CONNECTIONS:
             connection.close()
             return
-        connection.park(self.settings.upstream_idle_timeout_s)
+        connection.park(self.limits.upstream_idle_timeout_s)
         self._idle.append(connection)
 
     def forget(self, connection: UpstreamConnection) -> None:
