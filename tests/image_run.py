@@ -99,7 +99,9 @@ class Inside:
 
 def look_inside(root: Path) -> Inside:
     """Inspect a mounted image root."""
-    binaries = [f"/{d}/{path.name}" for d in BIN_DIRS if (root / d).is_dir()
+    # /bin and /sbin are links to /usr/bin and /usr/sbin on bookworm: list each file once.
+    binaries = [f"/{d}/{path.name}" for d in BIN_DIRS
+                if (root / d).is_dir() and not (root / d).is_symlink()
                 for path in (root / d).iterdir()]
     site = root / SITE_PACKAGES
     venv_pip = [f"/{path.relative_to(root)}" for path in (root / VENV / "bin").glob("pip*")]

@@ -150,13 +150,16 @@ def test_image_builds_and_drains_without_a_docker_engine(capsys: pytest.CaptureF
         size = image_run.image_size(buildah, tag)
 
         container = buildah("from", "--pull=never", "--name", f"drain-proxy-{tag[-8:]}", tag)
-        inside = image_run.look_inside(buildah.rootfs(container))
+        root = buildah.rootfs(container)
+        inside = image_run.look_inside(root)
         assert not inside.compilers, f"build tools in the final image: {inside.compilers}"
         assert not inside.venv_pip, f"pip or setuptools in the virtualenv: {inside.venv_pip}"
         missing = hot_modules() - inside.compiled_modules
         assert not missing, f"not compiled in the image: {sorted(missing)}"
+        # Built in the first stage, the virtualenv runs on the final stage's Python.
         assert inside.interpreter_target is not None, (
             f"the virtualenv's python ({inside.interpreter}) leads to nothing in the image")
+        assert inside.interpreter_target.name == "python3.11", inside.interpreter_target
 
         env = {"DRAIN_PROXY_LISTEN": "127.0.0.1:0", "DRAIN_PROXY_ADMIN": "127.0.0.1:0",
                "DRAIN_PROXY_PROPAGATION_WINDOW": str(WINDOW_S), "DRAIN_PROXY_DRAIN_TIMEOUT": "5",
@@ -198,6 +201,6 @@ def test_image_builds_and_drains_without_a_docker_engine(capsys: pytest.CaptureF
               f"{inside.total_bytes / 1e6:.1f} MB, of which the virtualenv "
               f"{inside.venv_bytes / 1e6:.1f} MB; pip in the base: {inside.base_pip or 'none'}; "
               f"shells in the base: {inside.shells or 'none'}; venv python -> "
-              f"{inside.interpreter}")
+              f"{inside.interpreter} -> /{inside.interpreter_target.relative_to(root)}")
         print("build log: " + evidence.replace("\n", "\n           "))
         print("seconds: " + ", ".join(f"{key} {value:.0f}" for key, value in timings.items()))
