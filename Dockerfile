@@ -28,7 +28,7 @@ FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="drain-proxy" \
       org.opencontainers.image.description="Reverse-proxy sidecar for zero-loss Kubernetes rollouts" \
       org.opencontainers.image.licenses="Apache-2.0"
-# The virtualenv's python is a symlink to /usr/local/bin/python3.11, the same in both stages.
+# The virtualenv's python links to /usr/local/bin/python (and so to python3.11), in both stages.
 COPY --from=build /opt/drain-proxy /opt/drain-proxy
 ENV PATH="/opt/drain-proxy/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
