@@ -54,3 +54,36 @@ def test_the_scan_finds_the_hazard() -> None:
 @pytest.mark.parametrize("module", compiled_modules())
 def test_compiled_modules_bind_one_exception_type_per_name(module: str) -> None:
     assert names_bound_to_two_exception_types((ROOT / module).read_text()) == []
+
+
+# Not Final, with the reason in the module: mypyc folds a Final tuple of floats into each use.
+NOT_FINAL_BY_DESIGN = {"DURATION_BUCKETS"}
+
+
+def constants_without_final(source: str) -> list[str]:
+    """Module-level CONSTANT names assigned without ``Final``.  The compiled build looks such
+    a name up in the module's dict at every use; a ``Final`` one is a C static (counted with
+    bench_instructions.py: the request path's role constants alone cost 4 %)."""
+    found = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign):
+            names = [n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if "Final" in ast.unparse(node.annotation):
+                continue
+            names = [node.target.id]
+        else:
+            continue
+        found += [name for name in names
+                  if name.lstrip("_").isupper() and name not in NOT_FINAL_BY_DESIGN]
+    return found
+
+
+def test_the_constant_scan_finds_a_constant_without_final() -> None:
+    source = "A: Final = 1\nB = 2\n(_C, _D) = range(2)\nE: int = 3\nlog = object()\n"
+    assert constants_without_final(source) == ["B", "_C", "_D", "E"]
+
+
+@pytest.mark.parametrize("module", compiled_modules())
+def test_compiled_modules_declare_their_constants_final(module: str) -> None:
+    assert constants_without_final((ROOT / module).read_text()) == []
