@@ -27,6 +27,7 @@ from typing import NoReturn
 
 import kernel_pods
 import netns
+from cli_args import count, names_among, seconds
 from kernel_load import Load
 from kernel_pods import CORE_SETUPS, TITLES, Pod, PodSpec
 from netns import Cluster, Unavailable
@@ -194,46 +195,25 @@ def format_markdown(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 3600:
-        raise argparse.ArgumentTypeError(f"{text}: allowed: 0 to 3600 seconds")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: allowed: a whole number >= 0")
-    return value
-
-
-def _setups(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names or any(name not in ALL_SETUPS for name in names):
-        raise argparse.ArgumentTypeError(f"{text}: allowed: {', '.join(ALL_SETUPS)}")
-    return names
-
-
 # (flag, Config field, parser, help)
 OPTIONS = [
-    ("--propagation-lag", "propagation_lag_s", _seconds,
+    ("--propagation-lag", "propagation_lag_s", seconds,
      "after pod A's SIGTERM, the rules keep sending it new connections this long"),
-    ("--window", "window_s", _seconds, "the sidecars' propagation window, and the preStop sleep"),
-    ("--drain-timeout", "drain_timeout_s", _seconds, "the sidecars' drain timeout"),
-    ("--before", "before_s", _seconds, "load before pod A's SIGTERM"),
-    ("--tail", "tail_s", _seconds, "load after pod A exited and the lag is over"),
-    ("--teardown", "teardown_s", _seconds, "pod A's veth is deleted this long after it exits"),
-    ("--keep-alive-clients", "keep_alive_clients", _count,
+    ("--window", "window_s", seconds, "the sidecars' propagation window, and the preStop sleep"),
+    ("--drain-timeout", "drain_timeout_s", seconds, "the sidecars' drain timeout"),
+    ("--before", "before_s", seconds, "load before pod A's SIGTERM"),
+    ("--tail", "tail_s", seconds, "load after pod A exited and the lag is over"),
+    ("--teardown", "teardown_s", seconds, "pod A's veth is deleted this long after it exits"),
+    ("--keep-alive-clients", "keep_alive_clients", count,
      "clients that stay on their connection until the server closes it"),
-    ("--per-request-clients", "per_request_clients", _count,
+    ("--per-request-clients", "per_request_clients", count,
      "clients that open a connection per request"),
-    ("--think", "think_s", _seconds, "mean pause between a client's requests"),
-    ("--service-time", "service_s", _seconds, "the app's time per request"),
-    ("--timeout", "timeout_s", _seconds, "a client gives up on a request (connect included)"),
-    ("--max-requests-per-connection", "max_requests_per_connection", _count,
+    ("--think", "think_s", seconds, "mean pause between a client's requests"),
+    ("--service-time", "service_s", seconds, "the app's time per request"),
+    ("--timeout", "timeout_s", seconds, "a client gives up on a request (connect included)"),
+    ("--max-requests-per-connection", "max_requests_per_connection", count,
      "the sidecars' keep-alive rotation budget"),
-    ("--seed", "seed", _count, "random seed for the think times"),
+    ("--seed", "seed", count, "random seed for the think times"),
 ]
 
 
@@ -244,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, name, parse, help_text in OPTIONS:
         default = getattr(defaults, name)
         parser.add_argument(flag, dest=name, type=parse, default=default,
-                            metavar="S" if parse is _seconds else "N",
+                            metavar="S" if parse is seconds else "N",
                             help=f"{help_text} (default {default:g})")
-    parser.add_argument("--setups", type=_setups, default=list(ALL_SETUPS),
+    parser.add_argument("--setups", type=names_among(ALL_SETUPS), default=list(ALL_SETUPS),
                         help=f"comma-separated, run in this order (default all: "
                         f"{','.join(ALL_SETUPS)}; a peer without its binary is skipped)")
     return parser

@@ -37,32 +37,11 @@ from proxy.rollout.scenario import RolloutConfig, run_rollout  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import peers  # noqa: E402
+from cli_args import count, names_among, seconds  # noqa: E402
 
 SETUP_NAMES = {"naive": Setup.NAIVE, "prestop-sleep": Setup.PRESTOP_SLEEP,
                "drain-proxy": Setup.DRAIN_PROXY}
 ALL_SETUPS = [*SETUP_NAMES, *peers.PEERS]
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 3600:
-        raise argparse.ArgumentTypeError(f"{text}: allowed: 0 to 3600 seconds")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: allowed: a whole number >= 0")
-    return value
-
-
-def _setups(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in ALL_SETUPS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"{text}: allowed: {', '.join(ALL_SETUPS)}")
-    return names
 
 
 def peer_sidecar(name: str, config: RolloutConfig) -> ExternalSidecar:
@@ -96,25 +75,25 @@ DEFAULTS = RolloutConfig(propagation_delay_s=2.0, window_s=3.0, before_s=1.0,
                          drain_timeout_s=10.0)
 # (flag, RolloutConfig field, parser, help)
 OPTIONS: list[tuple[str, str, Callable[[str], float], str]] = [
-    ("--propagation-delay", "propagation_delay_s", _seconds,
+    ("--propagation-delay", "propagation_delay_s", seconds,
      "kube-proxy routes new connections to pod A this long after its SIGTERM"),
-    ("--window", "window_s", _seconds, "drain-proxy's --propagation-window, and the preStop sleep"),
-    ("--before", "before_s", _seconds, "load before pod A's SIGTERM"),
-    ("--keep-alive-clients", "keep_alive_clients", _count,
+    ("--window", "window_s", seconds, "drain-proxy's --propagation-window, and the preStop sleep"),
+    ("--before", "before_s", seconds, "load before pod A's SIGTERM"),
+    ("--keep-alive-clients", "keep_alive_clients", count,
      "clients that stay on their connection until the server closes it"),
-    ("--per-request-clients", "per_request_clients", _count,
+    ("--per-request-clients", "per_request_clients", count,
      "clients that open a connection per request"),
-    ("--idle-clients", "idle_clients", _count,
+    ("--idle-clients", "idle_clients", count,
      "keep-alive clients that pause longer than the window between requests"),
-    ("--slow", "slow_s", _seconds, "the slow download's length"),
-    ("--slow-lead", "slow_lead_s", _seconds,
+    ("--slow", "slow_s", seconds, "the slow download's length"),
+    ("--slow-lead", "slow_lead_s", seconds,
      "the slow download starts this long before the window ends"),
-    ("--think", "think_s", _seconds, "mean pause between a client's requests"),
-    ("--service-time", "service_s", _seconds, "the app's time per request"),
-    ("--max-requests-per-connection", "max_requests_per_connection", _count,
+    ("--think", "think_s", seconds, "mean pause between a client's requests"),
+    ("--service-time", "service_s", seconds, "the app's time per request"),
+    ("--max-requests-per-connection", "max_requests_per_connection", count,
      "drain-proxy's rotation budget"),
-    ("--drain-timeout", "drain_timeout_s", _seconds, "drain-proxy's --drain-timeout"),
-    ("--seed", "seed", _count, "random seed for think times and rotation jitter"),
+    ("--drain-timeout", "drain_timeout_s", seconds, "drain-proxy's --drain-timeout"),
+    ("--seed", "seed", count, "random seed for think times and rotation jitter"),
 ]
 
 
@@ -124,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, field, parse, help_text in OPTIONS:
         default = getattr(DEFAULTS, field)
         parser.add_argument(flag, type=parse, default=default,
-                            metavar="S" if parse is _seconds else "N",
+                            metavar="S" if parse is seconds else "N",
                             help=f"{help_text} (default {default:g})")
-    parser.add_argument("--setups", type=_setups, default=list(SETUP_NAMES),
+    parser.add_argument("--setups", type=names_among(ALL_SETUPS), default=list(SETUP_NAMES),
                         help=f"comma-separated, run in this order (default "
                         f"{','.join(SETUP_NAMES)}; also: {','.join(peers.PEERS)})")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")

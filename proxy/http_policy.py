@@ -212,11 +212,17 @@ def _name_kind(name: bytes) -> int:
             kind |= _UNDERSCORED
         if lowered.startswith(b"x-forwarded-"):
             kind |= _ORIGIN_CLAIM
-    if len(name) <= _KIND_CACHE_NAME_BYTES:
-        if len(_name_kinds) >= _KIND_CACHE_ENTRIES:
-            _name_kinds.clear()
-        _name_kinds[name] = kind
+    remember_kind(_name_kinds, name, kind)
     return kind
+
+
+def remember_kind(kinds: dict[bytes, int], name: bytes, kind: int) -> None:
+    """Keep a header name's kind, bounded: names of at most _KIND_CACHE_NAME_BYTES, and at
+    most _KIND_CACHE_ENTRIES of them (a client sending new names empties it, never grows it)."""
+    if len(name) <= _KIND_CACHE_NAME_BYTES:
+        if len(kinds) >= _KIND_CACHE_ENTRIES:
+            kinds.clear()
+        kinds[name] = kind
 
 
 # Host values already found valid, for the same reason (most connections send one Host).

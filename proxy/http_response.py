@@ -22,18 +22,17 @@ from proxy.http_policy import (
     Headers,
     HttpError,
     connection_tokens,
+    remember_kind,
 )
 
 # What a response header name means here, remembered per name as the app sends it: an
 # app sends the same few names in every response, and one lookup replaces the lower()
-# and set lookups of each name in both passes below (bounded like the request side's).
+# and set lookups of each name in both passes below (bounded as the request side's).
 _PASS: Final = 0
 _CONTENT_LENGTH: Final = 1
 _TRANSFER_ENCODING: Final = 2
 _CONNECTION: Final = 3
 _OTHER_HOP: Final = 4  # hop-by-hop: never forwarded as the app sent it
-_NAME_CACHE_ENTRIES: Final = 4096
-_NAME_CACHE_NAME_BYTES: Final = 64
 _name_kinds: Final[dict[bytes, int]] = {}
 
 
@@ -52,10 +51,7 @@ def _name_kind(name: bytes) -> int:
         kind = _OTHER_HOP
     else:
         kind = _PASS
-    if len(name) <= _NAME_CACHE_NAME_BYTES:
-        if len(_name_kinds) >= _NAME_CACHE_ENTRIES:
-            _name_kinds.clear()
-        _name_kinds[name] = kind
+    remember_kind(_name_kinds, name, kind)
     return kind
 
 
