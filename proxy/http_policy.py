@@ -22,9 +22,10 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 Headers = list[tuple[bytes, bytes]]
+Value = TypeVar("Value")
 
 
 class HttpError(Exception):
@@ -192,8 +193,8 @@ _ORIGIN_CLAIM: Final = 2  # another X-Forwarded-* field: who sent the request
 # Names as sent, with their kind: clients send the same few names on every request, and
 # one lookup replaces a lower(), a role lookup and the checks below (counted: a tenth of a
 # proxied request's instructions).  Bounded in entries and in name length.
-_KIND_CACHE_ENTRIES: Final = 4096
-_KIND_CACHE_NAME_BYTES: Final = 64
+_MEMO_ENTRIES: Final = 4096
+NAME_MEMO_BYTES: Final = 64
 _name_kinds: Final[dict[bytes, int]] = {}
 
 
@@ -212,17 +213,18 @@ def _name_kind(name: bytes) -> int:
             kind |= _UNDERSCORED
         if lowered.startswith(b"x-forwarded-"):
             kind |= _ORIGIN_CLAIM
-    remember_kind(_name_kinds, name, kind)
+    remember(_name_kinds, name, kind, NAME_MEMO_BYTES)
     return kind
 
 
-def remember_kind(kinds: dict[bytes, int], name: bytes, kind: int) -> None:
-    """Keep a header name's kind, bounded: names of at most _KIND_CACHE_NAME_BYTES, and at
-    most _KIND_CACHE_ENTRIES of them (a client sending new names empties it, never grows it)."""
-    if len(name) <= _KIND_CACHE_NAME_BYTES:
-        if len(kinds) >= _KIND_CACHE_ENTRIES:
-            kinds.clear()
-        kinds[name] = kind
+def remember(memo: dict[bytes, Value], key: bytes, value: Value, max_key_bytes: int) -> None:
+    """Keep what was found for ``key``, bounded: keys of at most ``max_key_bytes`` and at
+    most _MEMO_ENTRIES of them (a client sending new ones empties the memo, never grows it).
+    The memos here hold what a pure function found for a client's bytes."""
+    if len(key) <= max_key_bytes:
+        if len(memo) >= _MEMO_ENTRIES:
+            memo.clear()
+        memo[key] = value
 
 
 # Host values already found valid, for the same reason (most connections send one Host).
@@ -241,10 +243,8 @@ def valid_host(value: bytes) -> bool:
         valid = True
     else:
         valid = _HOST_VALUE.match(value) is not None
-    if valid and len(value) <= 255:  # a DNS name's limit; longer ones are checked each time
-        if len(_valid_hosts) >= _KIND_CACHE_ENTRIES:
-            _valid_hosts.clear()
-        _valid_hosts[value] = True
+    if valid:  # up to a DNS name's length; longer ones are checked each time
+        remember(_valid_hosts, value, True, 255)
     return valid
 
 

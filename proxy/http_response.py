@@ -15,6 +15,7 @@ from typing import Final
 from proxy.http_policy import (
     FRAMING_ALIASES,
     HOP_BY_HOP,
+    NAME_MEMO_BYTES,
     NEVER_STRIPPED,
     NO_TOKENS,
     PLAIN_CONNECTION_TOKENS,
@@ -22,7 +23,7 @@ from proxy.http_policy import (
     Headers,
     HttpError,
     connection_tokens,
-    remember_kind,
+    remember,
 )
 
 # What a response header name means here, remembered per name as the app sends it: an
@@ -51,7 +52,7 @@ def _name_kind(name: bytes) -> int:
         kind = _OTHER_HOP
     else:
         kind = _PASS
-    remember_kind(_name_kinds, name, kind)
+    remember(_name_kinds, name, kind, NAME_MEMO_BYTES)
     return kind
 
 
