@@ -61,7 +61,7 @@ class ProxyContext:
 
     def __post_init__(self) -> None:
         self._upstream_authority = str(self.settings.upstream).encode()
-        self.limits = RequestLimits(self.settings)
+        self.limits: RequestLimits = self.pool.limits  # one copy, built with the pool
         self.access_log = self.settings.access_log
         self._peers: dict[str, Peer] = {}
         # A dead app fails every request alike: one line, then a summary per interval.

@@ -3,8 +3,8 @@
 ``Settings`` is a pure-Python frozen dataclass (it is built once, from flags and the
 environment, and most of it is read at start-up).  A read of one of its fields from the
 compiled per-request code is a generic attribute lookup; a read from this class is a
-field access.  The proxy context and the upstream pool each hold one, built from the
-settings at start-up; the values never change after that.
+field access.  The upstream pool builds the one instance from the settings at start-up,
+and the proxy context shares it; the values never change after that.
 """
 
 from __future__ import annotations
