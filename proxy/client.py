@@ -273,11 +273,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._pause(flow.CONNECTING, True)
 
     def on_message_complete(self) -> None:
-        exchange, self._parsing = self._parsing, None
+        exchange = self._parsing
         assert exchange is not None and exchange.request is not None
         if exchange.request.framing is Framing.CHUNKED:
             trailers = exchange.trailers.headers if exchange.trailers is not None else []
+            # May refuse a trailer field: the request is still the one being parsed then,
+            # so the refusal is its own (and ends what the app has of it).
             exchange.add_body(http_response.last_chunk(trailers, request=True))
+        self._parsing = None
         if exchange.request.framing is not Framing.NONE:
             self._read_deadline.clear()  # the body timer
         exchange.request_complete = True
