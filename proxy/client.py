@@ -262,7 +262,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         else:
             self._queue.append(exchange)
             self.machine.request_queued()
-            self._pause(flow.PIPELINE, True)
+            self._reading_changed()
 
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing
@@ -335,9 +335,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         connection.bind(self, exchange.request.method == b"HEAD", exchange.request.upgrade)
         if self._write_paused:
             connection.client_full(True)
+        # A new app connection: whatever paused reading for the connect, or for a connection
+        # that failed before this one (a retry), is over; the send may pause it again.
+        self._pause(flow.CONNECTING | flow.APP_FULL, False)
         connection.send(payload)
-        if self._gate.paused:
-            self._pause(flow.CONNECTING, False)
         if exchange.request_complete:
             connection.request_sent()
 
@@ -447,15 +448,18 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._close_gracefully()
         elif after is THEN_DISPATCH_NEXT:
             self._active = self._queue.popleft()
-            self._pause(flow.PIPELINE, bool(self._queue))
+            self._reading_changed()
             self._dispatch(self._active)
         elif after is THEN_PARSE_HELD:  # the app refused the Upgrade: still HTTP
             held, self._held = bytes(self._held or b""), None
-            self._pause(flow.HELD, False)
+            self._reading_changed()
             self._read_deadline.set(self.ctx.limits.idle_timeout_s)
             self._parse(held)
         elif after is THEN_AWAIT_REQUEST:
+            self._reading_changed()
             self._read_deadline.set(self.ctx.limits.idle_timeout_s)
+        else:  # THEN_KEEP_READING
+            self._reading_changed()
 
     def _finish(self, exchange: Exchange, status: int, answered: bool = True) -> None:
         """The exchange is over: a response of ``status``, or not ``answered`` at all (cut
@@ -527,7 +531,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None:
             return
-        self._gate.open()
+        self._gate.apply(self.machine.paused_by)  # none: read and discard from now on
         if self._peer_eof or not transport.can_write_eof():
             transport.close()  # flushes; connection_lost follows
             return
@@ -606,9 +610,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._abort()
 
     def _pause(self, reason: int, paused: bool) -> None:
-        """Pause or resume reading the client for ``reason``; the read timer is stopped while
-        reading is paused and restarted for whatever we wait for once it resumes."""
-        self._gate.set(reason, paused)
+        """Pause or resume reading the client for ``reason`` (the machine keeps the reasons
+        and their owners)."""
+        self.machine.pause(reason, paused)
+        self._reading_changed()
+
+    def _reading_changed(self) -> None:
+        """Carry out the machine's read pauses.  The read timer is stopped while reading is
+        paused and restarted for whatever we wait for once it resumes."""
+        self._gate.apply(self.machine.paused_by)
         if self._gate.paused:
             self._read_deadline.clear()
         elif self._parsing is not None and self._collector is None:

@@ -26,6 +26,15 @@ deadline.
 Whether a response ends the connection (``Connection: close``) is decided once, in
 ``ClientMachine.close_decision``: the client's wish, the framing, an early answer,
 the drain and keep-alive rotation (see ``proxy.rotation``).
+
+Why the connection is not being read is the machine's too (``paused_by``, the reasons
+of ``proxy.flow``), and each reason has an owner that takes it away when it goes: the
+queue owns ``PIPELINE`` (set while ``PIPELINE_PAUSED``), the exchange being answered
+owns ``APP_FULL`` (its app connection's socket is full) and ``CONNECTING``, the held
+Upgrade tail owns ``HELD``.  When the exchange ends its reasons end with it, even if
+its app connection never says it became writable again: an app that answers an upload
+before reading its last bytes would otherwise leave a keep-alive connection that is
+never read again.  An ``IDLE`` connection has no reason to be paused.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from proxy.flow import APP_FULL, CONNECTING, PIPELINE
 from proxy.rotation import rotation_reason
 from proxy.transitions import IllegalTransition, bit_masks
 
@@ -82,6 +92,8 @@ TRANSITIONS: Final[dict[ClientState, frozenset[ClientState]]] = {
 # The same table as one bit mask of allowed targets per state, indexed by the state.
 _ALLOWED: Final = bit_masks(TRANSITIONS)
 _BUSY: Final = (1 << ACTIVE) | (1 << PIPELINE_PAUSED) | (1 << UPGRADE_PENDING)
+# The read-pause reasons the exchange being answered owns: they go when it ends.
+EXCHANGE_REASONS: Final = APP_FULL | CONNECTING
 
 
 
@@ -105,7 +117,8 @@ THEN_AWAIT_REQUEST: Final = AfterResponse.AWAIT_REQUEST
 class ClientMachine:
     """One client connection's state, its keep-alive budget and its close decision."""
 
-    __slots__ = ("budget", "close_reason", "expires_at", "input_closed", "served", "state")
+    __slots__ = ("budget", "close_reason", "expires_at", "input_closed", "paused_by", "served",
+                 "state")
 
     def __init__(self, budget: int, expires_at: float) -> None:
         self.state = FRESH
@@ -116,6 +129,7 @@ class ClientMachine:
         # The client half-closed, or we stopped reading for good (an error answered, the
         # connection closing): nothing more that arrives is parsed.
         self.input_closed = False
+        self.paused_by = 0  # why the client is not being read: proxy.flow's reasons
 
     def _move(self, state: ClientState) -> None:
         if not (_ALLOWED[self.state] >> state) & 1:
@@ -123,6 +137,24 @@ class ClientMachine:
         self.state = state
         if state is CLOSING or state is CLOSED:
             self.input_closed = True
+            self.paused_by = 0  # read and discard: the client must see our last response
+        elif state is IDLE:
+            self.paused_by = 0
+        elif state is ACTIVE:
+            self.paused_by &= ~PIPELINE
+
+    # -- read pauses ----------------------------------------------------------------------------
+    def pause(self, reason: int, paused: bool) -> None:
+        """Stop (or go back to) reading for ``reason``; no effect once input is closed.
+        ``PIPELINE`` is not set here: it is the ``PIPELINE_PAUSED`` state's."""
+        if paused and not self.input_closed:
+            self.paused_by |= reason
+        else:
+            self.paused_by &= ~reason
+
+    @property
+    def reading_paused(self) -> bool:
+        return self.paused_by != 0
 
     @property
     def busy(self) -> bool:
@@ -144,6 +176,7 @@ class ClientMachine:
         """A complete request waits behind one still being answered: stop reading."""
         if self.state is not PIPELINE_PAUSED:
             self._move(PIPELINE_PAUSED)
+        self.paused_by |= PIPELINE
 
     def upgrade_forwarded(self) -> None:
         """The request being answered asks to switch protocols and went to the app."""
@@ -161,6 +194,7 @@ class ClientMachine:
         """The response being written is complete; ``queued`` complete requests wait,
         ``reading`` says a later request is partly read.  Returns what to do next."""
         self.served += 1
+        self.paused_by &= ~EXCHANGE_REASONS  # its app connection is no longer ours
         if self.close_reason is None and not queued and not reading:
             if self.input_closed:
                 self.close_reason = "peer"
@@ -174,7 +208,7 @@ class ClientMachine:
                 self._move(ACTIVE)
             return THEN_DISPATCH_NEXT
         if self.state is UPGRADE_PENDING:  # refused: whatever followed it is HTTP
-            self._move(IDLE)
+            self._move(IDLE)  # the held bytes are parsed now: HELD goes with the move
             return THEN_PARSE_HELD
         if reading:
             return THEN_KEEP_READING

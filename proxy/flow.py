@@ -5,12 +5,18 @@ because the app is not reading the request body fast enough, because body bytes
 arrive while the app connection is still being made, or because bytes after an
 Upgrade request pile up; it reads again only when none of the reasons is left.
 Each reason is one bit, so pausing twice for one reason and resuming once is right.
+
+Sans-IO but for the transport it is handed: a client connection's reasons are decided
+by its state machine (``client_state``), which owns them; the gate only carries them
+out (``apply``).
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import asyncio
 
 PIPELINE: Final = 1  # a complete later request waits for the ones before it
 APP_FULL: Final = 2  # the other side's socket is full (client: the app's; app: the client's)
@@ -29,7 +35,11 @@ class ReadGate:
 
     def set(self, reason: int, paused: bool) -> None:
         before = self._reasons
-        after = before | reason if paused else before & ~reason
+        self.apply(before | reason if paused else before & ~reason)
+
+    def apply(self, reasons: int) -> None:
+        """Pause or resume the transport for exactly these reasons."""
+        before, after = self._reasons, reasons
         self._reasons = after
         if bool(before) == bool(after):
             return

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -318,9 +319,11 @@ Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager
-async def scripted_app(script: Script, backlog: int = 100) -> AsyncIterator[int]:
+async def scripted_app(script: Script, backlog: int = 100,
+                       sock: socket.socket | None = None) -> AsyncIterator[int]:
     """A raw-socket app running ``script`` for every connection; yields its port, and
-    at the end waits for every connection's script to finish."""
+    at the end waits for every connection's script to finish.  ``sock``: an unbound
+    socket to listen on, for a test that sets its options (a small receive buffer)."""
     tasks: set[asyncio.Task[None]] = set()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -331,7 +334,11 @@ async def scripted_app(script: Script, backlog: int = 100) -> AsyncIterator[int]
             await script(reader, writer)
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=backlog)
+    if sock is None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=backlog)
+    else:
+        sock.bind(("127.0.0.1", 0))
+        server = await asyncio.start_server(serve, sock=sock, backlog=backlog)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:

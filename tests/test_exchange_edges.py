@@ -9,6 +9,13 @@ EOF after our half-close, a client's FIN before the app's 101.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+import sys
+import termios
+from collections.abc import Iterator
 
 from conftest import Run
 from helpers import IO_TIMEOUT_S, eventually, running_proxy, sample, scripted_app
@@ -63,5 +70,106 @@ def test_a_bad_trailer_after_the_body_went_to_the_app_is_refused_and_not_complet
             assert b"0\r\n\r\n" not in received, "the app got a complete request"
             await eventually(lambda: proxy.ctx.requests_in_flight == 0)
             assert sample(proxy, "drain_proxy_requests_total", {"code": "400"}) == 1
+
+    run(scenario())
+
+
+@contextlib.contextmanager
+def connected_socket(local: tuple[str, int], remote: tuple[str, int]) -> Iterator[socket.socket]:
+    """This process's TCP connection from ``local`` to ``remote`` (a duplicate descriptor),
+    found through /proc: how a test reaches the proxy's end of a connection without
+    reaching into its objects."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            probe = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket
+        try:
+            if probe.type == socket.SOCK_STREAM and probe.getsockname() == local \
+                    and probe.getpeername() == remote:
+                break
+        except OSError:
+            pass  # unbound, or listening
+        probe.close()
+    else:
+        raise AssertionError(f"no connection from {local} to {remote}")
+    with probe:
+        yield probe
+
+
+def queued_bytes(local: tuple[str, int], remote: tuple[str, int]) -> tuple[int, int]:
+    """Bytes the kernel holds for a connection of this process: (received and not read
+    yet, sent and not acknowledged yet)."""
+    with connected_socket(local, remote) as sock:
+        unread = fcntl.ioctl(sock, termios.FIONREAD, b"\0\0\0\0")
+        unsent = fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0\0\0\0")
+    return int.from_bytes(unread, sys.byteorder), int.from_bytes(unsent, sys.byteorder)
+
+
+def test_early_answer_while_the_apps_socket_is_full_leaves_the_connection_readable(
+        run: Run[None]) -> None:
+    """The app answers an upload (401) before reading its last bytes, then drains them:
+    the client connection was paused because the app's socket was full, and that pause
+    must go with the exchange.  The next request on the connection is answered.
+
+    Deterministic: the kernel holds a few KiB between proxy and app (small buffers at
+    both ends) and the app reads slowly.  The upload's last 60,000 bytes are sent once
+    the proxy has read the rest, so they reach it in one read, which completes the
+    request and fills the app's socket; the app answers as soon as the proxy has read
+    everything, and only then drains the upload."""
+
+    async def scenario() -> None:
+        first_part, last_part = 100_000, 60_000
+        whole_upload_read = asyncio.Event()
+
+        async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with connected_socket(writer.get_extra_info("peername"),
+                                  writer.get_extra_info("sockname")) as proxy_to_app:
+                proxy_to_app.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            await reader.readuntil(b"\r\n\r\n")
+            read = 0
+            while not whole_upload_read.is_set():
+                read += len(await reader.readexactly(1024))
+                await asyncio.sleep(0.001)
+            writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            await reader.readexactly(first_part + last_part - read)  # then drain the upload
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+        app_socket = socket.socket()
+        app_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        async with scripted_app(app, sock=app_socket) as port, \
+                running_proxy(f"127.0.0.1:{port}") as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            proxy_end = writer.get_extra_info("peername")
+            client_end = writer.get_extra_info("sockname")
+
+            def proxy_has_read_everything() -> bool:
+                try:
+                    unsent = queued_bytes(client_end, proxy_end)[1]
+                    unread = queued_bytes(proxy_end, client_end)[0]
+                except AssertionError:
+                    return False  # not accepted yet
+                return writer.transport.get_write_buffer_size() == 0 and unsent == unread == 0
+
+            writer.write(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
+                         % (first_part + last_part) + b"x" * first_part)
+            await eventually(proxy_has_read_everything)
+            writer.write(b"y" * last_part)
+            await eventually(proxy_has_read_everything)
+            whole_upload_read.set()
+            async with asyncio.timeout(IO_TIMEOUT_S):
+                first = await reader.readuntil(b"\r\n\r\n")
+            assert first.startswith(b"HTTP/1.1 401 "), first
+            assert b"close" not in first.lower(), first  # the connection is kept
+            writer.write(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+            async with asyncio.timeout(IO_TIMEOUT_S):
+                second = await reader.readuntil(b"ok")
+            writer.close()
+            assert second.startswith(b"HTTP/1.1 200 "), second
+            assert proxy.ctx.requests_in_flight == 0
 
     run(scenario())

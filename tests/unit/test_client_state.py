@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+from proxy import flow
 from proxy.client_state import (
     TRANSITIONS,
     AfterResponse,
@@ -150,3 +151,38 @@ def test_close_decision_decides_every_response(change: dict[str, object], input_
     m.input_closed, m.served = input_closed, served
     assert m.close_decision(**{**_KEEP, **change}) == expected  # type: ignore[arg-type]
     assert m.close_reason == expected
+
+
+# -- read pauses and their owners --------------------------------------------------------------
+def test_the_exchanges_pause_reasons_end_with_it() -> None:
+    """The app's socket was full when its early answer completed: the exchange's app
+    connection will never say it drained (it is no longer ours), so the reason goes now."""
+    m = machine(S.ACTIVE)
+    m.pause(flow.APP_FULL, True)
+    m.pause(flow.CONNECTING, True)
+    assert m.reading_paused
+    assert m.response_done(queued=0, reading=False, draining=False) is AfterResponse.AWAIT_REQUEST
+    assert m.state is S.IDLE and m.paused_by == 0
+
+
+def test_the_queue_owns_the_pipeline_pause() -> None:
+    m = machine(S.ACTIVE)
+    m.request_queued()
+    m.request_queued()
+    m.pause(flow.APP_FULL, True)
+    assert m.paused_by == flow.PIPELINE | flow.APP_FULL
+    assert m.response_done(queued=2, reading=False, draining=False) \
+        is AfterResponse.DISPATCH_NEXT
+    assert m.paused_by == flow.PIPELINE, "one request still waits; the app connection went"
+    assert m.response_done(queued=1, reading=False, draining=False) \
+        is AfterResponse.DISPATCH_NEXT
+    assert m.state is S.ACTIVE and m.paused_by == 0
+
+
+def test_a_closing_connection_reads_and_discards() -> None:
+    m = machine(S.ACTIVE)
+    m.pause(flow.HELD, True)
+    assert m.close("error")
+    assert m.paused_by == 0
+    m.pause(flow.APP_FULL, True)
+    assert m.paused_by == 0, "input is closed: nothing to pause for"
