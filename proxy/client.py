@@ -157,6 +157,8 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self._peer_eof = True
+        if self.machine.ending:  # our last response is out and we half-closed: done
+            return False
         self.machine.input_closed = True
         partial = self._parsing
         if partial is not None and partial.request is not None:  # its body can never end
@@ -423,7 +425,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         to_app = bytes(self._held or b"")
         self._held = None
         self._tunnel = splice(self._loop, self.transport, connection.transport, to_app, tail,
-                              self._tunnel_ended)
+                              self._tunnel_ended, client_eof=self._peer_eof)
         self.ctx.connections.reclassify(self, Kind.TUNNEL)
 
     def _tunnel_ended(self, tunnel: Tunnel, reason: str) -> None:
@@ -445,6 +447,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             for dropped in self._unfinished():  # pipelined past a closing response: the
                 self._finish(dropped, 0, answered=False)  # client must send them again
             self._queue.clear()
+            # Nothing more is parsed, and a request cut short by an early answer is not
+            # one to answer again when the client's EOF comes.
+            self._parsing = self._collector = None
             self._close_gracefully()
         elif after is THEN_DISPATCH_NEXT:
             self._active = self._queue.popleft()

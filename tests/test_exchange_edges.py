@@ -173,3 +173,56 @@ def test_early_answer_while_the_apps_socket_is_full_leaves_the_connection_readab
             assert proxy.ctx.requests_in_flight == 0
 
     run(scenario())
+
+
+async def upload_answered_early_then_eof(proxy_port: int, status: bytes) -> None:
+    """Start a 5 MB upload, read the early answer, give up (EOF), read to the end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5000000\r\n\r\n"
+                 + b"x" * 65536)
+    async with asyncio.timeout(IO_TIMEOUT_S):
+        answer = await reader.readuntil(b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 " + status), answer
+    writer.write_eof()  # the client gives up on its upload
+    with contextlib.suppress(ConnectionResetError):  # the body's rest, discarded
+        await read_until_closed(reader)
+    writer.close()
+
+
+def test_the_clients_eof_after_an_early_answer_to_a_large_upload_is_quiet(
+        run: Run[None]) -> None:
+    """The app answers 413 before reading a large upload; the client reads it and closes.
+    Its EOF, after our half-close, must not produce a second answer (a write after
+    write_eof: a traceback), and the close is not counted as an error twice."""
+
+    async def scenario() -> None:
+        async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
+            await writer.drain()
+
+        async with scripted_app(app) as port, \
+                running_proxy(f"127.0.0.1:{port}") as proxy:
+            await upload_answered_early_then_eof(proxy.port, b"413")
+            await eventually(lambda: len(proxy.ctx.connections) == 0)
+            assert sample(proxy, "drain_proxy_connections_closed_total",
+                          {"reason": "error"}) == 1  # the early answer, nothing more
+
+    run(scenario())
+
+
+def test_the_clients_eof_after_a_502_to_a_large_upload_is_quiet(run: Run[None]) -> None:
+    """The same with the app down: 502 before the upload is read, then the client's EOF."""
+
+    async def scenario() -> None:
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            dead_port = unused.getsockname()[1]  # nothing listens there once closed
+        async with running_proxy(f"127.0.0.1:{dead_port}") as proxy:
+            await upload_answered_early_then_eof(proxy.port, b"502")
+            await eventually(lambda: len(proxy.ctx.connections) == 0)
+            assert sample(proxy, "drain_proxy_connections_closed_total",
+                          {"reason": "error"}) == 1
+
+    run(scenario())
