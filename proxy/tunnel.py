@@ -196,10 +196,12 @@ class Tunnel:
 
 def splice(loop: asyncio.AbstractEventLoop, client: asyncio.Transport,
            upstream: asyncio.Transport, to_upstream: bytes, to_client: bytes,
-           on_end: Callable[[Tunnel, str], None]) -> Tunnel:
+           on_end: Callable[[Tunnel, str], None], client_eof: bool = False) -> Tunnel:
     """Turn two HTTP connections into a tunnel after a 101 (the bytes each side sent
-    past the HTTP exchange are delivered first)."""
+    past the HTTP exchange are delivered first).  ``client_eof``: the client half-closed
+    while the app was deciding; the app gets that EOF after those bytes."""
     tunnel = Tunnel(loop, on_end)
+    tunnel.client.read_eof = client_eof  # joining passes it on
     tunnel.client.adopt(client)
     tunnel.upstream.adopt(upstream)
     if to_upstream:

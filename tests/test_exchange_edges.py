@@ -226,3 +226,40 @@ def test_the_clients_eof_after_a_502_to_a_large_upload_is_quiet(run: Run[None]) 
                           {"reason": "error"}) == 1
 
     run(scenario())
+
+
+def test_a_client_fin_before_the_apps_101_reaches_the_app_through_the_tunnel(
+        run: Run[None]) -> None:
+    """The client sends an Upgrade request and its FIN at once (it has nothing more to
+    say); the app switches protocols and then waits for the client's EOF, which must
+    come through the tunnel."""
+
+    async def scenario() -> None:
+        eof_at_app = asyncio.Event()
+
+        async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(0.05)  # the client's FIN reaches the proxy first
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n"
+                         b"Connection: Upgrade\r\n\r\n")
+            await writer.drain()
+            if await reader.read() == b"":
+                eof_at_app.set()
+            writer.write(b"bye")
+            await writer.drain()
+
+        async with scripted_app(app) as port, \
+                running_proxy(f"127.0.0.1:{port}") as proxy:
+            sock = socket.create_connection(("127.0.0.1", proxy.port))
+            sock.setblocking(False)
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: echo\r\n"
+                         b"Connection: Upgrade\r\n\r\n")
+            writer.write_eof()
+            async with asyncio.timeout(IO_TIMEOUT_S):
+                await eof_at_app.wait()
+            tail = await read_until_closed(reader)
+            writer.close()
+            assert tail.startswith(b"HTTP/1.1 101 ") and tail.endswith(b"bye"), tail
+
+    run(scenario())
