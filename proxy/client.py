@@ -441,8 +441,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._finish(exchange, exchange.status)
         self._active = None
         after = self.machine.response_done(
-            queued=len(self._queue), reading=self._parsing is not None,
-            draining=self.ctx.draining)
+            queued=len(self._queue), reading=self._parsing is not None)
         if after is THEN_CLOSE:
             for dropped in self._unfinished():  # pipelined past a closing response: the
                 self._finish(dropped, 0, answered=False)  # client must send them again
@@ -571,8 +570,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def drain(self) -> None:
         """The listener closed: an idle connection closes now; a fresh one is served when
         its first request comes; a busy one closes after its response."""
-        idle = self.machine.state is IDLE
-        if idle and self.machine.close("drain") and self.transport is not None:
+        if self.machine.drain() and self.transport is not None:
             self.transport.close()
 
     def cut(self) -> int:

@@ -117,8 +117,8 @@ THEN_AWAIT_REQUEST: Final = AfterResponse.AWAIT_REQUEST
 class ClientMachine:
     """One client connection's state, its keep-alive budget and its close decision."""
 
-    __slots__ = ("budget", "close_reason", "expires_at", "input_closed", "paused_by", "served",
-                 "state")
+    __slots__ = ("budget", "close_reason", "drain_asked", "expires_at", "input_closed",
+                 "paused_by", "served", "state")
 
     def __init__(self, budget: int, expires_at: float) -> None:
         self.state = FRESH
@@ -130,6 +130,7 @@ class ClientMachine:
         # connection closing): nothing more that arrives is parsed.
         self.input_closed = False
         self.paused_by = 0  # why the client is not being read: proxy.flow's reasons
+        self.drain_asked = False  # the window is over: close after the response in progress
 
     def _move(self, state: ClientState) -> None:
         if not (_ALLOWED[self.state] >> state) & 1:
@@ -190,15 +191,20 @@ class ClientMachine:
         """The app answered 101: the connection is a tunnel from now on."""
         self._move(TUNNELLED)
 
-    def response_done(self, *, queued: int, reading: bool, draining: bool) -> AfterResponse:
+    def response_done(self, *, queued: int, reading: bool) -> AfterResponse:
         """The response being written is complete; ``queued`` complete requests wait,
-        ``reading`` says a later request is partly read.  Returns what to do next."""
+        ``reading`` says a later request is partly read.  Returns what to do next.
+
+        A response whose head went out before the drain began did not say
+        ``Connection: close``; in the propagation window its connection stays open (its
+        client may reuse it at once, and its next response will say close).  Only once
+        the window is over (``drain``) does it close after the response."""
         self.served += 1
         self.paused_by &= ~EXCHANGE_REASONS  # its app connection is no longer ours
         if self.close_reason is None and not queued and not reading:
             if self.input_closed:
                 self.close_reason = "peer"
-            elif draining:  # its head went out before the drain began
+            elif self.drain_asked:  # the window is over: this was its last response
                 self.close_reason = "drain"
         if self.close_reason is not None:
             self._move(CLOSING)
@@ -214,6 +220,13 @@ class ClientMachine:
             return THEN_KEEP_READING
         self._move(IDLE)
         return THEN_AWAIT_REQUEST
+
+    def drain(self) -> bool:
+        """The propagation window is over and the listener closed.  True when the connection
+        closes now: it is idle.  A busy one closes after its response; a fresh one (its
+        client connected while we were still routed to) is served its first request."""
+        self.drain_asked = True
+        return self.state is IDLE and self.close("drain")
 
     def close(self, reason: str) -> bool:
         """End the connection now (an error answered, idle, the drain): False when it is

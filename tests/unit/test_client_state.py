@@ -45,7 +45,7 @@ ILLEGAL: list[tuple[ClientState, Callable[[ClientMachine], object]]] = [
     (S.FRESH, lambda m: m.switched()),
     (S.PIPELINE_PAUSED, lambda m: m.upgrade_forwarded()),
     (S.TUNNELLED, lambda m: m.request_queued()),
-    (S.CLOSING, lambda m: m.response_done(queued=0, reading=False, draining=False)),
+    (S.CLOSING, lambda m: m.response_done(queued=0, reading=False)),
 ]
 
 
@@ -82,7 +82,7 @@ def test_a_pipelined_request_leaves_a_busy_state_as_it_is(state: ClientState) ->
 def test_what_follows_a_response(queued: int, reading: bool, state: ClientState,
                                  after: AfterResponse, next_state: ClientState) -> None:
     m = machine(state)
-    assert m.response_done(queued=queued, reading=reading, draining=False) is after
+    assert m.response_done(queued=queued, reading=reading) is after
     assert m.state is next_state and m.served == 1
 
 
@@ -91,28 +91,39 @@ def test_a_decided_close_ends_the_connection_after_its_response() -> None:
     assert m.close_decision(client_keep_alive=False, close_delimited=False,
                             request_complete=True, pipelined=False, draining=False,
                             now=0.0) == "peer"
-    assert m.response_done(queued=0, reading=False, draining=False) is AfterResponse.CLOSE
+    assert m.response_done(queued=0, reading=False) is AfterResponse.CLOSE
     assert m.state is S.CLOSING
     assert m.lost() == "peer" and m.state is S.CLOSED
 
 
-@pytest.mark.parametrize(("input_closed", "draining", "reason"), [
+@pytest.mark.parametrize(("input_closed", "drained", "reason"), [
     (True, False, "peer"), (False, True, "drain"), (True, True, "peer")])
 def test_a_response_whose_head_went_out_earlier_still_closes(
-        input_closed: bool, draining: bool, reason: str) -> None:
-    """The head was decided before the client half-closed or the drain began."""
+        input_closed: bool, drained: bool, reason: str) -> None:
+    """The head was decided before the client half-closed or the window ended."""
     m = machine(S.ACTIVE)
     m.input_closed = input_closed
-    assert m.response_done(queued=0, reading=False, draining=draining) is AfterResponse.CLOSE
+    assert not m.drain() if drained else True
+    assert m.response_done(queued=0, reading=False) is AfterResponse.CLOSE
     assert m.close_reason == reason
+
+
+def test_in_the_window_a_response_begun_before_the_trigger_keeps_the_connection() -> None:
+    """It said nothing of closing, so its client may reuse the connection at once: the
+    next response says close (close_decision), and the window's end closes it if idle."""
+    m = machine(S.ACTIVE)
+    assert m.response_done(queued=0, reading=False) is AfterResponse.AWAIT_REQUEST
+    assert m.close_decision(client_keep_alive=True, close_delimited=False, request_complete=True,
+                            pipelined=False, draining=True, now=0.0) == "drain"
+    idle = machine(S.IDLE)
+    assert idle.drain() and idle.state is S.CLOSING and idle.close_reason == "drain"
 
 
 def test_the_drain_does_not_close_before_pipelined_or_arriving_requests() -> None:
     m = machine(S.PIPELINE_PAUSED)
-    assert m.response_done(queued=1, reading=False, draining=True) is \
-        AfterResponse.DISPATCH_NEXT
-    assert m.response_done(queued=0, reading=True, draining=True) is \
-        AfterResponse.KEEP_READING
+    assert not m.drain()
+    assert m.response_done(queued=1, reading=False) is AfterResponse.DISPATCH_NEXT
+    assert m.response_done(queued=0, reading=True) is AfterResponse.KEEP_READING
 
 
 def test_close_keeps_the_first_reason_and_happens_once() -> None:
@@ -161,7 +172,7 @@ def test_the_exchanges_pause_reasons_end_with_it() -> None:
     m.pause(flow.APP_FULL, True)
     m.pause(flow.CONNECTING, True)
     assert m.reading_paused
-    assert m.response_done(queued=0, reading=False, draining=False) is AfterResponse.AWAIT_REQUEST
+    assert m.response_done(queued=0, reading=False) is AfterResponse.AWAIT_REQUEST
     assert m.state is S.IDLE and m.paused_by == 0
 
 
@@ -171,10 +182,10 @@ def test_the_queue_owns_the_pipeline_pause() -> None:
     m.request_queued()
     m.pause(flow.APP_FULL, True)
     assert m.paused_by == flow.PIPELINE | flow.APP_FULL
-    assert m.response_done(queued=2, reading=False, draining=False) \
+    assert m.response_done(queued=2, reading=False) \
         is AfterResponse.DISPATCH_NEXT
     assert m.paused_by == flow.PIPELINE, "one request still waits; the app connection went"
-    assert m.response_done(queued=1, reading=False, draining=False) \
+    assert m.response_done(queued=1, reading=False) \
         is AfterResponse.DISPATCH_NEXT
     assert m.state is S.ACTIVE and m.paused_by == 0
 
