@@ -1,10 +1,15 @@
 """The drain under a real load generator, in a loop: does any client see an error?
 
 Each run starts uvicorn and the installed drain-proxy in front of it, runs
-``hey -z 20s -c 50`` against the proxy, and sends the proxy SIGTERM 5 s in.  A run
-passes when every response is a 200, the only client errors are "connection refused"
-(the listener closed at the end of the propagation window, so clients go elsewhere),
-the proxy exits 0, and it exits within 1 s of the last response the app sent.
+``hey -z 20s -c 50`` against the proxy, and beside it 6 eager connections
+(``eager_client.py``: raw-socket POSTs, never retried, the next request written the
+moment a response ends, or 5 ms later for half of them; the app sends their heads 0 to
+5 ms before their bodies, so that some are under way at the trigger), and sends the
+proxy SIGTERM 5 s in.  A run passes when every response is a 200, the only client errors are
+"connection refused" (the listener closed at the end of the propagation window, so
+clients go elsewhere), no eager request met an EOF or a reset, the proxy exits 0, and
+it exits within 1 s of the last response the app sent.  hey's transport reconnects and
+retries quietly; the eager clients show what a client that does not would lose.
 
     python benchmarks/drain_under_load.py                 # 20 runs, about 8 minutes
     python benchmarks/drain_under_load.py --runs 3 --duration 10 --sigterm-after 3
@@ -29,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from eager_client import EagerClients, EagerCounts
 from machine import proxy_build, proxy_home
 from targets import free_port, stop, wait_for_200
 
@@ -48,11 +54,14 @@ class RunResult:
     drain_s: float = 0.0  # SIGTERM to exit
     after_last_response_ms: float = 0.0  # exit minus the app's last response
     cut: str = "?"  # requests cut, from the proxy's "phase drained" line
+    eager: EagerCounts | None = None
 
     @property
     def passed(self) -> bool:
+        eager_clean = self.eager is not None and self.eager.lost == 0 \
+            and self.eager.other_status == 0
         return (self.other_status == 0 and self.other_errors == 0 and self.exit_code == 0
-                and 0 <= self.after_last_response_ms <= 1000)
+                and eager_clean and 0 <= self.after_last_response_ms <= 1000)
 
 
 def app_last_response(port: int) -> float:
@@ -89,7 +98,8 @@ def one_run(args: argparse.Namespace, log_dir: Path, number: int) -> RunResult:
     app = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--port", str(app_port), "--app-dir", str(HERE),
          "--log-level", "warning", "--no-access-log", "drain_app:app"],
-        env={**os.environ, "DRAIN_APP_DELAY_MS": str(args.app_delay_ms)},
+        env={**os.environ, "DRAIN_APP_DELAY_MS": str(args.app_delay_ms),
+             "DRAIN_APP_SPLIT_MS": str(args.split_ms)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proxy_log = log_dir / f"proxy-{number}.log"
     with proxy_log.open("w") as log:
@@ -105,6 +115,8 @@ def one_run(args: argparse.Namespace, log_dir: Path, number: int) -> RunResult:
         hey = subprocess.Popen(
             [args.hey, "-z", f"{args.duration}s", "-c", str(args.connections),
              f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True)
+        eager = EagerClients(port, args.eager, args.eager_pause_ms)
+        eager.start()
         exited = threading.Event()
         exited_at = [0.0]
 
@@ -118,6 +130,7 @@ def one_run(args: argparse.Namespace, log_dir: Path, number: int) -> RunResult:
         signalled = time.monotonic()
         os.kill(proxy.pid, signal.SIGTERM)
         output, _ = hey.communicate(timeout=args.duration + 60)
+        result.eager = eager.stop()
         exited.wait(timeout=args.window + args.drain_timeout + 30)
         result.exit_code = proxy.returncode
         result.drain_s = exited_at[0] - signalled
@@ -138,18 +151,23 @@ def table(results: list[RunResult], args: argparse.Namespace) -> str:
         f"{args.drain_timeout}; app delay 0 to {args.app_delay_ms:g} ms; {proxy_build()}",
         "",
         "| run | 200 responses | other status | refused (after the window) | other errors "
-        "| requests cut | exit code | SIGTERM to exit (s) | exit after last response (ms) | pass |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| eager 200 | eager lost | requests cut | exit code | SIGTERM to exit (s) "
+        "| exit after last response (ms) | pass |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for number, r in enumerate(results, 1):
+        eager = r.eager or EagerCounts()
         lines.append(
-            f"| {number} | {r.ok} | {r.other_status} | {r.refused} | {r.other_errors} | {r.cut} "
+            f"| {number} | {r.ok} | {r.other_status} | {r.refused} | {r.other_errors} "
+            f"| {eager.ok} | {eager.lost + eager.other_status} | {r.cut} "
             f"| {r.exit_code} | {r.drain_s:.2f} | {r.after_last_response_ms:.0f} "
             f"| {'yes' if r.passed else 'NO'} |")
     passed = sum(r.passed for r in results)
+    eager_lost = sum((r.eager or EagerCounts()).lost for r in results)
     lines += ["", f"**{passed} of {len(results)} runs passed**; client errors other than "
               f"connection refused: {sum(r.other_errors for r in results)}; non-200: "
-              f"{sum(r.other_status for r in results)}."]
+              f"{sum(r.other_status for r in results)}; eager requests lost: {eager_lost} "
+              f"({args.eager} eager connections, half pausing {args.eager_pause_ms:g} ms)."]
     lines += [f"- run {n}: {r.error_kinds}" for n, r in enumerate(results, 1) if r.error_kinds]
     return "\n".join(lines)
 
@@ -164,6 +182,13 @@ def main() -> int:
     parser.add_argument("--drain-timeout", type=float, default=15.0)
     parser.add_argument("--app-delay-ms", type=float, default=0.0,
                         help="each app response takes 0 to this many ms (default 0)")
+    parser.add_argument("--eager", type=int, default=6,
+                        help="eager raw-socket connections beside hey (default 6)")
+    parser.add_argument("--eager-pause-ms", type=float, default=5.0,
+                        help="pause of half the eager connections between requests")
+    parser.add_argument("--split-ms", type=float, default=5.0,
+                        help="the app sends an eager response's body 0 to this many ms after "
+                             "its head (default 5)")
     args = parser.parse_args()
     args.hey = shutil.which("hey")
     if args.hey is None:
@@ -178,7 +203,8 @@ def main() -> int:
             result = one_run(args, Path(tmp), number)
             results.append(result)
             print(f"run {number}/{args.runs}: {'pass' if result.passed else 'FAIL'} "
-                  f"({result.ok} ok, {result.other_errors} errors, exit {result.exit_code}, "
+                  f"({result.ok} ok, {result.other_errors} errors, "
+                  f"{(result.eager or EagerCounts()).lost} eager lost, exit {result.exit_code}, "
                   f"{result.after_last_response_ms:.0f} ms after the last response)",
                   file=sys.stderr)
     print(table(results, args))

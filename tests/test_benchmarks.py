@@ -127,6 +127,7 @@ def test_the_drain_under_load_benchmark_passes_a_short_run() -> None:
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr[-2000:]
     assert "**1 of 1 runs passed**" in res.stdout
+    assert "eager requests lost: 0 " in res.stdout
 
 
 @pytest.mark.slow
