@@ -149,6 +149,11 @@ class DrainCoordinator:
             log.error("a drain without SIGTERM could not be undone: --listen: cannot "
                       "listen again: %s", error.strerror)
             return
+        if self._exit_requested.is_set():
+            # A signal landed while the listener reopened: a termination after all.  Its
+            # trigger joined this (finished) drain, so the drain must stay done.
+            self._listener.close()
+            return
         self._ctx.pool.reopen()
         self._ctx.end_drain(self._loop.time())
         self._drained.clear()
