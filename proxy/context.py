@@ -17,7 +17,7 @@ from proxy.exchange import Exchange
 from proxy.http_policy import Peer
 from proxy.lifecycle import DrainTimeline
 from proxy.limits import RequestLimits
-from proxy.listener import Listener
+from proxy.listener import Listener, Pause
 from proxy.logs import RepeatedWarning, fields
 from proxy.memory import Trimmer
 from proxy.metrics import Metrics
@@ -88,7 +88,7 @@ class ProxyContext:
             self.metrics.accepted_while_draining.inc()
             self.metrics.last_accept_after_drain.set(self.timeline.seconds_since_trigger(now))
         if self.listener is not None and len(self.connections) >= self.settings.max_connections:
-            self.listener.pause()
+            self.listener.pause(Pause.CAPACITY)
 
     def unregister(self, connection: Drainable, reason: str) -> None:
         """A client connection closed, for ``reason`` (a connections_closed label)."""
@@ -98,7 +98,7 @@ class ProxyContext:
         if reason == "drain":
             self.timeline.connections_closed_by_drain += 1
         if self.listener is not None and len(self.connections) < self.settings.max_connections:
-            self.listener.resume()
+            self.listener.resume(Pause.CAPACITY)
 
     def _count_for_trimmer(self) -> None:
         """Tell the trimmer; if it puts a trim off, tell it again then (once)."""

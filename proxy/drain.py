@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from proxy.context import ProxyContext
 from proxy.lifecycle import Phase
-from proxy.listener import Listener
+from proxy.listener import Listener, Pause
 from proxy.logs import fields
 from proxy.tracker import Kind
 
@@ -170,7 +170,7 @@ class DrainCoordinator:
         settings = self._ctx.settings
         await self._first_of([], settings.propagation_window_s)
         self._move(Phase.DRAINING)
-        self._listener.pause()
+        self._listener.pause(Pause.DRAIN)
         for connection in self._ctx.connections.connections(Kind.HTTP):
             connection.drain()
         await asyncio.gather(

@@ -7,6 +7,11 @@ later.  So we own the listening socket and hand the server a duplicate of its
 descriptor: closing the server closes only the duplicate, the socket stays in
 the listening state, and a new server on a fresh duplicate resumes accepting.
 Closing our own socket too (the drain) is what makes new connections refused.
+
+Two owners pause accepting, for reasons that end differently: the capacity
+(``--max-connections``), released as connections close, and the drain, released only
+when a drain is undone.  Each is a separate ``Pause``: the listener accepts when
+neither holds, so a connection closing during the drain cannot resume accepting.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import enum
 import logging
 import socket
 import struct
@@ -25,6 +31,13 @@ from proxy.flags import Address
 
 log = logging.getLogger("drain_proxy.listener")
 BACKLOG = 1024  # absorbs a burst while paused at --max-connections
+
+
+class Pause(enum.Enum):
+    """Why the listener is not accepting; it accepts again only when no reason holds."""
+
+    CAPACITY = "capacity"  # --max-connections reached: released as connections close
+    DRAIN = "drain"  # the drain stops accepting: released only if the drain is undone
 
 
 class Adoptions(Protocol):
@@ -46,7 +59,8 @@ class Listener:
         self._factory = factory
         self._adoptions = adoptions
         self._server: asyncio.Server | None = None
-        self._want_serving = False
+        self._started = False
+        self._paused: set[Pause] = set()
         self._reconciling: asyncio.Task[None] | None = None
         self._adopting: set[asyncio.Task[tuple[asyncio.Transport, asyncio.BaseProtocol]]] = set()
 
@@ -59,6 +73,7 @@ class Listener:
         """Listen again after ``close``, on the same address and port (a drain undone)."""
         if self._sock is not None:
             return
+        self._paused.discard(Pause.DRAIN)
         host = self._host
         self._sock = _listening_socket(Address(host, self.port))
         await self.start()
@@ -68,21 +83,28 @@ class Listener:
         """An asyncio server is accepting on the socket now."""
         return self._server is not None
 
+    @property
+    def _want_serving(self) -> bool:
+        return self._started and not self._paused
+
     async def start(self) -> None:
-        self._want_serving = True
+        self._started = True
         await self._reconcile()
 
-    def pause(self) -> None:
-        """Stop accepting; new connections queue in the kernel backlog."""
-        self._want_serving = False
+    def pause(self, reason: Pause) -> None:
+        """Stop accepting for ``reason``; new connections queue in the kernel backlog."""
+        self._paused.add(reason)
         if self._server is not None:
             self._server.close()
             self._server = None
 
-    def resume(self) -> None:
-        if self._want_serving or self._sock is None:
+    def resume(self, reason: Pause) -> None:
+        """``reason`` no longer holds; accept again unless another one does."""
+        if reason not in self._paused:
             return
-        self._want_serving = True
+        self._paused.discard(reason)
+        if not self._want_serving or self._sock is None:
+            return
         if self._reconciling is None or self._reconciling.done():
             self._reconciling = asyncio.get_running_loop().create_task(self._reconcile())
 
@@ -100,7 +122,7 @@ class Listener:
 
     def close(self) -> None:
         """Stop accepting at once (the process is closing): the kernel refuses from now on."""
-        self.pause()
+        self.pause(Pause.DRAIN)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -117,7 +139,7 @@ class Listener:
         served, and only then is the socket closed.  The drain counts this as an
         adoption in progress, so it cannot end meanwhile.
         """
-        self.pause()
+        self.pause(Pause.DRAIN)
         sock = self._sock
         if sock is None:
             return
