@@ -30,6 +30,8 @@ from proxy import flow, http_policy, http_response
 from proxy.buffers import SHARED_READ, limit_writes
 from proxy.client_state import (
     CLOSING,
+    DRAIN_CLOSE_NOW,
+    DRAIN_GRACE,
     FRESH,
     IDLE,
     THEN_AWAIT_REQUEST,
@@ -108,8 +110,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.transport = self._gate.transport = cast(asyncio.Transport, transport)
         self._peer = self.ctx.peer(transport.get_extra_info("peername"))
         limit_writes(self.transport)
-        self.ctx.register(self, self._loop.time())
         self._read_deadline.set(self.ctx.limits.idle_timeout_s)
+        self.ctx.register(self, self._loop.time())  # after: a drain under way sets the grace
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return SHARED_READ  # one read at a time, parsed before the next (proxy.buffers)
@@ -557,11 +559,13 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # -- the drain (tracker.Drainable) ----------------------------------------------------------
     def drain(self) -> None:
-        """The listener closed: an idle connection closes now; a fresh one is served when
-        its first request comes; a busy one closes after its response."""
-        idle = self.machine.state is IDLE
-        if idle and self.machine.close("drain") and self.transport is not None:
+        """The listener closed: an idle connection closes now; a fresh one is served if its
+        first request comes within the grace; a busy one closes after its response."""
+        step = self.machine.drain()
+        if step is DRAIN_CLOSE_NOW and self.transport is not None:
             self.transport.close()
+        elif step is DRAIN_GRACE:
+            self._read_deadline.set(self.ctx.first_request_grace_s)
 
     def cut(self) -> int:
         """The deadline: abort what is still running; return the requests cut."""
@@ -593,7 +597,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif self._parsing is not None:
             self._reject(HttpError(408, "request body stalled"))
         elif state is FRESH or state is IDLE:
-            self.machine.close("idle_timeout")
+            self.machine.close(self.machine.quiet_close_reason)
             if self.transport is not None:
                 self.transport.close()
 

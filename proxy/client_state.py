@@ -18,10 +18,13 @@ Every state change goes through ``TRANSITIONS``; anything else raises
 ``IllegalTransition``, a bug by definition.  The asyncio adapter (``proxy.client``)
 reports events and carries out what the methods here return.
 
-The drain reads the state too: ``FRESH`` connections are served when their first
-request comes (their client connected while we were still routed to), ``IDLE`` ones
-are closed at once, busy ones close after their response, tunnels have their own
-deadline.
+The drain reads the state too (``ClientMachine.drain``): ``IDLE`` connections are
+closed at once, busy ones close after their response, tunnels have their own deadline.
+A ``FRESH`` connection is served if its first request comes within a short grace (its
+client connected while we were still routed to, and a request follows its connect at
+once), then closed: a client that connects and sends nothing (a browser's speculative
+preconnect, a pool warming connections) must not hold the pod's exit until the drain
+timeout.
 
 Whether a response ends the connection (``Connection: close``) is decided once, in
 ``ClientMachine.close_decision``: the client's wish, the framing, an early answer,
@@ -102,10 +105,24 @@ THEN_KEEP_READING: Final = AfterResponse.KEEP_READING
 THEN_AWAIT_REQUEST: Final = AfterResponse.AWAIT_REQUEST
 
 
+class OnDrain(enum.IntEnum):
+    """What a connection does when the drain reaches it (the listener stops accepting)."""
+
+    CLOSE_NOW = 0  # idle: nothing is asked on it
+    GRACE = 1  # fresh: served if its first request comes within the grace, closed after it
+    AFTER_RESPONSE = 2  # busy, closing or tunnelled: what it is doing ends it
+
+
+DRAIN_CLOSE_NOW: Final = OnDrain.CLOSE_NOW
+DRAIN_GRACE: Final = OnDrain.GRACE
+DRAIN_AFTER_RESPONSE: Final = OnDrain.AFTER_RESPONSE
+
+
 class ClientMachine:
     """One client connection's state, its keep-alive budget and its close decision."""
 
-    __slots__ = ("budget", "close_reason", "expires_at", "input_closed", "served", "state")
+    __slots__ = ("budget", "close_reason", "draining", "expires_at", "input_closed", "served",
+                 "state")
 
     def __init__(self, budget: int, expires_at: float) -> None:
         self.state = FRESH
@@ -116,6 +133,7 @@ class ClientMachine:
         # The client half-closed, or we stopped reading for good (an error answered, the
         # connection closing): nothing more that arrives is parsed.
         self.input_closed = False
+        self.draining = False  # the drain reached it: a quiet close is the drain's
 
     def _move(self, state: ClientState) -> None:
         if not (_ALLOWED[self.state] >> state) & 1:
@@ -189,6 +207,22 @@ class ClientMachine:
         self.close_reason = self.close_reason or reason
         self._move(CLOSING)
         return True
+
+    def drain(self) -> OnDrain:
+        """The drain reached this connection (the listener stops accepting)."""
+        self.draining = True
+        if self.state is IDLE:
+            self.close("drain")
+            return DRAIN_CLOSE_NOW
+        if self.state is FRESH:
+            return DRAIN_GRACE
+        return DRAIN_AFTER_RESPONSE
+
+    @property
+    def quiet_close_reason(self) -> str:
+        """Why a connection closes when it has waited too long for a request: the drain's
+        grace, or the idle timeout."""
+        return "drain" if self.draining else "idle_timeout"
 
     def lost(self) -> str:
         """The transport is gone; returns the connections_closed reason."""

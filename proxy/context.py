@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from proxy.exchange import Exchange
 from proxy.http_policy import Peer
-from proxy.lifecycle import DrainTimeline
+from proxy.lifecycle import DrainTimeline, Phase, first_request_grace_s
 from proxy.limits import RequestLimits
 from proxy.listener import Listener, Pause
 from proxy.logs import RepeatedWarning, fields
@@ -62,6 +62,7 @@ class ProxyContext:
     def __post_init__(self) -> None:
         self._upstream_authority = str(self.settings.upstream).encode()
         self.limits: RequestLimits = self.pool.limits  # one copy, built with the pool
+        self.first_request_grace_s: float = first_request_grace_s(self.settings.header_timeout_s)
         self.access_log = self.settings.access_log
         self._peers: dict[str, Peer] = {}
         # A dead app fails every request alike: one line, then a summary per interval.
@@ -87,6 +88,8 @@ class ProxyContext:
             self.timeline.accepted_while_draining += 1
             self.metrics.accepted_while_draining.inc()
             self.metrics.last_accept_after_drain.set(self.timeline.seconds_since_trigger(now))
+        if self.timeline.phase is Phase.DRAINING:
+            connection.drain()  # taken from the backlog after the drain's close step
         if self.listener is not None and len(self.connections) >= self.settings.max_connections:
             self.listener.pause(Pause.CAPACITY)
 

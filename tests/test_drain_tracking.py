@@ -219,3 +219,29 @@ def test_a_sigterm_while_the_listener_reopens_still_exits(run: Run[None]) -> Non
             admin.close()
 
     run(scenario())
+
+
+def test_a_silent_connection_taken_from_the_backlog_gets_the_grace_too(run: Run[None]) -> None:
+    """At --max-connections a preconnect waits in the backlog; the drain adopts it after
+    its close step, so it must be given the first-request grace when it registers."""
+
+    async def scenario() -> None:
+        async with app_and_proxy("--max-connections", "1", "--propagation-window", "0",
+                                 "--drain-timeout", "10", "--header-timeout", "0.3",
+                                 handler=slow_handler) as (_app, proxy):
+            loop = asyncio.get_running_loop()
+            busy = await Client.open(proxy.port)  # takes the only slot
+            slow = loop.create_task(busy.request("GET", "/slow?s=0.2"))
+            await eventually(lambda: sample(proxy, "drain_proxy_requests_in_flight") == 1)
+            silent = await Client.open(proxy.port)  # in the backlog: the listener is paused
+            started = loop.time()
+            coordinator(proxy).trigger("test")
+            assert (await slow).status == 200
+            await asyncio.wait_for(coordinator(proxy).wait_drained(), 5)
+            assert loop.time() - started < 2.0, "the adopted silent connection held the drain"
+            assert await silent.is_closed_by_peer(), "a clean close: nothing was asked"
+            assert coordinator(proxy).exit_code == 0
+            for client in (busy, silent):
+                client.close()
+
+    run(scenario())

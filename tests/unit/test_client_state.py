@@ -17,6 +17,7 @@ from proxy.client_state import (
     AfterResponse,
     ClientMachine,
     ClientState,
+    OnDrain,
 )
 from proxy.transitions import IllegalTransition
 
@@ -119,6 +120,31 @@ def test_close_keeps_the_first_reason_and_happens_once() -> None:
     assert m.close("drain") and m.state is S.CLOSING
     assert not m.close("idle_timeout")
     assert m.close_reason == "drain"
+
+
+@pytest.mark.parametrize(("state", "step", "after"), [
+    (S.IDLE, OnDrain.CLOSE_NOW, S.CLOSING),
+    (S.FRESH, OnDrain.GRACE, S.FRESH),
+    (S.ACTIVE, OnDrain.AFTER_RESPONSE, S.ACTIVE),
+    (S.PIPELINE_PAUSED, OnDrain.AFTER_RESPONSE, S.PIPELINE_PAUSED),
+    (S.UPGRADE_PENDING, OnDrain.AFTER_RESPONSE, S.UPGRADE_PENDING),
+    (S.TUNNELLED, OnDrain.AFTER_RESPONSE, S.TUNNELLED),
+    (S.CLOSING, OnDrain.AFTER_RESPONSE, S.CLOSING),
+])
+def test_what_the_drain_does_to_each_state(state: ClientState, step: OnDrain,
+                                           after: ClientState) -> None:
+    m = machine(state)
+    assert m.drain() is step
+    assert m.state is after
+
+
+def test_a_silent_connection_the_drain_reached_closes_for_the_drain() -> None:
+    """A preconnect that never asks is closed by the drain, not counted as idle."""
+    m = machine(S.FRESH)
+    assert m.quiet_close_reason == "idle_timeout"
+    m.drain()
+    assert m.quiet_close_reason == "drain"
+    assert m.close(m.quiet_close_reason) and m.close_reason == "drain"
 
 
 def test_an_upgrade_goes_pending_then_tunnelled() -> None:
