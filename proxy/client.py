@@ -454,7 +454,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._read_deadline.set(self.ctx.limits.idle_timeout_s)
             self._parse(held)
         elif after is THEN_AWAIT_REQUEST:
-            self._read_deadline.set(self.ctx.limits.idle_timeout_s)
+            self._await_request()
 
     def _finish(self, exchange: Exchange, status: int, answered: bool = True) -> None:
         """The exchange is over: a response of ``status``, or not ``answered`` at all (cut
@@ -556,6 +556,20 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._write_deadline.cancel()
         if self._connect_task is not None:
             self._connect_task.cancel()
+
+    def _await_request(self) -> None:
+        """Idle keep-alive: wait for the next request, as the most recently used idle
+        connection (the least recently used one makes room at --max-connections)."""
+        self._read_deadline.set(self.ctx.limits.idle_timeout_s)
+        self.ctx.connection_idle(self)
+
+    def reclaim(self) -> bool:
+        """tracker.Reclaimable: clients wait at --max-connections; close if still idle."""
+        if not self.machine.reclaim():
+            return False
+        if self.transport is not None:
+            self.transport.close()
+        return True
 
     # -- the drain (tracker.Drainable) ----------------------------------------------------------
     def drain(self) -> None:

@@ -218,6 +218,11 @@ class ClientMachine:
             return DRAIN_GRACE
         return DRAIN_AFTER_RESPONSE
 
+    def reclaim(self) -> bool:
+        """At --max-connections with clients waiting, the least recently used idle
+        connection makes room: True when it was idle and now closes."""
+        return self.state is IDLE and self.close("max_connections")
+
     @property
     def quiet_close_reason(self) -> str:
         """Why a connection closes when it has waited too long for a request: the drain's

@@ -24,13 +24,14 @@ from proxy.metrics import Metrics
 from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
 from proxy.stats import ResponseStats
-from proxy.tracker import ConnectionTracker, Drainable, Kind
+from proxy.tracker import ConnectionTracker, Drainable, Kind, Reclaimable
 from proxy.upstream import UpstreamFailure, UpstreamPool
 
 if TYPE_CHECKING:
     from proxy.h2_relay import H2Connection  # it imports this module
 
 log = logging.getLogger("drain_proxy.upstream")
+capacity_log = logging.getLogger("drain_proxy.capacity")
 access_log = logging.getLogger("drain_proxy.access")
 
 
@@ -67,6 +68,9 @@ class ProxyContext:
         self._peers: dict[str, Peer] = {}
         # A dead app fails every request alike: one line, then a summary per interval.
         self.upstream_warnings = RepeatedWarning(log, "upstream errors")
+        # At --max-connections with clients waiting, every new client may close an idle one.
+        self.capacity_warnings = RepeatedWarning(capacity_log, "idle connections closed")
+        self._room_wanted = False  # a client waits, and no connection was idle to make room
         self.trimmer = Trimmer.from_libc()  # gives memory back once a load has passed
         self._trim_timer: asyncio.TimerHandle | None = None
         self.responses = self.metrics.responses
@@ -101,7 +105,26 @@ class ProxyContext:
         if reason == "drain":
             self.timeline.connections_closed_by_drain += 1
         if self.listener is not None and len(self.connections) < self.settings.max_connections:
+            self._room_wanted = False
             self.listener.resume(Pause.CAPACITY)
+
+    def make_room(self) -> None:
+        """At --max-connections a client waits in the backlog: close the least recently used
+        idle connection (its close resumes accepting), or the next one to go idle."""
+        if not self.connections.reclaim_idle():
+            self._room_wanted = True
+            return
+        limit = self.settings.max_connections
+        self.capacity_warnings.warn(
+            "max_connections", f"--max-connections {limit} reached with clients waiting: "
+            "closed the least recently used idle keep-alive connection to make room")
+
+    def connection_idle(self, connection: Reclaimable) -> None:
+        """A keep-alive connection awaits its next request."""
+        self.connections.idle(connection)
+        if self._room_wanted:
+            self._room_wanted = False
+            self.make_room()
 
     def _count_for_trimmer(self) -> None:
         """Tell the trimmer; if it puts a trim off, tell it again then (once)."""

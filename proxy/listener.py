@@ -12,6 +12,10 @@ Two owners pause accepting, for reasons that end differently: the capacity
 (``--max-connections``), released as connections close, and the drain, released only
 when a drain is undone.  Each is a separate ``Pause``: the listener accepts when
 neither holds, so a connection closing during the drain cannot resume accepting.
+
+Paused at capacity only, the listener watches its socket: when a client waits in the
+backlog it says so (``clients_waiting``), once per pause, so that the least recently
+used idle keep-alive connection can make room, as nginx does ("reusing connections").
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class Listener:
     """Owns one listening TCP socket and the asyncio server accepting on it."""
 
     def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.BaseProtocol],
-                 adoptions: Adoptions) -> None:
+                 adoptions: Adoptions, clients_waiting: Callable[[], None] = lambda: None,
+                 ) -> None:
         self._sock: socket.socket | None = sock
         # Kept: reported, and listened on again, after the socket is closed.
         self._host, self.port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
@@ -61,13 +66,17 @@ class Listener:
         self._server: asyncio.Server | None = None
         self._started = False
         self._paused: set[Pause] = set()
+        self._clients_waiting = clients_waiting
+        self._watching = False  # for a client waiting in the backlog (paused at capacity)
+        self._told = False  # that one is waiting, during this capacity pause
         self._reconciling: asyncio.Task[None] | None = None
         self._adopting: set[asyncio.Task[tuple[asyncio.Transport, asyncio.BaseProtocol]]] = set()
 
     @classmethod
     def bind(cls, address: Address, factory: Callable[[], asyncio.BaseProtocol],
-             adoptions: Adoptions) -> Listener:
-        return cls(_listening_socket(address), factory, adoptions)
+             adoptions: Adoptions, clients_waiting: Callable[[], None] = lambda: None,
+             ) -> Listener:
+        return cls(_listening_socket(address), factory, adoptions, clients_waiting)
 
     async def reopen(self) -> None:
         """Listen again after ``close``, on the same address and port (a drain undone)."""
@@ -76,6 +85,7 @@ class Listener:
         self._paused.discard(Pause.DRAIN)
         host = self._host
         self._sock = _listening_socket(Address(host, self.port))
+        self._watch_backlog()  # still at capacity, perhaps
         await self.start()
 
     @property
@@ -97,16 +107,39 @@ class Listener:
         if self._server is not None:
             self._server.close()
             self._server = None
+        self._watch_backlog()
 
     def resume(self, reason: Pause) -> None:
         """``reason`` no longer holds; accept again unless another one does."""
         if reason not in self._paused:
             return
         self._paused.discard(reason)
+        if reason is Pause.CAPACITY:
+            self._told = False
+        self._watch_backlog()
         if not self._want_serving or self._sock is None:
             return
         if self._reconciling is None or self._reconciling.done():
             self._reconciling = asyncio.get_running_loop().create_task(self._reconcile())
+
+    def _watch_backlog(self) -> None:
+        """Watch the socket while paused at capacity only (a drain is closing it), until
+        told once: the socket stays readable while a client waits, and the room is made
+        by a connection closing, which resumes accepting."""
+        watch = self._paused == {Pause.CAPACITY} and self._sock is not None and not self._told
+        if watch == self._watching or self._sock is None:
+            return
+        self._watching = watch
+        loop = asyncio.get_running_loop()
+        if watch:
+            loop.add_reader(self._sock.fileno(), self._client_waits)
+        else:
+            loop.remove_reader(self._sock.fileno())
+
+    def _client_waits(self) -> None:
+        self._told = True
+        self._watch_backlog()
+        self._clients_waiting()
 
     async def _reconcile(self) -> None:
         """Make the server match ``_want_serving``.  Creating a server awaits, and pause and

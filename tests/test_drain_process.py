@@ -313,16 +313,18 @@ def test_connections_adopted_from_the_backlog_are_served_before_exit(
     async def scenario() -> None:
         async with process_under_test(
                 loop_kind, "--max-connections", "1", "--propagation-window", "0.3",
-                "--drain-timeout", "5") as (_app, proxy):
+                "--drain-timeout", "5") as (app, proxy):
             loop = asyncio.get_running_loop()
-            holder = await Client.open(proxy.port)  # takes the only slot
-            assert (await holder.request()).status == 200
+            holder = await Client.open(proxy.port)  # takes the only slot, busy: not reclaimed
+            held = loop.create_task(holder.request("GET", "/slow?s=1"))
+            await app.slow_arrived.wait()
             queued = [await Client.open(proxy.port) for _ in range(3)]  # in the backlog
             answers = [loop.create_task(c.request("GET", f"/q{i}"))
                        for i, c in enumerate(queued)]
             proxy.signal(signal.SIGTERM)
             responses = await asyncio.gather(*answers)
             assert [r.status for r in responses] == [200, 200, 200]
+            assert (await held).status == 200
             assert await proxy.wait() == 0, proxy.log_text()
             for client in (holder, *queued):
                 client.close()

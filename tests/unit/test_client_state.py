@@ -176,3 +176,14 @@ def test_close_decision_decides_every_response(change: dict[str, object], input_
     m.input_closed, m.served = input_closed, served
     assert m.close_decision(**{**_KEEP, **change}) == expected  # type: ignore[arg-type]
     assert m.close_reason == expected
+
+
+@pytest.mark.parametrize("state", list(ClientState))
+def test_only_an_idle_connection_is_reclaimed_for_room(state: ClientState) -> None:
+    """At --max-connections: never a fresh one (its client would not retry a request lost
+    on a new connection), never a busy one."""
+    m = machine(state)
+    reclaimed = m.reclaim()
+    assert reclaimed == (state is S.IDLE)
+    if reclaimed:
+        assert m.state is S.CLOSING and m.close_reason == "max_connections"
