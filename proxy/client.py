@@ -30,6 +30,8 @@ from proxy import flow, http_policy, http_response
 from proxy.buffers import SHARED_READ, limit_writes
 from proxy.client_state import (
     CLOSING,
+    DRAIN_CLOSE_NOW,
+    DRAIN_GRACE,
     FRESH,
     IDLE,
     THEN_AWAIT_REQUEST,
@@ -108,8 +110,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.transport = self._gate.transport = cast(asyncio.Transport, transport)
         self._peer = self.ctx.peer(transport.get_extra_info("peername"))
         limit_writes(self.transport)
-        self.ctx.register(self, self._loop.time())
         self._read_deadline.set(self.ctx.limits.idle_timeout_s)
+        self.ctx.register(self, self._loop.time())  # after: a drain under way sets the grace
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return SHARED_READ  # one read at a time, parsed before the next (proxy.buffers)
@@ -461,7 +463,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._parse(held)
         elif after is THEN_AWAIT_REQUEST:
             self._reading_changed()
-            self._read_deadline.set(self.ctx.limits.idle_timeout_s)
+            self._await_request()
         else:  # THEN_KEEP_READING
             self._reading_changed()
 
@@ -566,12 +568,29 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._connect_task is not None:
             self._connect_task.cancel()
 
+    def _await_request(self) -> None:
+        """Idle keep-alive: wait for the next request, as the most recently used idle
+        connection (the least recently used one makes room at --max-connections)."""
+        self._read_deadline.set(self.ctx.limits.idle_timeout_s)
+        self.ctx.connection_idle(self)
+
+    def reclaim(self) -> bool:
+        """tracker.Reclaimable: clients wait at --max-connections; close if still idle."""
+        if not self.machine.reclaim():
+            return False
+        if self.transport is not None:
+            self.transport.close()
+        return True
+
     # -- the drain (tracker.Drainable) ----------------------------------------------------------
     def drain(self) -> None:
-        """The listener closed: an idle connection closes now; a fresh one is served when
-        its first request comes; a busy one closes after its response."""
-        if self.machine.drain() and self.transport is not None:
+        """The listener closed: an idle connection closes now; a fresh one is served if its
+        first request comes within the grace; a busy one closes after its response."""
+        step = self.machine.drain()
+        if step is DRAIN_CLOSE_NOW and self.transport is not None:
             self.transport.close()
+        elif step is DRAIN_GRACE:
+            self._read_deadline.set(self.ctx.first_request_grace_s)
 
     def cut(self) -> int:
         """The deadline: abort what is still running; return the requests cut."""
@@ -603,7 +622,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif self._parsing is not None:
             self._reject(HttpError(408, "request body stalled"))
         elif state is FRESH or state is IDLE:
-            self.machine.close("idle_timeout")
+            self.machine.close(self.machine.quiet_close_reason)
             if self.transport is not None:
                 self.transport.close()
 

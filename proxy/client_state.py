@@ -18,10 +18,13 @@ Every state change goes through ``TRANSITIONS``; anything else raises
 ``IllegalTransition``, a bug by definition.  The asyncio adapter (``proxy.client``)
 reports events and carries out what the methods here return.
 
-The drain reads the state too: ``FRESH`` connections are served when their first
-request comes (their client connected while we were still routed to), ``IDLE`` ones
-are closed at once, busy ones close after their response, tunnels have their own
-deadline.
+The drain reads the state too (``ClientMachine.drain``): ``IDLE`` connections are
+closed at once, busy ones close after their response, tunnels have their own deadline.
+A ``FRESH`` connection is served if its first request comes within a short grace (its
+client connected while we were still routed to, and a request follows its connect at
+once), then closed: a client that connects and sends nothing (a browser's speculative
+preconnect, a pool warming connections) must not hold the pod's exit until the drain
+timeout.
 
 Whether a response ends the connection (``Connection: close``) is decided once, in
 ``ClientMachine.close_decision``: the client's wish, the framing, an early answer,
@@ -114,10 +117,23 @@ THEN_KEEP_READING: Final = AfterResponse.KEEP_READING
 THEN_AWAIT_REQUEST: Final = AfterResponse.AWAIT_REQUEST
 
 
+class OnDrain(enum.IntEnum):
+    """What a connection does when the drain reaches it (the listener stops accepting)."""
+
+    CLOSE_NOW = 0  # idle: nothing is asked on it
+    GRACE = 1  # fresh: served if its first request comes within the grace, closed after it
+    AFTER_RESPONSE = 2  # busy, closing or tunnelled: what it is doing ends it
+
+
+DRAIN_CLOSE_NOW: Final = OnDrain.CLOSE_NOW
+DRAIN_GRACE: Final = OnDrain.GRACE
+DRAIN_AFTER_RESPONSE: Final = OnDrain.AFTER_RESPONSE
+
+
 class ClientMachine:
     """One client connection's state, its keep-alive budget and its close decision."""
 
-    __slots__ = ("budget", "close_reason", "drain_asked", "expires_at", "input_closed",
+    __slots__ = ("budget", "close_reason", "drain_reached", "expires_at", "input_closed",
                  "paused_by", "served", "state")
 
     def __init__(self, budget: int, expires_at: float) -> None:
@@ -130,7 +146,9 @@ class ClientMachine:
         # connection closing): nothing more that arrives is parsed.
         self.input_closed = False
         self.paused_by = 0  # why the client is not being read: proxy.flow's reasons
-        self.drain_asked = False  # the window is over: close after the response in progress
+        # The window is over and the drain reached it: it closes after the response in
+        # progress, and a quiet close (the fresh connection's grace) is the drain's.
+        self.drain_reached = False
 
     def _move(self, state: ClientState) -> None:
         if not (_ALLOWED[self.state] >> state) & 1:
@@ -204,7 +222,7 @@ class ClientMachine:
         if self.close_reason is None and not queued and not reading:
             if self.input_closed:
                 self.close_reason = "peer"
-            elif self.drain_asked:  # the window is over: this was its last response
+            elif self.drain_reached:  # the window is over: this was its last response
                 self.close_reason = "drain"
         if self.close_reason is not None:
             self._move(CLOSING)
@@ -221,13 +239,6 @@ class ClientMachine:
         self._move(IDLE)
         return THEN_AWAIT_REQUEST
 
-    def drain(self) -> bool:
-        """The propagation window is over and the listener closed.  True when the connection
-        closes now: it is idle.  A busy one closes after its response; a fresh one (its
-        client connected while we were still routed to) is served its first request."""
-        self.drain_asked = True
-        return self.state is IDLE and self.close("drain")
-
     def close(self, reason: str) -> bool:
         """End the connection now (an error answered, idle, the drain): False when it is
         already closing or closed."""
@@ -236,6 +247,30 @@ class ClientMachine:
         self.close_reason = self.close_reason or reason
         self._move(CLOSING)
         return True
+
+    def drain(self) -> OnDrain:
+        """The propagation window is over and the listener closed: an idle connection closes
+        now, a busy one after its response (``response_done``), a fresh one (its client
+        connected while we were still routed to) is served if its first request comes
+        within the grace."""
+        self.drain_reached = True
+        if self.state is IDLE:
+            self.close("drain")
+            return DRAIN_CLOSE_NOW
+        if self.state is FRESH:
+            return DRAIN_GRACE
+        return DRAIN_AFTER_RESPONSE
+
+    def reclaim(self) -> bool:
+        """At --max-connections with clients waiting, the least recently used idle
+        connection makes room: True when it was idle and now closes."""
+        return self.state is IDLE and self.close("max_connections")
+
+    @property
+    def quiet_close_reason(self) -> str:
+        """Why a connection closes when it has waited too long for a request: the drain's
+        grace, or the idle timeout."""
+        return "drain" if self.drain_reached else "idle_timeout"
 
     def lost(self) -> str:
         """The transport is gone; returns the connections_closed reason."""

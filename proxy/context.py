@@ -15,22 +15,23 @@ from typing import TYPE_CHECKING
 
 from proxy.exchange import Exchange
 from proxy.http_policy import Peer
-from proxy.lifecycle import DrainTimeline
+from proxy.lifecycle import DrainTimeline, Phase, first_request_grace_s
 from proxy.limits import RequestLimits
-from proxy.listener import Listener
+from proxy.listener import Listener, Pause
 from proxy.logs import RepeatedWarning, fields
 from proxy.memory import Trimmer
 from proxy.metrics import Metrics
 from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
 from proxy.stats import ResponseStats
-from proxy.tracker import ConnectionTracker, Drainable, Kind
+from proxy.tracker import ConnectionTracker, Drainable, Kind, Reclaimable
 from proxy.upstream import UpstreamFailure, UpstreamPool
 
 if TYPE_CHECKING:
     from proxy.h2_relay import H2Connection  # it imports this module
 
 log = logging.getLogger("drain_proxy.upstream")
+capacity_log = logging.getLogger("drain_proxy.capacity")
 access_log = logging.getLogger("drain_proxy.access")
 
 
@@ -62,10 +63,14 @@ class ProxyContext:
     def __post_init__(self) -> None:
         self._upstream_authority = str(self.settings.upstream).encode()
         self.limits: RequestLimits = self.pool.limits  # one copy, built with the pool
+        self.first_request_grace_s: float = first_request_grace_s(self.settings.header_timeout_s)
         self.access_log = self.settings.access_log
         self._peers: dict[str, Peer] = {}
         # A dead app fails every request alike: one line, then a summary per interval.
         self.upstream_warnings = RepeatedWarning(log, "upstream errors")
+        # At --max-connections with clients waiting, every new client may close an idle one.
+        self.capacity_warnings = RepeatedWarning(capacity_log, "idle connections closed")
+        self._room_wanted = False  # a client waits, and no connection was idle to make room
         self.trimmer = Trimmer.from_libc()  # gives memory back once a load has passed
         self._trim_timer: asyncio.TimerHandle | None = None
         self.responses = self.metrics.responses
@@ -87,8 +92,10 @@ class ProxyContext:
             self.timeline.accepted_while_draining += 1
             self.metrics.accepted_while_draining.inc()
             self.metrics.last_accept_after_drain.set(self.timeline.seconds_since_trigger(now))
+        if self.timeline.phase is Phase.DRAINING:
+            connection.drain()  # taken from the backlog after the drain's close step
         if self.listener is not None and len(self.connections) >= self.settings.max_connections:
-            self.listener.pause()
+            self.listener.pause(Pause.CAPACITY)
 
     def unregister(self, connection: Drainable, reason: str) -> None:
         """A client connection closed, for ``reason`` (a connections_closed label)."""
@@ -98,7 +105,26 @@ class ProxyContext:
         if reason == "drain":
             self.timeline.connections_closed_by_drain += 1
         if self.listener is not None and len(self.connections) < self.settings.max_connections:
-            self.listener.resume()
+            self._room_wanted = False
+            self.listener.resume(Pause.CAPACITY)
+
+    def make_room(self) -> None:
+        """At --max-connections a client waits in the backlog: close the least recently used
+        idle connection (its close resumes accepting), or the next one to go idle."""
+        if not self.connections.reclaim_idle():
+            self._room_wanted = True
+            return
+        limit = self.settings.max_connections
+        self.capacity_warnings.warn(
+            "max_connections", f"--max-connections {limit} reached with clients waiting: "
+            "closed the least recently used idle keep-alive connection to make room")
+
+    def connection_idle(self, connection: Reclaimable) -> None:
+        """A keep-alive connection awaits its next request."""
+        self.connections.idle(connection)
+        if self._room_wanted:
+            self._room_wanted = False
+            self.make_room()
 
     def _count_for_trimmer(self) -> None:
         """Tell the trimmer; if it puts a trim off, tell it again then (once)."""

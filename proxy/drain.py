@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from proxy.context import ProxyContext
 from proxy.lifecycle import Phase
-from proxy.listener import Listener
+from proxy.listener import Listener, Pause
 from proxy.logs import fields
 from proxy.tracker import Kind
 
@@ -149,6 +149,11 @@ class DrainCoordinator:
             log.error("a drain without SIGTERM could not be undone: --listen: cannot "
                       "listen again: %s", error.strerror)
             return
+        if self._exit_requested.is_set():
+            # A signal landed while the listener reopened: a termination after all.  Its
+            # trigger joined this (finished) drain, so the drain must stay done.
+            self._listener.close()
+            return
         self._ctx.pool.reopen()
         self._ctx.end_drain(self._loop.time())
         self._drained.clear()
@@ -165,7 +170,7 @@ class DrainCoordinator:
         settings = self._ctx.settings
         await self._first_of([], settings.propagation_window_s)
         self._move(Phase.DRAINING)
-        self._listener.pause()
+        self._listener.pause(Pause.DRAIN)
         for connection in self._ctx.connections.connections(Kind.HTTP):
             connection.drain()
         await asyncio.gather(

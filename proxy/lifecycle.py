@@ -16,7 +16,8 @@ with one deadline:
    here: a client may be sending on one at this very moment.
 3. ``draining``: close the listener (refusing new handshakes, serving those already
    under way and the backlog), close connections that are idle now; busy ones close
-   after their current response.
+   after their current response.  One that has sent nothing yet gets a short grace
+   (``first_request_grace_s``) for its first request, then is closed.
 4. Wait until every connection has ended, bounded by ``--drain-timeout`` (tunnels:
    ``--tunnel-drain-timeout``).  A connection accepted in the window whose first
    request comes only now is served too.  At the deadline abort what remains and
@@ -32,6 +33,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
+from typing import Final
 
 from proxy.transitions import IllegalTransition
 
@@ -53,6 +55,19 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     # within the grace period: it was not a pod termination (``DrainTimeline.undo``).
     Phase.DRAINED: frozenset({Phase.SERVING}),
 }
+
+
+# A client sends its first request right after its connect: a second covers a slow
+# client on a loaded node.  A connection still silent then (a speculative preconnect, a
+# pool warming connections) would hold the exit until the drain timeout.
+FIRST_REQUEST_GRACE_MAX_S: Final = 1.0
+
+
+def first_request_grace_s(header_timeout_s: float) -> float:
+    """How long, from the end of the window, a connection that has sent nothing is given
+    for its first request: a second, or --header-timeout if shorter (a request slower
+    than that to arrive would be refused anyway)."""
+    return min(FIRST_REQUEST_GRACE_MAX_S, header_timeout_s)
 
 
 @dataclass

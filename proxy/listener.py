@@ -7,6 +7,15 @@ later.  So we own the listening socket and hand the server a duplicate of its
 descriptor: closing the server closes only the duplicate, the socket stays in
 the listening state, and a new server on a fresh duplicate resumes accepting.
 Closing our own socket too (the drain) is what makes new connections refused.
+
+Two owners pause accepting, for reasons that end differently: the capacity
+(``--max-connections``), released as connections close, and the drain, released only
+when a drain is undone.  Each is a separate ``Pause``: the listener accepts when
+neither holds, so a connection closing during the drain cannot resume accepting.
+
+Paused at capacity only, the listener watches its socket: when a client waits in the
+backlog it says so (``clients_waiting``), once per pause, so that the least recently
+used idle keep-alive connection can make room, as nginx does ("reusing connections").
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import enum
 import logging
 import socket
 import struct
@@ -25,6 +35,13 @@ from proxy.flags import Address
 
 log = logging.getLogger("drain_proxy.listener")
 BACKLOG = 1024  # absorbs a burst while paused at --max-connections
+
+
+class Pause(enum.Enum):
+    """Why the listener is not accepting; it accepts again only when no reason holds."""
+
+    CAPACITY = "capacity"  # --max-connections reached: released as connections close
+    DRAIN = "drain"  # the drain stops accepting: released only if the drain is undone
 
 
 class Adoptions(Protocol):
@@ -39,28 +56,36 @@ class Listener:
     """Owns one listening TCP socket and the asyncio server accepting on it."""
 
     def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.BaseProtocol],
-                 adoptions: Adoptions) -> None:
+                 adoptions: Adoptions, clients_waiting: Callable[[], None] = lambda: None,
+                 ) -> None:
         self._sock: socket.socket | None = sock
         # Kept: reported, and listened on again, after the socket is closed.
         self._host, self.port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
         self._factory = factory
         self._adoptions = adoptions
         self._server: asyncio.Server | None = None
-        self._want_serving = False
+        self._started = False
+        self._paused: set[Pause] = set()
+        self._clients_waiting = clients_waiting
+        self._watching = False  # for a client waiting in the backlog (paused at capacity)
+        self._told = False  # that one is waiting, during this capacity pause
         self._reconciling: asyncio.Task[None] | None = None
         self._adopting: set[asyncio.Task[tuple[asyncio.Transport, asyncio.BaseProtocol]]] = set()
 
     @classmethod
     def bind(cls, address: Address, factory: Callable[[], asyncio.BaseProtocol],
-             adoptions: Adoptions) -> Listener:
-        return cls(_listening_socket(address), factory, adoptions)
+             adoptions: Adoptions, clients_waiting: Callable[[], None] = lambda: None,
+             ) -> Listener:
+        return cls(_listening_socket(address), factory, adoptions, clients_waiting)
 
     async def reopen(self) -> None:
         """Listen again after ``close``, on the same address and port (a drain undone)."""
         if self._sock is not None:
             return
+        self._paused.discard(Pause.DRAIN)
         host = self._host
         self._sock = _listening_socket(Address(host, self.port))
+        self._watch_backlog()  # still at capacity, perhaps
         await self.start()
 
     @property
@@ -68,23 +93,53 @@ class Listener:
         """An asyncio server is accepting on the socket now."""
         return self._server is not None
 
+    @property
+    def _want_serving(self) -> bool:
+        return self._started and not self._paused
+
     async def start(self) -> None:
-        self._want_serving = True
+        self._started = True
         await self._reconcile()
 
-    def pause(self) -> None:
-        """Stop accepting; new connections queue in the kernel backlog."""
-        self._want_serving = False
+    def pause(self, reason: Pause) -> None:
+        """Stop accepting for ``reason``; new connections queue in the kernel backlog."""
+        self._paused.add(reason)
         if self._server is not None:
             self._server.close()
             self._server = None
+        self._watch_backlog()
 
-    def resume(self) -> None:
-        if self._want_serving or self._sock is None:
+    def resume(self, reason: Pause) -> None:
+        """``reason`` no longer holds; accept again unless another one does."""
+        if reason not in self._paused:
             return
-        self._want_serving = True
+        self._paused.discard(reason)
+        if reason is Pause.CAPACITY:
+            self._told = False
+        self._watch_backlog()
+        if not self._want_serving or self._sock is None:
+            return
         if self._reconciling is None or self._reconciling.done():
             self._reconciling = asyncio.get_running_loop().create_task(self._reconcile())
+
+    def _watch_backlog(self) -> None:
+        """Watch the socket while paused at capacity only (a drain is closing it), until
+        told once: the socket stays readable while a client waits, and the room is made
+        by a connection closing, which resumes accepting."""
+        watch = self._paused == {Pause.CAPACITY} and self._sock is not None and not self._told
+        if watch == self._watching or self._sock is None:
+            return
+        self._watching = watch
+        loop = asyncio.get_running_loop()
+        if watch:
+            loop.add_reader(self._sock.fileno(), self._client_waits)
+        else:
+            loop.remove_reader(self._sock.fileno())
+
+    def _client_waits(self) -> None:
+        self._told = True
+        self._watch_backlog()
+        self._clients_waiting()
 
     async def _reconcile(self) -> None:
         """Make the server match ``_want_serving``.  Creating a server awaits, and pause and
@@ -100,7 +155,7 @@ class Listener:
 
     def close(self) -> None:
         """Stop accepting at once (the process is closing): the kernel refuses from now on."""
-        self.pause()
+        self.pause(Pause.DRAIN)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -117,7 +172,7 @@ class Listener:
         served, and only then is the socket closed.  The drain counts this as an
         adoption in progress, so it cannot end meanwhile.
         """
-        self.pause()
+        self.pause(Pause.DRAIN)
         sock = self._sock
         if sock is None:
             return

@@ -27,7 +27,8 @@ from proxy.stats import DURATION_BUCKETS, ResponseStats
 
 PHASES = ("serving", "propagating", "draining", "drained")
 CLOSE_REASONS = (
-    "peer", "idle_timeout", "max_requests", "max_age", "drain", "drain_deadline", "error",
+    "peer", "idle_timeout", "max_requests", "max_age", "max_connections", "drain",
+    "drain_deadline", "error",
 )
 UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol")
 # Why the proxy sent an HTTP/2 client a GOAWAY (proxy.h2_state).

@@ -55,7 +55,7 @@ class ProxyServer:
                                 rotation=rotation, pool=UpstreamPool(settings))
         try:
             self.listener = Listener.bind(settings.listen, self._protocol_factory(),
-                                          self.ctx.connections)
+                                          self.ctx.connections, self.ctx.make_room)
         except OSError as error:
             raise _cannot_listen("--listen", settings.listen, error) from None
         self.ctx.listener = self.listener
@@ -111,6 +111,7 @@ class ProxyServer:
         """Stop everything now (tests and the end of ``run``); no drain."""
         self.coordinator.close()
         self.ctx.upstream_warnings.close()
+        self.ctx.capacity_warnings.close()
         self.listener.close()
         if self._admin is not None:
             await self._admin.close()

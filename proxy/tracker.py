@@ -9,6 +9,12 @@ taken from the kernel backlog while the listener closes, from the moment it is
 accepted until its protocol exists.  "Drain done" is then an observed event, the
 last one of a kind ending (as in Envoy's drain manager), awaited with a deadline.
 
+It also keeps the idle keep-alive connections in the order they went idle: at
+``--max-connections``, with clients waiting in the backlog, the least recently used one
+is closed to make room (``reclaim_idle``), as nginx does.  Only idle ones, never a
+connection still awaiting its first request: a client retries a request that fails on a
+reused connection, not one on a connection it has just opened.
+
 Tunnels (TCP mode, upgraded connections) are counted apart: they run on to their own
 deadline, ``--tunnel-drain-timeout``.  A connection whose last response is written out
 (it is half-closed, reading what the client still sends so that it gets that
@@ -34,6 +40,13 @@ class Drainable(Protocol):
         """The deadline: end now; return how many requests were cut."""
 
 
+class Reclaimable(Protocol):
+    """A connection that can be idle between requests (HTTP/1.1 keep-alive)."""
+
+    def reclaim(self) -> bool:
+        """Room is needed: close now if still idle; False if it is busy again."""
+
+
 class Kind(enum.Enum):
     """What a registered connection means to the drain."""
 
@@ -51,6 +64,9 @@ class ConnectionTracker:
         self._kind: dict[Drainable, Kind] = {}
         self._counts = dict.fromkeys(Kind, 0)
         self._adopting = 0  # accepted from the backlog, protocol not created yet
+        # Connections that went idle, least recently first (dicts keep insertion order); one
+        # busy again stays listed until it is idle again or reclaim_idle passes it.
+        self._idle: dict[object, Reclaimable] = {}
         self._no_http = asyncio.Event()  # no HTTP connection (and nothing adopting)
         self._no_tunnels = asyncio.Event()
         self._no_http.set()
@@ -91,7 +107,21 @@ class ConnectionTracker:
         if kind is not None:
             self._kind[after] = kind
 
+    def idle(self, connection: Reclaimable) -> None:
+        """The connection went idle: it is now the most recently used idle one."""
+        self._idle.pop(connection, None)
+        self._idle[connection] = connection
+
+    def reclaim_idle(self) -> bool:
+        """Close the least recently used idle connection; False when none is idle."""
+        while self._idle:
+            connection = self._idle.pop(next(iter(self._idle)))
+            if connection.reclaim():
+                return True
+        return False
+
     def remove(self, connection: Drainable) -> None:
+        self._idle.pop(connection, None)
         kind = self._kind.pop(connection, None)
         if kind is not None:
             self._count(kind, -1)

@@ -103,6 +103,12 @@ async def _ready_status(admin: Client) -> int:
     return (await admin.request("GET", "/readyz")).status
 
 
+async def _draining(admin: Client) -> bool:
+    """The window is over: the phase gauge on the admin port says ``draining``."""
+    metrics = (await admin.request("GET", "/metrics")).body
+    return b'drain_proxy_phase{phase="draining"} 1.0' in metrics
+
+
 async def _wait_until_refused(port: int, deadline_s: float) -> float:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_s
@@ -307,18 +313,50 @@ def test_connections_adopted_from_the_backlog_are_served_before_exit(
     async def scenario() -> None:
         async with process_under_test(
                 loop_kind, "--max-connections", "1", "--propagation-window", "0.3",
-                "--drain-timeout", "5") as (_app, proxy):
+                "--drain-timeout", "5") as (app, proxy):
             loop = asyncio.get_running_loop()
-            holder = await Client.open(proxy.port)  # takes the only slot
-            assert (await holder.request()).status == 200
+            holder = await Client.open(proxy.port)  # takes the only slot, busy: not reclaimed
+            held = loop.create_task(holder.request("GET", "/slow?s=1"))
+            await app.slow_arrived.wait()
             queued = [await Client.open(proxy.port) for _ in range(3)]  # in the backlog
             answers = [loop.create_task(c.request("GET", f"/q{i}"))
                        for i, c in enumerate(queued)]
             proxy.signal(signal.SIGTERM)
             responses = await asyncio.gather(*answers)
             assert [r.status for r in responses] == [200, 200, 200]
+            assert (await held).status == 200
             assert await proxy.wait() == 0, proxy.log_text()
             for client in (holder, *queued):
                 client.close()
+
+    run(scenario())
+
+
+def test_a_silent_connection_does_not_hold_the_exit_until_the_drain_timeout(
+        run: Run[None], loop_kind: str) -> None:
+    """A client that connects and sends nothing (a browser's speculative preconnect, a pool
+    warming connections) is given a short grace after the window, then closed cleanly: the
+    exit follows the last busy connection, not --drain-timeout.  A connection whose first
+    request comes within that grace is still served."""
+
+    async def scenario() -> None:
+        async with process_under_test(
+                loop_kind, "--propagation-window", "1", "--drain-timeout", "10") as (_, proxy):
+            loop = asyncio.get_running_loop()
+            admin = await Client.open(proxy.admin_port)
+            silent = await Client.open(proxy.port)
+            late = await Client.open(proxy.port)  # asks only once the window is over
+            proxy.signal(signal.SIGTERM)
+            signalled = loop.time()
+            await eventually_async(lambda: _draining(admin), True)  # the window is over
+            response = await late.request("GET", "/after-the-window")
+            assert response.status == 200 and response.header("connection") == b"close"
+            assert await proxy.wait() == 0, proxy.log_text()
+            exit_after = loop.time() - signalled
+            assert exit_after < 4.0, f"the silent connection held the exit {exit_after:.2f} s"
+            assert await silent.is_closed_by_peer(), "a clean close: nothing was asked"
+            for client in (admin, silent, late):
+                client.close()
+        assert "cut 0 in-flight requests" not in proxy.log_text(), "no deadline was reached"
 
     run(scenario())

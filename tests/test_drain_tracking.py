@@ -189,3 +189,59 @@ def test_a_drain_that_sigterm_follows_is_not_undone(run: Run[None]) -> None:
             admin.close()
 
     run(scenario())
+
+
+def test_a_sigterm_while_the_listener_reopens_still_exits(run: Run[None]) -> None:
+    """Undoing a /drain listens again, which awaits; a SIGTERM landing in that await is a
+    pod termination after all, and must not be lost under the undo (exit never came)."""
+
+    async def scenario() -> None:
+        async with app_and_proxy("--propagation-window", "0", "--drain-timeout", "0.2",
+                                 "--termination-grace-period", "0.1") as (_app, proxy):
+            drain = coordinator(proxy)
+            listener = proxy.listener
+            reopen = listener.reopen
+
+            async def reopen_with_a_sigterm_landing() -> None:
+                drain.on_signal("SIGTERM")  # what a signal handler does, at this await
+                await reopen()
+
+            # Only the timing is forced: the signal and the reopen are the real ones.
+            setattr(listener, "reopen", reopen_with_a_sigterm_landing)  # noqa: B010
+            admin = await Client.open(proxy.admin_port)
+            assert (await admin.request("GET", "/drain")).status == 200
+            await asyncio.wait_for(drain.wait_exit(), 5)  # grace 0.1 s + the 2 s margin
+            await eventually(lambda: not drain.running, timeout_s=1)
+            assert drain.drained and proxy.ctx.timeline.phase is Phase.DRAINED
+            assert sample(proxy, "drain_proxy_drains_undone_total") == 0
+            with pytest.raises(ConnectionRefusedError):
+                await Client.open(proxy.port)
+            admin.close()
+
+    run(scenario())
+
+
+def test_a_silent_connection_taken_from_the_backlog_gets_the_grace_too(run: Run[None]) -> None:
+    """At --max-connections a preconnect waits in the backlog; the drain adopts it after
+    its close step, so it must be given the first-request grace when it registers."""
+
+    async def scenario() -> None:
+        async with app_and_proxy("--max-connections", "1", "--propagation-window", "0",
+                                 "--drain-timeout", "10", "--header-timeout", "0.3",
+                                 handler=slow_handler) as (_app, proxy):
+            loop = asyncio.get_running_loop()
+            busy = await Client.open(proxy.port)  # takes the only slot
+            slow = loop.create_task(busy.request("GET", "/slow?s=0.2"))
+            await eventually(lambda: sample(proxy, "drain_proxy_requests_in_flight") == 1)
+            silent = await Client.open(proxy.port)  # in the backlog: the listener is paused
+            started = loop.time()
+            coordinator(proxy).trigger("test")
+            assert (await slow).status == 200
+            await asyncio.wait_for(coordinator(proxy).wait_drained(), 5)
+            assert loop.time() - started < 2.0, "the adopted silent connection held the drain"
+            assert await silent.is_closed_by_peer(), "a clean close: nothing was asked"
+            assert coordinator(proxy).exit_code == 0
+            for client in (busy, silent):
+                client.close()
+
+    run(scenario())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from conftest import Run
 from helpers import (
     App,
@@ -13,6 +15,7 @@ from helpers import (
     Reply,
     app_and_proxy,
     assert_parsers_agree,
+    eventually,
     raw_exchange,
     running_proxy,
     sample,
@@ -185,11 +188,13 @@ def test_app_sees_one_canonical_request_per_client_request(run: Run[None]) -> No
 
 
 def test_max_connections_queues_new_connections_until_one_closes(run: Run[None]) -> None:
+    """None of the connections holding the slots is idle (they have not asked yet): the
+    new one waits."""
+
     async def scenario() -> None:
         async with app_and_proxy("--max-connections", "2") as (_app, proxy):
             first, second = await Client.open(proxy.port), await Client.open(proxy.port)
-            await first.request()
-            await second.request()
+            await eventually(lambda: len(proxy.ctx.connections) == 2)
             waiting = await Client.open(proxy.port)  # completes in the kernel backlog
             queued = asyncio.get_running_loop().create_task(waiting.request("GET", "/queued"))
             done, _ = await asyncio.wait({queued}, timeout=0.3)
@@ -201,6 +206,32 @@ def test_max_connections_queues_new_connections_until_one_closes(run: Run[None])
             assert (await queued).body == b"GET /queued 0"
             second.close()
             waiting.close()
+
+    run(scenario())
+
+
+def test_at_max_connections_the_least_recently_used_idle_connection_makes_room(
+        run: Run[None], caplog: pytest.LogCaptureFixture) -> None:
+    """Idle keep-alive connections used to keep their slots while a new client waited
+    for --idle-timeout; as nginx does, the oldest idle one is closed to make room."""
+
+    async def scenario() -> None:
+        async with app_and_proxy("--max-connections", "3") as (_app, proxy):
+            pool = [await Client.open(proxy.port) for _ in range(3)]
+            for index in (0, 1, 2, 1):  # 0 is now the least recently used
+                assert (await pool[index].request()).status == 200
+            newcomer = await Client.open(proxy.port)
+            response = await newcomer.request("GET", "/new")
+            assert response.body == b"GET /new 0"
+            assert await pool[0].is_closed_by_peer()
+            assert sample(proxy, "drain_proxy_connections_closed_total",
+                          {"reason": "max_connections"}) == 1
+            for client in pool[1:]:
+                assert (await client.request()).status == 200, "only one was closed"
+            warnings = [r for r in caplog.records if r.name == "drain_proxy.capacity"]
+            assert len(warnings) == 1 and "--max-connections 3" in warnings[0].getMessage()
+            for client in (*pool, newcomer):
+                client.close()
 
     run(scenario())
 
@@ -276,5 +307,35 @@ def test_request_durations_have_sub_millisecond_resolution(run: Run[None]) -> No
             client.close()
             total_ms = sample(proxy, "drain_proxy_request_duration_seconds_sum") * 1000
             assert abs(total_ms - round(total_ms)) > 1e-6, "whole milliseconds only"
+
+    run(scenario())
+
+
+def test_at_max_connections_a_connection_going_idle_makes_room_for_a_waiting_client(
+        run: Run[None]) -> None:
+    """No connection was idle when the client came: the first to go idle makes room."""
+    release = asyncio.Event()
+
+    async def hold(request: ParsedRequest) -> Reply:
+        if request.target == b"/hold":
+            await release.wait()
+        return 200, [], request.target
+
+    async def scenario() -> None:
+        async with app_and_proxy("--max-connections", "1", handler=hold) as (_app, proxy):
+            loop = asyncio.get_running_loop()
+            holder = await Client.open(proxy.port)
+            held = loop.create_task(holder.request("GET", "/hold"))
+            await eventually(lambda: sample(proxy, "drain_proxy_requests_in_flight") == 1)
+            waiting = await Client.open(proxy.port)  # in the backlog: the one slot is busy
+            queued = loop.create_task(waiting.request("GET", "/queued"))
+            done, _ = await asyncio.wait({queued}, timeout=0.3)
+            assert not done, "served beyond --max-connections"
+            release.set()
+            assert (await held).body == b"/hold"
+            assert (await queued).body == b"/queued"
+            assert await holder.is_closed_by_peer(), "the idle holder made room"
+            for client in (holder, waiting):
+                client.close()
 
     run(scenario())

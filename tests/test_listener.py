@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from proxy.flags import Address
-from proxy.listener import Listener
+from proxy.listener import Listener, Pause
 from proxy.tracker import ConnectionTracker
 
 from conftest import Run
@@ -29,7 +29,7 @@ def test_connections_waiting_in_the_backlog_are_served_when_the_listener_closes(
     async def scenario() -> None:
         async with app_and_proxy() as (_app, proxy):
             port = proxy.port
-            proxy.listener.pause()  # as at --max-connections: new connections queue
+            proxy.listener.pause(Pause.CAPACITY)  # as at --max-connections: new connections queue
             queued = [await Client.open(port) for _ in range(3)]
             answers = [asyncio.get_running_loop().create_task(c.request("GET", f"/q{i}"))
                        for i, c in enumerate(queued)]
@@ -70,13 +70,13 @@ def test_quick_pause_and_resume_never_leave_a_second_server(run: Run[None]) -> N
         assert sock is not None
         await listener.start()
         assert _descriptors_of(sock) == 2  # the socket and the running server's dup
-        listener.pause()
-        listener.resume()
-        listener.pause()
-        listener.resume()  # a second resume while the first is still creating its server
+        listener.pause(Pause.CAPACITY)
+        listener.resume(Pause.CAPACITY)
+        listener.pause(Pause.CAPACITY)
+        listener.resume(Pause.CAPACITY)  # a second resume while the first creates its server
         await eventually(lambda: listener.accepting)
         await asyncio.sleep(0.05)  # let any other pending resume run (the bug under test)
-        listener.pause()
+        listener.pause(Pause.CAPACITY)
         await eventually(lambda: _descriptors_of(sock) == 1, timeout_s=1)
         listener.close()
 
@@ -96,3 +96,21 @@ def test_a_client_still_in_its_handshake_when_the_listener_closes_is_served() ->
                          capture_output=True, text=True, timeout=30, env=child_env(),
                          cwd=CHILD_CWD)
     assert (res.returncode, res.stdout.strip()) == (0, "served"), res.stdout + res.stderr
+
+
+DRAIN_RESUME_RACE = Path(__file__).parent / "apps" / "drain_resume_race.py"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None
+                    or shutil.which("nft") is None or shutil.which("ip") is None,
+                    reason="needs root, unshare, ip and nft (apt-get install nftables) to hold "
+                           "a handshake open in a network namespace of its own")
+def test_a_connection_closing_during_the_drain_does_not_resume_accepting(
+        loop_kind: str) -> None:
+    """The drain's pause and the --max-connections pause are separate reasons: the release
+    of a slot by a connection the drain closed must not resume accepting while the drain
+    waits for the handshakes under way (``apps/drain_resume_race.py``)."""
+    res = subprocess.run(["unshare", "--net", sys.executable, str(DRAIN_RESUME_RACE), loop_kind],
+                         capture_output=True, text=True, timeout=30, env=child_env(),
+                         cwd=CHILD_CWD)
+    assert (res.returncode, res.stdout.strip()) == (0, "ok"), res.stdout + res.stderr

@@ -18,6 +18,7 @@ from proxy.client_state import (
     AfterResponse,
     ClientMachine,
     ClientState,
+    OnDrain,
 )
 from proxy.transitions import IllegalTransition
 
@@ -103,7 +104,8 @@ def test_a_response_whose_head_went_out_earlier_still_closes(
     """The head was decided before the client half-closed or the window ended."""
     m = machine(S.ACTIVE)
     m.input_closed = input_closed
-    assert not m.drain() if drained else True
+    if drained:
+        assert m.drain() is OnDrain.AFTER_RESPONSE
     assert m.response_done(queued=0, reading=False) is AfterResponse.CLOSE
     assert m.close_reason == reason
 
@@ -116,12 +118,13 @@ def test_in_the_window_a_response_begun_before_the_trigger_keeps_the_connection(
     assert m.close_decision(client_keep_alive=True, close_delimited=False, request_complete=True,
                             pipelined=False, draining=True, now=0.0) == "drain"
     idle = machine(S.IDLE)
-    assert idle.drain() and idle.state is S.CLOSING and idle.close_reason == "drain"
+    assert idle.drain() is OnDrain.CLOSE_NOW
+    assert idle.state is S.CLOSING and idle.close_reason == "drain"
 
 
 def test_the_drain_does_not_close_before_pipelined_or_arriving_requests() -> None:
     m = machine(S.PIPELINE_PAUSED)
-    assert not m.drain()
+    assert m.drain() is OnDrain.AFTER_RESPONSE
     assert m.response_done(queued=1, reading=False) is AfterResponse.DISPATCH_NEXT
     assert m.response_done(queued=0, reading=True) is AfterResponse.KEEP_READING
 
@@ -131,6 +134,31 @@ def test_close_keeps_the_first_reason_and_happens_once() -> None:
     assert m.close("drain") and m.state is S.CLOSING
     assert not m.close("idle_timeout")
     assert m.close_reason == "drain"
+
+
+@pytest.mark.parametrize(("state", "step", "after"), [
+    (S.IDLE, OnDrain.CLOSE_NOW, S.CLOSING),
+    (S.FRESH, OnDrain.GRACE, S.FRESH),
+    (S.ACTIVE, OnDrain.AFTER_RESPONSE, S.ACTIVE),
+    (S.PIPELINE_PAUSED, OnDrain.AFTER_RESPONSE, S.PIPELINE_PAUSED),
+    (S.UPGRADE_PENDING, OnDrain.AFTER_RESPONSE, S.UPGRADE_PENDING),
+    (S.TUNNELLED, OnDrain.AFTER_RESPONSE, S.TUNNELLED),
+    (S.CLOSING, OnDrain.AFTER_RESPONSE, S.CLOSING),
+])
+def test_what_the_drain_does_to_each_state(state: ClientState, step: OnDrain,
+                                           after: ClientState) -> None:
+    m = machine(state)
+    assert m.drain() is step
+    assert m.state is after
+
+
+def test_a_silent_connection_the_drain_reached_closes_for_the_drain() -> None:
+    """A preconnect that never asks is closed by the drain, not counted as idle."""
+    m = machine(S.FRESH)
+    assert m.quiet_close_reason == "idle_timeout"
+    m.drain()
+    assert m.quiet_close_reason == "drain"
+    assert m.close(m.quiet_close_reason) and m.close_reason == "drain"
 
 
 def test_an_upgrade_goes_pending_then_tunnelled() -> None:
@@ -197,3 +225,14 @@ def test_a_closing_connection_reads_and_discards() -> None:
     assert m.paused_by == 0
     m.pause(flow.APP_FULL, True)
     assert m.paused_by == 0, "input is closed: nothing to pause for"
+
+
+@pytest.mark.parametrize("state", list(ClientState))
+def test_only_an_idle_connection_is_reclaimed_for_room(state: ClientState) -> None:
+    """At --max-connections: never a fresh one (its client would not retry a request lost
+    on a new connection), never a busy one."""
+    m = machine(state)
+    reclaimed = m.reclaim()
+    assert reclaimed == (state is S.IDLE)
+    if reclaimed:
+        assert m.state is S.CLOSING and m.close_reason == "max_connections"

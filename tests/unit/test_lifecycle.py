@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from proxy.lifecycle import TRANSITIONS, DrainTimeline, Phase
+from proxy.lifecycle import TRANSITIONS, DrainTimeline, Phase, first_request_grace_s
 from proxy.transitions import IllegalTransition
 
 S, P, D, X = Phase.SERVING, Phase.PROPAGATING, Phase.DRAINING, Phase.DRAINED
@@ -168,3 +168,9 @@ def test_undo_serves_again_and_forgets_the_drain() -> None:
     assert timeline.phase is S and timeline.ready and not timeline.started
     assert timeline.entered_at == {} and timeline.cut_requests == 0 and not timeline.forced
     assert timeline.trigger(300.0) is True, "a later drain starts afresh"
+
+
+@pytest.mark.parametrize(("header_timeout_s", "grace_s"), [(10.0, 1.0), (1.0, 1.0), (0.3, 0.3)])
+def test_the_first_request_grace_is_a_second_or_the_header_timeout(
+        header_timeout_s: float, grace_s: float) -> None:
+    assert first_request_grace_s(header_timeout_s) == grace_s
