@@ -29,7 +29,7 @@ PHASES = ("serving", "propagating", "draining", "drained")
 CLOSE_REASONS = (
     "peer", "idle_timeout", "max_requests", "max_age", "drain", "drain_deadline", "error",
 )
-UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol")
+UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "too_large")
 # Why the proxy sent an HTTP/2 client a GOAWAY (proxy.h2_state).
 GOAWAY_REASONS = ("drain", "max_requests", "max_age", "abuse", "protocol_error")
 
