@@ -232,6 +232,7 @@ class ResponseTooLarge(Exception):
 # An empty line: the end of a head.  llhttp refuses bare LF line ends, but a bare LF
 # still ends what is held, so that llhttp sees it and refuses the response at once.
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
+_HTTP: Final = b"HTTP/"  # how every response begins
 # Counted with a trailer section's raw bytes: the last-chunk line and the final CRLF.
 _TRAILER_FRAMING_BYTES: Final = 64
 
@@ -296,6 +297,8 @@ class ResponseHeads:
             return head, data[end - old:]
         self._head_grows(len(held) + 1, parsed=False)  # it goes on past what is here
         last = held.rfind(b"\n", old)
+        if last <= 0 and self._head_bytes == 0 and not _HTTP.startswith(held[:len(_HTTP)]):
+            last = len(held)  # not an HTTP response: llhttp is to say so now, not a timeout
         if last <= 0:
             return b"", b""
         self._head_bytes += last

@@ -115,6 +115,26 @@ def test_a_response_head_up_to_the_limit_passes(run: Run[None], response: bytes,
     run(scenario())
 
 
+async def _not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"SSH-2.0-OpenSSH_9.2")  # no line end, and the app waits
+    await reader.read()
+
+
+def test_an_answer_that_is_not_http_is_refused_at_once_not_at_the_timeout(
+        run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_not_http) as port, running_proxy(
+                f"127.0.0.1:{port}", "--upstream-timeout", "5") as proxy:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            reply = await raw_exchange(proxy.port, GET)
+            assert reply.startswith(b"HTTP/1.1 502 ") and loop.time() - started < 1
+            assert sample(proxy, "drain_proxy_upstream_errors_total", {"reason": "protocol"}) == 1
+
+    run(scenario())
+
+
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
 TrailerScript = Callable[[asyncio.Event], Script]
 

@@ -99,6 +99,13 @@ def test_a_new_exchange_starts_from_nothing() -> None:
     assert heads.take_head(HEAD[:60])[0] == HEAD[:HEAD.rfind(b"\n", 0, 60)]
 
 
+def test_what_cannot_begin_a_response_goes_to_llhttp_at_once() -> None:
+    heads = ResponseHeads(1024)
+    assert heads.take_head(b"HTTP/1.1 200") == (b"", b""), "held: it may be a response"
+    heads.start()
+    assert heads.take_head(b"SSH-2.0-OpenSSH_9.2") == (b"SSH-2.0-OpenSSH_9.2", b"")
+
+
 def test_trailer_fields_are_counted_as_they_complete() -> None:
     heads = ResponseHeads(1024)
     heads.trailer_field(b"X-A", b"v" * 1000)  # 1007 bytes with ": " and CRLF
