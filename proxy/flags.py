@@ -226,6 +226,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--max-header-bytes", _count(1024), "65536", "N",
          "the largest request head in bytes (431), also for trailers",
          "generous for cookies yet bounded (431); also 100 headers, 8 KiB request line (414)"),
+    Flag("--max-response-header-bytes", _count(1024), "65536", "N",
+         "the largest response head, and response trailer section, from the app in bytes "
+         "(502; a reset once the response has begun; HTTP/2: a header block, reset)",
+         "like Envoy's 60 KiB response-header cap; nginx's 4-8 KiB proxy_buffer_size would "
+         "refuse apps with large Set-Cookie or CSP headers"),
     Flag("--max-connections", _count(1), "1000", "N",
          "stop accepting at N open client connections; more wait in the kernel backlog",
          "bounds memory: 1000 slow readers x 64 KiB + 32 MiB fits the manifests' 128 MiB "

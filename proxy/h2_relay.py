@@ -21,6 +21,7 @@ from proxy.context import ProxyContext
 from proxy.h2_state import ANNOUNCED, H2Session
 from proxy.tunnel import reset
 from proxy.upstream import UpstreamFailure, connect_to_app
+from proxy.upstream_state import Failure
 
 log = logging.getLogger("drain_proxy.h2")
 
@@ -83,7 +84,7 @@ class H2Connection:
         self._loop = asyncio.get_running_loop()
         now = self._loop.time()
         self.session = H2Session(ctx.rotation.request_budget(), ctx.settings.max_header_bytes,
-                                 now)
+                                 now, ctx.settings.max_response_header_bytes)
         self._client = _Side(self, from_client=True)
         self._client.transport = self._client.gate.transport = client
         self._app = _Side(self, from_client=False)
@@ -201,6 +202,10 @@ class H2Connection:
             self._ping_timer = self._loop.call_later(PING_ACK_TIMEOUT_S, self._ping_timed_out)
         if session.closed and not self.finished:
             reason = session.close_reason
+            if reason == "app_too_large":
+                self.ctx.upstream_failed(UpstreamFailure(
+                    Failure.TOO_LARGE, "the app sent a header block over "
+                    f"{self.ctx.settings.max_response_header_bytes} bytes"))
             self._finish(_CLOSED_AS.get(reason, "error"), abort=session.reset_client)
 
     def _to_app(self, frames: list[bytes]) -> None:

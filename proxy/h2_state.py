@@ -79,7 +79,8 @@ class H2Session:
     connection ends.  After every call the adapter writes ``to_client`` and ``to_app``
     (and empties them), and closes both connections once ``state`` is ``CLOSED``."""
 
-    def __init__(self, request_budget: int, max_header_block: int, now: float) -> None:
+    def __init__(self, request_budget: int, max_header_block: int, now: float,
+                 max_app_block: int = 65536) -> None:
         self.state = OPEN
         self.to_client: list[bytes] = []
         self.to_app: list[bytes] = []
@@ -92,7 +93,8 @@ class H2Session:
         self.streams: dict[int, int] = {}  # open stream id -> halves ended
         self.streams_total = 0
         self._budget = request_budget  # streams before rotation; 0: unlimited
-        self._max_block = max_header_block
+        self._max_block = max_header_block  # the client's header blocks
+        self._max_app_block = max_app_block  # the app's: --max-response-header-bytes
         self._highest = 0  # the largest stream id the client opened
         self._last_stream = f.MAX_STREAM_ID  # no GOAWAY to the client may raise this
         self._deferred = ""  # a GOAWAY asked for before the first stream
@@ -167,9 +169,9 @@ class H2Session:
         self.to_client.append(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, stream,
                                       f.BAD_GATEWAY_BLOCK))
 
-    def app_failed(self) -> None:
+    def app_failed(self, reason: str = "app_error") -> None:
         if self.state is not CLOSED:
-            self.close_reason = "app_error"
+            self.close_reason = reason
             self.failed = self.reset_client = True
             self._move(CLOSED)
 
@@ -320,9 +322,7 @@ class H2Session:
         side.block_size = length
         side.block = [self._current(side)]
         self._skip(side, self.to_app if side.is_client else self.to_client)
-        if length > self._max_block and side.is_client:
-            self._fail(f.ENHANCE_YOUR_CALM, "abuse", b"header block too large")
-        elif flags & f.END_HEADERS:
+        if not self._block_too_large(side) and flags & f.END_HEADERS:
             self._end_block(side)
 
     def _continue_block(self, side: _Direction, length: int, kind: int, flags: int,
@@ -336,10 +336,21 @@ class H2Session:
         side.block.append(self._current(side))
         side.block_size += length
         self._skip(side, self.to_app if side.is_client else self.to_client)
-        if side.block_size > self._max_block and side.is_client:
-            self._fail(f.ENHANCE_YOUR_CALM, "abuse", b"header block too large")
-        elif flags & f.END_HEADERS:
+        if not self._block_too_large(side) and flags & f.END_HEADERS:
             self._end_block(side)
+
+    def _block_too_large(self, side: _Direction) -> bool:
+        """A header block held past its limit (a CONTINUATION flood) ends the connection:
+        a client's as abuse; the app's as its failure, the client reset (a block dropped
+        would leave the client's HPACK context out of step, so the connection cannot go
+        on without it)."""
+        if side.is_client and side.block_size > self._max_block:
+            self._fail(f.ENHANCE_YOUR_CALM, "abuse", b"header block too large")
+            return True
+        if not side.is_client and side.block_size > self._max_app_block:
+            self.app_failed("app_too_large")
+            return True
+        return False
 
     def _end_block(self, side: _Direction) -> None:
         block, stream, flags = side.block, side.block_stream, side.block_flags

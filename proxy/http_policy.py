@@ -136,7 +136,9 @@ def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
             rest = url[len(scheme):]
             cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=-1)
             authority = rest if cut < 0 else rest[:cut]
-            path = b"/" if cut < 0 else rest[cut:]
+            # No path and no query: "/" (RFC 9112 section 3.2.1), except that the last
+            # proxy sends an OPTIONS for the server itself as "*" (section 3.2.4).
+            path = rest[cut:] if cut >= 0 else b"*" if method == b"OPTIONS" else b"/"
             if path.startswith(b"?"):
                 path = b"/" + path
             if not authority or not valid_host(authority):

@@ -16,8 +16,8 @@ class RequestLimits:
     """Timeouts and head limits, as the per-request code reads them."""
 
     __slots__ = ("body_timeout_s", "header_timeout_s", "idle_timeout_s", "max_header_bytes",
-                 "max_header_count", "max_request_line_bytes", "upstream_idle_timeout_s",
-                 "upstream_timeout_s")
+                 "max_header_count", "max_request_line_bytes", "max_response_header_bytes",
+                 "upstream_idle_timeout_s", "upstream_timeout_s")
 
     def __init__(self, settings: Settings) -> None:
         self.header_timeout_s: float = settings.header_timeout_s
@@ -28,3 +28,4 @@ class RequestLimits:
         self.max_request_line_bytes: int = settings.max_request_line_bytes
         self.max_header_bytes: int = settings.max_header_bytes
         self.max_header_count: int = settings.max_header_count
+        self.max_response_header_bytes: int = settings.max_response_header_bytes

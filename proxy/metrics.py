@@ -30,7 +30,7 @@ CLOSE_REASONS = (
     "peer", "idle_timeout", "max_requests", "max_age", "max_connections", "drain",
     "drain_deadline", "error",
 )
-UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol")
+UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "too_large")
 # Why the proxy sent an HTTP/2 client a GOAWAY (proxy.h2_state).
 GOAWAY_REASONS = ("drain", "max_requests", "max_age", "abuse", "protocol_error")
 

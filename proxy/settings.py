@@ -43,6 +43,7 @@ class Settings:
     upstream_timeout_s: float
     upstream_idle_timeout_s: float
     max_header_bytes: int
+    max_response_header_bytes: int
     max_connections: int
     readiness_path: str | None
     propagation_window_s: float

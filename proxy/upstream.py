@@ -29,7 +29,7 @@ from proxy.buffers import SHARED_READ, limit_writes
 from proxy.deadline import Deadline
 from proxy.flow import APP_FULL, ReadGate
 from proxy.http_policy import Framing, Headers, HttpError
-from proxy.http_response import app_response_framing
+from proxy.http_response import ResponseHeads, ResponseTooLarge, app_response_framing
 from proxy.limits import RequestLimits
 from proxy.settings import Settings
 from proxy.tunnel import reset
@@ -73,9 +73,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     """One connection to the app, parsing responses with llhttp."""
 
     __slots__ = (
-        "_close_delimited", "_head_request", "_headers", "_interim", "_keep_alive", "_parser",
-        "_poisoned", "_read_deadline", "_reason", "_response_bytes", "_sink", "_switching",
-        "_trailers", "_upgrade", "_write_deadline", "gate", "machine", "pool", "transport",
+        "_body_seen", "_close_delimited", "_head_request", "_headers", "_heads", "_interim",
+        "_keep_alive", "_parser", "_poisoned", "_read_deadline", "_reason", "_response_bytes",
+        "_sink", "_switching", "_trailers", "_upgrade", "_write_deadline", "gate", "machine",
+        "pool", "transport",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -84,6 +85,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.gate = ReadGate()
         self._parser = httptools.HttpResponseParser(self)
+        self._heads = ResponseHeads(pool.limits.max_response_header_bytes)
         self._sink: ResponseSink | None = None
         settings = pool.settings
         loop = asyncio.get_running_loop()
@@ -101,12 +103,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._head_request = False
         self._upgrade = False
         self._response_bytes = False  # some byte of this exchange's response arrived
+        self._body_seen = False  # the piece being parsed carried a body byte
         self._poisoned = False  # bytes we did not ask for: never reuse
 
     # -- used by the client connection -----------------------------------------------------
     def bind(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> None:
         """Start an exchange; ``upgrade`` when the request asks to switch protocols."""
         self.machine.bind()
+        self._heads.start()
         self._read_deadline.clear()
         self._sink, self._head_request, self._upgrade = sink, head_request, upgrade
         self._switching = self._interim = self._close_delimited = self._response_bytes = False
@@ -157,15 +161,44 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._response_bytes = True
         if self.machine.responding:  # progress: the read timer restarts
             self._read_deadline.set(self.pool.limits.upstream_timeout_s)
+        while data:  # more than once only when a head ends within the read
+            if self.machine.awaiting_head:  # heads go to llhttp whole (ResponseHeads)
+                try:
+                    piece, data = self._heads.take_head(data)
+                except ResponseTooLarge as too_large:
+                    self._fail(Failure.TOO_LARGE, str(too_large))
+                    return
+            else:
+                piece, data = data, b""
+            if piece and not self._parse(piece, data):
+                return
+        self._after_read()
+
+    def _parse(self, piece: memoryview | bytes, rest: memoryview | bytes) -> bool:
+        """Feed llhttp ``piece`` of a read (``rest`` follows it); False when nothing more
+        of the read is for llhttp: the protocol switched, or the response failed."""
+        in_body = not self.machine.awaiting_head
+        self._body_seen = False
+        # One name per except clause: mypyc types a local from its first binding.
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._switched(bytes(data[upgrade.args[0]:]))  # a copy: the read buffer is shared
-            return
+            self._parser.feed_data(piece)
+            if in_body and self.machine.responding:
+                self._heads.body_read(len(piece), self._body_seen)
+        except httptools.HttpParserUpgrade as upgrade:  # a copy: the read buffer is shared
+            self._switched(bytes(piece[upgrade.args[0]:]) + bytes(rest))
+            return False
+        except ResponseTooLarge as too_large:
+            self._fail(Failure.TOO_LARGE, str(too_large))
+            return False
         except httptools.HttpParserError as parse_error:
             self._poisoned = True
-            self._fail(Failure.PROTOCOL, f"invalid response from the app: {parse_error}")
-        self._after_read()
+            cause = parse_error.__context__  # raised in a callback (trailers too large)?
+            if isinstance(cause, ResponseTooLarge):
+                self._fail(Failure.TOO_LARGE, str(cause))
+            else:
+                self._fail(Failure.PROTOCOL, f"invalid response from the app: {parse_error}")
+            return False
+        return True
 
     def eof_received(self) -> bool:
         return False
@@ -209,6 +242,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._trailers is not None:
+            self._heads.trailer_field(name, value)
             self._trailers.append((name, value))
         else:
             self._headers.append((name, value))
@@ -216,6 +250,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def on_headers_complete(self) -> None:
         sink = self._sink
         assert sink is not None
+        self._heads.head_done()
         status = self._parser.get_status_code()
         if status == 101:
             if not self._upgrade:
@@ -249,6 +284,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self._sink is None:  # bytes after a complete response (HEAD, say)
             self._poisoned = True
             return
+        self._body_seen = True
         self._sink.response_body(body)
 
     def on_message_complete(self) -> None:

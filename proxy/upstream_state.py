@@ -80,6 +80,7 @@ class Failure(enum.Enum):
     TIMEOUT = "timeout"  # no response head, or no response byte for too long
     STALLED = "stalled"  # the app stopped reading the request body
     PROTOCOL = "protocol"  # the app's response is not valid HTTP/1.1
+    TOO_LARGE = "too_large"  # a response head or trailers over --max-response-header-bytes
 
     @property
     def label(self) -> str:
@@ -95,7 +96,7 @@ class Failure(enum.Enum):
 _LABELS: Final = {
     Failure.REFUSED: "connect", Failure.CONNECT_TIMEOUT: "timeout", Failure.CLOSED: "reset",
     Failure.RESET: "reset", Failure.TIMEOUT: "timeout", Failure.STALLED: "timeout",
-    Failure.PROTOCOL: "protocol",
+    Failure.PROTOCOL: "protocol", Failure.TOO_LARGE: "too_large",
 }
 RETRYABLE: Final = frozenset({Failure.CLOSED, Failure.RESET})
 
@@ -120,6 +121,11 @@ class UpstreamMachine:
         if not (_ALLOWED[self.state] >> state) & 1:
             raise IllegalTransition(f"app connection: {self.state.name} -> {state.name}")
         self.state = state
+
+    @property
+    def awaiting_head(self) -> bool:
+        """No final response head yet: what the app sends is a head (or a 1xx)."""
+        return self.state is SENDING or self.state is AWAITING
 
     @property
     def responding(self) -> bool:

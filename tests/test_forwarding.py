@@ -82,6 +82,19 @@ def test_absolute_form_target_is_forwarded_in_origin_form(run: Run[None]) -> Non
     run(scenario())
 
 
+def test_absolute_form_options_without_a_path_is_forwarded_as_asterisk(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with app_and_proxy() as (app, proxy):
+            raw = (b"OPTIONS http://example.com:81 HTTP/1.1\r\nHost: other\r\n"
+                   b"Connection: close\r\n\r\n")
+            reply = await raw_exchange(proxy.port, raw)
+            assert reply.startswith(b"HTTP/1.1 200 "), reply
+            assert app.requests[0].target == b"*"
+            assert dict(app.requests[0].headers)[b"host"] == b"example.com:81"
+
+    run(scenario())
+
+
 async def _head_or_status(request: ParsedRequest) -> Reply:
     if request.target == b"/204":
         return 204, [], b""

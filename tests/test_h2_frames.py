@@ -25,7 +25,7 @@ from hyperframe.frame import (
 )
 
 from conftest import Run
-from helpers import eventually, running_proxy, sample
+from helpers import eventually, running_proxy, sample, scripted_app
 
 MAX_STREAM_ID = 2**31 - 1
 ENHANCE_YOUR_CALM, FRAME_SIZE_ERROR, PROTOCOL_ERROR, REFUSED_STREAM = 0xB, 0x6, 0x1, 0x7
@@ -106,6 +106,40 @@ def test_an_endless_continuation_sequence_never_reaches_the_app(run: Run[None]) 
             assert app.requests == []
             assert not app.received or len(app.received[0]) < 200, \
                 "no byte of the header block reached the app"
+
+    run(scenario())
+
+
+async def _answers_with_an_endless_header_block(reader: asyncio.StreamReader,
+                                               writer: asyncio.StreamWriter) -> None:
+    """An HTTP/2 app whose answer is a HEADERS frame and 1 MiB of CONTINUATION frames."""
+    await reader.readexactly(24)  # the client's preface, relayed
+    writer.write(SettingsFrame(0).serialize())
+    while True:  # up to the request's HEADERS frame
+        header = await reader.readexactly(9)
+        await reader.readexactly(int.from_bytes(header[:3], "big"))
+        if header[3] == 0x1:
+            break
+    stream = int.from_bytes(header[5:9], "big") & MAX_STREAM_ID
+    writer.write(HeadersFrame(stream, data=b"\x88").serialize())
+    for _ in range(64):
+        writer.write(ContinuationFrame(stream, data=b"\x00" * 16384).serialize())
+        await writer.drain()
+    await reader.read()
+
+
+def test_an_endless_header_block_from_the_app_is_cut_and_counted(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with scripted_app(_answers_with_an_endless_header_block) as port, \
+                running_proxy(f"127.0.0.1:{port}") as proxy:
+            client = await H2Client.open(proxy.port)
+            stream = client.request()
+            with contextlib.suppress(ConnectionError):
+                await client.read_to_eof(timeout_s=1)
+            assert stream not in client.responses()
+            assert not client.of_type("HeadersFrame") and not client.of_type("ContinuationFrame")
+            assert sample(proxy, "drain_proxy_upstream_errors_total",
+                          {"reason": "too_large"}) == 1
 
     run(scenario())
 

@@ -218,6 +218,17 @@ def test_an_app_header_block_interrupted_is_an_app_failure() -> None:
     assert s.state is S.CLOSED and s.close_reason == "app_error"
 
 
+def test_an_app_header_block_over_its_limit_ends_the_connection() -> None:
+    s = session()
+    s.from_client(request(1), 0.0)
+    s.from_app(HeadersFrame(1, data=b"\x88").serialize(), 0.0)
+    for _ in range(4):  # an endless CONTINUATION sequence: 64 KiB and more
+        s.from_app(ContinuationFrame(1, data=b"\x00" * 16384).serialize(), 0.0)
+    assert s.state is S.CLOSED and s.close_reason == "app_too_large"
+    assert s.reset_client, "the client's stream is cut, not ended"
+    assert not any(isinstance(f, HeadersFrame | ContinuationFrame) for f in out(s.to_client))
+
+
 def test_our_frames_wait_for_the_apps_settings_the_servers_first_frame() -> None:
     s = H2Session(0, max_header_block=65536, now=0.0)
     s.from_client(SettingsFrame(0).serialize() + request(1), 0.0)

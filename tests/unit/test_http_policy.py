@@ -131,6 +131,11 @@ def test_x_forwarded_headers(sent: Headers, xff: bytes, proto: bytes, fwd_host: 
      (b"GET", b"http://example.com?x", "1.1", HOST, b"/?x", b"example.com"),
      (b"GET", b"http://example.com:81/a", "1.0", [], b"/a", b"example.com:81"),
      (b"OPTIONS", b"*", "1.1", HOST, b"*", b"app.test"),
+     # RFC 9112 section 3.2.4: the last proxy turns an empty path into the asterisk form,
+     # but only for OPTIONS and only without a query.
+     (b"OPTIONS", b"http://example.com:81", "1.1", HOST, b"*", b"example.com:81"),
+     (b"OPTIONS", b"http://example.com:81/", "1.1", HOST, b"/", b"example.com:81"),
+     (b"OPTIONS", b"http://example.com?x", "1.1", HOST, b"/?x", b"example.com"),
      (b"GET", b"/", "1.0", [], b"/", b"default.test")],
 )
 def test_target_and_host(method: bytes, url: bytes, version: str, headers: Headers,

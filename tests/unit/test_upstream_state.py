@@ -118,7 +118,7 @@ def test_everything_else_is_not_retried(failure: Failure, reused: bool, response
     (Failure.REFUSED, "connect", 502), (Failure.CONNECT_TIMEOUT, "timeout", 504),
     (Failure.CLOSED, "reset", 502), (Failure.RESET, "reset", 502),
     (Failure.TIMEOUT, "timeout", 504), (Failure.STALLED, "timeout", 504),
-    (Failure.PROTOCOL, "protocol", 502),
+    (Failure.PROTOCOL, "protocol", 502), (Failure.TOO_LARGE, "too_large", 502),
 ])
 def test_each_failure_has_its_metric_label_and_status(failure: Failure, label: str,
                                                       status: int) -> None:
