@@ -36,8 +36,22 @@ def _is_decimal(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def _url_address(text: str) -> str | None:
+    """The ``HOST:PORT`` inside a URL-like value (``http://127.0.0.1:8080/x`` gives
+    ``127.0.0.1:8080``), or None for a value with neither a scheme nor a path.  Taken as is,
+    such a value parses: ``http://127.0.0.1`` becomes the host, and every request fails."""
+    _, scheme, rest = text.partition("://")
+    if not scheme and "/" not in text:
+        return None
+    return (rest if scheme else text).split("/", 1)[0]
+
+
 def parse_host_port(text: str) -> Address:
     """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 lets the OS pick one."""
+    meant = _url_address(text)
+    if meant is not None:
+        right = meant if _is_decimal(meant.rpartition(":")[2]) else f"{meant or 'HOST'}:PORT"
+        raise ValueError(f"allowed: HOST:PORT, no scheme or path: use {right}")
     host, sep, port_text = text.rpartition(":")
     if not sep or not host or not _is_decimal(port_text) or int(port_text) > 65535:
         raise ValueError("allowed: HOST:PORT with a port from 0 to 65535")
@@ -56,6 +70,8 @@ def parse_upstream(text: str) -> Address:
     try:
         return parse_host_port(text)
     except ValueError:
+        if _url_address(text) is not None:
+            raise  # it shows the address that was meant
         raise ValueError("allowed: HOST:PORT or unix:/absolute/path") from None
 
 

@@ -32,6 +32,7 @@ def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 @pytest.mark.parametrize(("args", "env", "expected"), [
     (["--idle-timeout", "soon"], {}, "--idle-timeout: invalid value 'soon'; allowed:"),
     (["--upstream", "app"], {}, "--upstream: invalid value 'app'; allowed: HOST:PORT or unix:"),
+    (["--upstream", "http://127.0.0.1:8080"], {}, "no scheme or path: use 127.0.0.1:8080"),
     ([], {"DRAIN_PROXY_MODE": "udp"}, "DRAIN_PROXY_MODE: invalid value 'udp'; allowed: http, tcp"),
     ([], {"DRAIN_PROXY_UPSTREM": "x"}, "DRAIN_PROXY_UPSTREM: unknown setting"),
     (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),

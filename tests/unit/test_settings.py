@@ -282,3 +282,25 @@ def test_trusted_proxies_are_networks(value: str, expected: tuple[str, ...]) -> 
 def test_bad_trusted_proxies_are_one_line(value: str) -> None:
     with pytest.raises(SettingsError, match=r"^--trusted-proxies: invalid value .*allowed: "):
         parse_settings(["--trusted-proxies", value], {})
+
+
+# -- issue 23: what a new user tripped on ---------------------------------------------------------
+@pytest.mark.parametrize(("argv", "env", "name", "right"), [
+    (["--upstream", "http://127.0.0.1:8080"], {}, "--upstream", "127.0.0.1:8080"),
+    ([], {"DRAIN_PROXY_UPSTREAM": "http://127.0.0.1:8080"}, "DRAIN_PROXY_UPSTREAM",
+     "127.0.0.1:8080"),
+    (["--upstream", "https://app.internal:8443/api"], {}, "--upstream", "app.internal:8443"),
+    (["--upstream", "127.0.0.1:8080/healthz"], {}, "--upstream", "127.0.0.1:8080"),
+    (["--upstream", "tcp://[::1]:6379"], {}, "--upstream", "[::1]:6379"),
+    (["--listen", "http://0.0.0.0:8000"], {}, "--listen", "0.0.0.0:8000"),
+    (["--admin", "http://0.0.0.0:9901/"], {}, "--admin", "0.0.0.0:9901"),
+])
+def test_a_scheme_or_path_in_an_address_is_refused_with_the_right_form(
+        argv: list[str], env: dict[str, str], name: str, right: str) -> None:
+    """A URL was accepted as HOST:PORT with "http://127.0.0.1" as the host: every request then
+    got 502.  The one line names the value and shows the address the user meant."""
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(argv, env)
+    message = str(caught.value)
+    assert message.startswith(f"{name}: invalid value ") and "\n" not in message
+    assert message.endswith(f"no scheme or path: use {right}"), message
