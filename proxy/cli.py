@@ -25,7 +25,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     except ImportError:
         if choice == "uvloop":
             raise SettingsError("--loop: invalid value 'uvloop'; uvloop is not installed, "
-                                "allowed: auto, asyncio") from None
+                                "allowed: auto or asyncio (any case)") from None
         return asyncio.new_event_loop
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory

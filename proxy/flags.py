@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 ENV_PREFIX = "DRAIN_PROXY_"
 
@@ -120,11 +120,23 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _word(text: str) -> str:
+    """The one rule for words (booleans, choices, keywords), from a flag or a variable alike:
+    any case, spaces around ignored.  ``TCP`` and `` on `` mean what they say everywhere."""
+    return text.strip().lower()
+
+
+def _one_of(words: tuple[str, ...]) -> str:
+    """What is accepted, every word of it: ``allowed: http or tcp (any case)``."""
+    return f"allowed: {', '.join(words[:-1])} or {words[-1]} (any case)"
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        if text not in allowed:
-            raise ValueError("allowed: " + ", ".join(allowed))
-        return text
+        word = _word(text)
+        if word not in allowed:
+            raise ValueError(_one_of(allowed))
+        return word
 
     return parse
 
@@ -145,7 +157,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _networks(text: str) -> tuple[Network, ...]:
-    words = [word.strip() for word in text.split(",")]
+    words = [_word(word) for word in text.split(",")]
     if words == ["none"]:
         return ()
     if words == ["private"]:
@@ -169,13 +181,17 @@ def _optional_absolute_path(text: str) -> str | None:
     return text or None
 
 
+_TRUE: Final = ("true", "yes", "on", "1")
+_FALSE: Final = ("false", "no", "off", "0")
+
+
 def _boolean(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    word = _word(text)
+    if word in _TRUE:
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if word in _FALSE:
         return False
-    raise ValueError("allowed: true or false")
+    raise ValueError(_one_of(("true", "false", "yes", "no", "on", "off", "1", "0")))
 
 
 @dataclass(frozen=True)

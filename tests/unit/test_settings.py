@@ -304,3 +304,39 @@ def test_a_scheme_or_path_in_an_address_is_refused_with_the_right_form(
     message = str(caught.value)
     assert message.startswith(f"{name}: invalid value ") and "\n" not in message
     assert message.endswith(f"no scheme or path: use {right}"), message
+
+
+@pytest.mark.parametrize(("env_var", "raw", "field", "expected"), [
+    ("DRAIN_PROXY_ACCESS_LOG", "TRUE", "access_log", True),
+    ("DRAIN_PROXY_ACCESS_LOG", "On", "access_log", True),
+    ("DRAIN_PROXY_ACCESS_LOG", "1", "access_log", True),
+    ("DRAIN_PROXY_ACCESS_LOG", "No", "access_log", False),
+    ("DRAIN_PROXY_MODE", "TCP", "mode", "tcp"),
+    ("DRAIN_PROXY_LOG_LEVEL", "INFO", "log_level", "info"),
+    ("DRAIN_PROXY_LOG_FORMAT", " Json ", "log_format", "json"),
+    ("DRAIN_PROXY_LOOP", "AsyncIO", "loop", "asyncio"),
+    ("DRAIN_PROXY_READINESS_ON_DRAIN", "KEEP", "readiness_on_drain", "keep"),
+    ("DRAIN_PROXY_TRUSTED_PROXIES", "None", "trusted_proxies", ()),
+])
+def test_words_are_read_by_one_rule_whatever_their_case(
+        env_var: str, raw: str, field: str, expected: object) -> None:
+    """Booleans and choices alike: any case, spaces around ignored; the flag reads the same."""
+    assert getattr(parse_settings([], {env_var: raw}), field) == expected
+    flag = next(f for f in FLAGS if f.env_var == env_var)
+    if not flag.is_switch:
+        assert getattr(parse_settings([flag.name, raw], {}), field) == expected
+
+
+@pytest.mark.parametrize(("argv", "env", "allowed"), [
+    ([], {"DRAIN_PROXY_ACCESS_LOG": "banana"},
+     "allowed: true, false, yes, no, on, off, 1 or 0 (any case)"),
+    ([], {"DRAIN_PROXY_ALLOW_UNDERSCORES_IN_HEADERS": "si"},
+     "allowed: true, false, yes, no, on, off, 1 or 0 (any case)"),
+    ([], {"DRAIN_PROXY_MODE": "udp"}, "allowed: http or tcp (any case)"),
+    (["--log-level", "trace"], {}, "allowed: debug, info, warning or error (any case)"),
+])
+def test_the_error_lists_exactly_what_is_accepted(
+        argv: list[str], env: dict[str, str], allowed: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(argv, env)
+    assert str(caught.value).endswith(allowed), str(caught.value)
