@@ -13,6 +13,7 @@ the combinations no single flag can.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -166,11 +167,19 @@ BUILD_ENV_VARS = frozenset({
 
 
 def _check_unknown_env(environ: Mapping[str, str]) -> None:
+    """A misspelt variable stops start-up, naming the closest real one; the whole list (30
+    names, a thousand characters on one line) is for ``--help``, not for the error."""
     known = {flag.env_var for flag in FLAGS}
     for key in environ:
         if key.startswith(ENV_PREFIX) and key not in known | BUILD_ENV_VARS \
                 and not _SERVICE_LINK.match(key):
-            raise SettingsError(f"{key}: unknown setting; allowed: {', '.join(sorted(known))}")
+            # Compared without the prefix every name shares, which would make all look alike.
+            close = difflib.get_close_matches(
+                key.removeprefix(ENV_PREFIX), sorted(k.removeprefix(ENV_PREFIX) for k in known),
+                n=1)
+            guess = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+            raise SettingsError(f"{key}: unknown setting{guess} "
+                                f"(drain-proxy --help lists every {ENV_PREFIX}* name)")
 
 
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:

@@ -340,3 +340,24 @@ def test_the_error_lists_exactly_what_is_accepted(
     with pytest.raises(SettingsError) as caught:
         parse_settings(argv, env)
     assert str(caught.value).endswith(allowed), str(caught.value)
+
+
+@pytest.mark.parametrize(("key", "meant"), [
+    ("DRAIN_PROXY_LISTN", "DRAIN_PROXY_LISTEN"),
+    ("DRAIN_PROXY_UPSTREM", "DRAIN_PROXY_UPSTREAM"),
+    ("DRAIN_PROXY_PROPAGATION_WINDOWS", "DRAIN_PROXY_PROPAGATION_WINDOW"),
+])
+def test_an_unknown_variable_suggests_the_closest_name_in_one_short_line(
+        key: str, meant: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings([], {key: "1"})
+    message = str(caught.value)
+    assert message == (f"{key}: unknown setting; did you mean {meant}? "
+                       f"(drain-proxy --help lists every DRAIN_PROXY_* name)")
+
+
+def test_an_unknown_variable_like_no_other_points_to_the_list() -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings([], {"DRAIN_PROXY_X": "1"})
+    assert str(caught.value) == ("DRAIN_PROXY_X: unknown setting "
+                                 "(drain-proxy --help lists every DRAIN_PROXY_* name)")
