@@ -476,7 +476,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._abort()  # the truncation must be visible: no fake end of body
             return
         self._out.clear()  # a head still in our buffer: the client can get a clean 502
-        exchange.error = http_response.error_response(failure.failure.status, str(failure))
+        exchange.detail = str(failure)
+        exchange.error = http_response.error_response(failure.failure.status, exchange.detail)
         exchange.status = failure.failure.status
         self._answer_with_error(exchange)
 

@@ -153,6 +153,7 @@ class ProxyContext:
         if self.access_log and exchange.request is not None:
             request = exchange.request
             version = "HTTP/1.0" if request.http_10 else "HTTP/1.1"
+            error = {"error": exchange.detail} if exchange.detail else {}
             access_log.info(
                 '%s "%s %s %s" %d %d %.6f %.6f', client_ip.decode(), request.method.decode(),
                 request.target.decode("latin-1"), version, exchange.status, exchange.sent_bytes,
@@ -160,7 +161,7 @@ class ProxyContext:
                 extra=fields(client=client_ip.decode(), method=request.method.decode(),
                              path=request.target.decode("latin-1"), status=exchange.status,
                              bytes=exchange.sent_bytes, duration_s=round(duration_s, 6),
-                             upstream_s=round(exchange.upstream_s, 6)))
+                             upstream_s=round(exchange.upstream_s, 6), **error))
 
     def upstream_failed(self, failure: UpstreamFailure) -> None:
         label = failure.failure.label
