@@ -302,7 +302,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--drain-token", _optional_text, "", "TOKEN",
          "/drain then needs Authorization: Bearer TOKEN (401 without it)",
          "the admin port is reachable from every pod: /drain wants Authorization: Bearer "
-         "TOKEN (unset: anyone may drain, and a warning says so)"),
+         "TOKEN (unset: anyone may drain, and a warning says so off loopback)"),
     Flag("--drain-token-file", _optional_absolute_path, "", "PATH",
          "read the drain token from the file PATH (a mounted Secret)",
          "the same token read from a file, such as a mounted Secret"),
