@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import random
 import signal
+import sys
 from collections.abc import Callable
 
 from proxy import __version__, build
@@ -161,6 +162,15 @@ def _warn_without_token(settings: Settings, admin_port: int) -> None:
                     Address(admin.host, admin_port))
 
 
+def _explain_ctrl_c(settings: Settings) -> None:
+    """In a terminal, Ctrl-C starts the same drain as SIGTERM and waits out the window: right
+    for a pod, a surprise for someone trying the proxy by hand.  Said once, plainly; the
+    behaviour stays the same everywhere (a second Ctrl-C already stops at once)."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        log.info("stdin is a terminal: Ctrl-C drains for the %g s propagation window before "
+                 "exiting; press Ctrl-C again to stop at once", settings.propagation_window_s)
+
+
 async def run(settings: Settings) -> int:
     """Serve until a signal has been received and the drain is over; return the exit code."""
     _warn_about_budget(settings)
@@ -171,6 +181,7 @@ async def run(settings: Settings) -> int:
         loop.add_signal_handler(signum, coordinator.on_signal, signal.Signals(signum).name)
     await server.start()
     _warn_without_token(settings, server.admin_port)
+    _explain_ctrl_c(settings)
     await coordinator.wait_exit()
     await server.close()
     code = coordinator.exit_code
