@@ -419,10 +419,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         to_app = bytes(self._held or b"")
         self._held = None
         self._tunnel = splice(self._loop, self.transport, connection.transport, to_app, tail,
-                              self._tunnel_ended)
+                              lambda tunnel, reason: self._tunnel_ended(tunnel, reason, exchange))
         self.ctx.connections.reclassify(self, Kind.TUNNEL)
 
-    def _tunnel_ended(self, tunnel: Tunnel, reason: str) -> None:
+    def _tunnel_ended(self, tunnel: Tunnel, reason: str, exchange: Exchange) -> None:
+        self.ctx.tunnel_ended(exchange, tunnel, reason, self._peer.ip)
         self.machine.lost()
         self.ctx.unregister(self, reason)
         self.transport = self._gate.transport = None
