@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from proxy import logs
 from proxy.server import StartupError, run
-from proxy.settings import SettingsError, parse_settings
+from proxy.settings import SettingsError, parse_settings, refuse_placeholders
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo(args[1:])
     try:
         settings = parse_settings(args)
+        refuse_placeholders(settings)
         factory = loop_factory(settings.loop)
     except SettingsError as error:
         print(f"drain-proxy: error: {error}", file=sys.stderr)

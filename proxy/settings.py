@@ -205,6 +205,26 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
     return settings
 
 
+# How deploy/'s manifests mark the drain token to replace (CHANGE-ME-openssl-rand-hex-32).
+PLACEHOLDER_TOKEN_PREFIX = "CHANGE-ME"
+
+
+def refuse_placeholders(settings: Settings) -> None:
+    """Stop start-up on the drain token deploy/ ships as a placeholder, or raise SettingsError.
+
+    kustomize renders placeholders without a word and cannot be made to fail on a value, so
+    the token every copy of this repository shares reached pods unnoticed, protecting /drain
+    with a published secret.  Not in ``parse_settings``: the manifests as shipped are well
+    formed (and their tests parse them); they are only not fit to run."""
+    token = settings.drain_token
+    if token is None or not token.upper().startswith(PLACEHOLDER_TOKEN_PREFIX):
+        return
+    source = f"--drain-token-file {settings.drain_token_file}" if settings.drain_token_file \
+        else "--drain-token"
+    raise SettingsError(f"{source}: the placeholder token of deploy/ ({token}); allowed: a "
+                        f"token of your own, such as `openssl rand -hex 32` makes")
+
+
 def _same_socket(a: Address, b: Address) -> bool:
     """Whether two listen addresses would take the same port: same port, and the same host
     or a wildcard on either side."""

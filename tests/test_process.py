@@ -43,6 +43,8 @@ def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     ([], {"DRAIN_PROXY_UPSTREM": "x"}, "DRAIN_PROXY_UPSTREM: unknown setting"),
     (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
     (["--upstream", "127.0.0.1:8000"], {}, "--upstream 127.0.0.1:8000: that is drain-proxy's own"),
+    (["--drain-token", "CHANGE-ME-openssl-rand-hex-32"], {},
+     "--drain-token: the placeholder token of deploy/ (CHANGE-ME-openssl-rand-hex-32); allowed:"),
 ])
 def test_bad_settings_stop_start_up_with_one_line_and_exit_2(
         args: list[str], env: dict[str, str], expected: str) -> None:
