@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from proxy import logs
 from proxy.server import StartupError, run
-from proxy.settings import SettingsError, parse_settings
+from proxy.settings import SettingsError, parse_settings, refuse_placeholders
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -25,7 +25,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     except ImportError:
         if choice == "uvloop":
             raise SettingsError("--loop: invalid value 'uvloop'; uvloop is not installed, "
-                                "allowed: auto, asyncio") from None
+                                "allowed: auto or asyncio (any case)") from None
         return asyncio.new_event_loop
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo(args[1:])
     try:
         settings = parse_settings(args)
+        refuse_placeholders(settings)
         factory = loop_factory(settings.loop)
     except SettingsError as error:
         print(f"drain-proxy: error: {error}", file=sys.stderr)

@@ -427,10 +427,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         to_app = bytes(self._held or b"")
         self._held = None
         self._tunnel = splice(self._loop, self.transport, connection.transport, to_app, tail,
-                              self._tunnel_ended, client_eof=self._peer_eof)
+                              lambda tunnel, reason: self._tunnel_ended(tunnel, reason, exchange),
+                              client_eof=self._peer_eof)
         self.ctx.connections.reclassify(self, Kind.TUNNEL)
 
-    def _tunnel_ended(self, tunnel: Tunnel, reason: str) -> None:
+    def _tunnel_ended(self, tunnel: Tunnel, reason: str, exchange: Exchange) -> None:
+        self.ctx.tunnel_ended(exchange, tunnel, reason, self._peer.ip)
         self.machine.lost()
         self.ctx.unregister(self, reason)
         self.transport = self._gate.transport = None
@@ -489,7 +491,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._abort()  # the truncation must be visible: no fake end of body
             return
         self._out.clear()  # a head still in our buffer: the client can get a clean 502
-        exchange.error = http_response.error_response(failure.failure.status, str(failure))
+        exchange.detail = str(failure)
+        exchange.error = http_response.error_response(failure.failure.status, exchange.detail)
         exchange.status = failure.failure.status
         self._answer_with_error(exchange)
 

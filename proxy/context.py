@@ -25,6 +25,7 @@ from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
 from proxy.stats import ResponseStats
 from proxy.tracker import ConnectionTracker, Drainable, Kind, Reclaimable
+from proxy.tunnel import Tunnel
 from proxy.upstream import UpstreamFailure, UpstreamPool
 
 if TYPE_CHECKING:
@@ -176,17 +177,37 @@ class ProxyContext:
         if self.draining:
             self.timeline.served_while_draining += 1
             self.metrics.served_while_draining.inc()
+        if not self.access_log or exchange.request is None:
+            return
+        if exchange.status == 101:  # a tunnel starts: its line comes when it ends
+            exchange.upstream_s = time.monotonic() - exchange.dispatched_at
+            return
+        error: dict[str, object] = {"error": exchange.detail} if exchange.detail else {}
+        self._access_line(exchange, client_ip, exchange.sent_bytes, duration_s, error)
+
+    def tunnel_ended(self, exchange: Exchange, tunnel: Tunnel, reason: str,
+                     client_ip: bytes) -> None:
+        """The access log line of an Upgrade, once its tunnel is over: the bytes each way and
+        how long it lasted from the request, which a line at the 101 could not know."""
         if self.access_log and exchange.request is not None:
-            request = exchange.request
-            version = "HTTP/1.0" if request.http_10 else "HTTP/1.1"
-            access_log.info(
-                '%s "%s %s %s" %d %d %.6f %.6f', client_ip.decode(), request.method.decode(),
-                request.target.decode("latin-1"), version, exchange.status, exchange.sent_bytes,
-                duration_s, exchange.upstream_s,
-                extra=fields(client=client_ip.decode(), method=request.method.decode(),
-                             path=request.target.decode("latin-1"), status=exchange.status,
-                             bytes=exchange.sent_bytes, duration_s=round(duration_s, 6),
-                             upstream_s=round(exchange.upstream_s, 6)))
+            duration = time.monotonic() - exchange.started_at
+            self._access_line(exchange, client_ip, tunnel.upstream.received, duration,
+                              {"bytes_from_client": tunnel.client.received,
+                               "tunnel_end": reason})
+
+    def _access_line(self, exchange: Exchange, client_ip: bytes, sent: int, duration_s: float,
+                     more: dict[str, object]) -> None:
+        request = exchange.request
+        assert request is not None
+        version = "HTTP/1.0" if request.http_10 else "HTTP/1.1"
+        access_log.info(
+            '%s "%s %s %s" %d %d %.6f %.6f', client_ip.decode(), request.method.decode(),
+            request.target.decode("latin-1"), version, exchange.status, sent,
+            duration_s, exchange.upstream_s,
+            extra=fields(client=client_ip.decode(), method=request.method.decode(),
+                         path=request.target.decode("latin-1"), status=exchange.status,
+                         bytes=sent, duration_s=round(duration_s, 6),
+                         upstream_s=round(exchange.upstream_s, 6), **more))
 
     def upstream_failed(self, failure: UpstreamFailure) -> None:
         label = failure.failure.label

@@ -28,15 +28,17 @@ class Exchange:
     """One request from its first byte to the end of its response."""
 
     __slots__ = (
-        "dispatched_at", "error", "finished", "framing_chunked", "head_flushed", "head_sent",
-        "pending", "pending_bytes", "replay", "replay_bytes", "request", "request_complete",
-        "retried", "sent_bytes", "started_at", "status", "trailers", "upstream", "upstream_s",
+        "detail", "dispatched_at", "error", "finished", "framing_chunked", "head_flushed",
+        "head_sent", "pending", "pending_bytes", "replay", "replay_bytes", "request",
+        "request_complete", "retried", "sent_bytes", "started_at", "status", "trailers",
+        "upstream", "upstream_s",
     )
 
     def __init__(self) -> None:
         self.started_at = time.monotonic()
         self.request: ForwardRequest | None = None  # None until its head is complete
         self.error: bytes | None = None  # a response the proxy must send instead
+        self.detail = ""  # why the app failed it: for the access log, not for the client
         self.request_complete = False  # the whole request (body, trailers) was read
         self.trailers: HeadCollector | None = None  # a chunked request's trailer fields
         self.pending: list[bytes] = []

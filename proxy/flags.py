@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 ENV_PREFIX = "DRAIN_PROXY_"
 
@@ -36,8 +36,22 @@ def _is_decimal(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def _url_address(text: str) -> str | None:
+    """The ``HOST:PORT`` inside a URL-like value (``http://127.0.0.1:8080/x`` gives
+    ``127.0.0.1:8080``), or None for a value with neither a scheme nor a path.  Taken as is,
+    such a value parses: ``http://127.0.0.1`` becomes the host, and every request fails."""
+    _, scheme, rest = text.partition("://")
+    if not scheme and "/" not in text:
+        return None
+    return (rest if scheme else text).split("/", 1)[0]
+
+
 def parse_host_port(text: str) -> Address:
     """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 lets the OS pick one."""
+    meant = _url_address(text)
+    if meant is not None:
+        right = meant if _is_decimal(meant.rpartition(":")[2]) else f"{meant or 'HOST'}:PORT"
+        raise ValueError(f"allowed: HOST:PORT, no scheme or path: use {right}")
     host, sep, port_text = text.rpartition(":")
     if not sep or not host or not _is_decimal(port_text) or int(port_text) > 65535:
         raise ValueError("allowed: HOST:PORT with a port from 0 to 65535")
@@ -56,6 +70,8 @@ def parse_upstream(text: str) -> Address:
     try:
         return parse_host_port(text)
     except ValueError:
+        if _url_address(text) is not None:
+            raise  # it shows the address that was meant
         raise ValueError("allowed: HOST:PORT or unix:/absolute/path") from None
 
 
@@ -104,11 +120,23 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _word(text: str) -> str:
+    """The one rule for words (booleans, choices, keywords), from a flag or a variable alike:
+    any case, spaces around ignored.  ``TCP`` and `` on `` mean what they say everywhere."""
+    return text.strip().lower()
+
+
+def _one_of(words: tuple[str, ...]) -> str:
+    """What is accepted, every word of it: ``allowed: http or tcp (any case)``."""
+    return f"allowed: {', '.join(words[:-1])} or {words[-1]} (any case)"
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        if text not in allowed:
-            raise ValueError("allowed: " + ", ".join(allowed))
-        return text
+        word = _word(text)
+        if word not in allowed:
+            raise ValueError(_one_of(allowed))
+        return word
 
     return parse
 
@@ -129,7 +157,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _networks(text: str) -> tuple[Network, ...]:
-    words = [word.strip() for word in text.split(",")]
+    words = [_word(word) for word in text.split(",")]
     if words == ["none"]:
         return ()
     if words == ["private"]:
@@ -153,13 +181,17 @@ def _optional_absolute_path(text: str) -> str | None:
     return text or None
 
 
+_TRUE: Final = ("true", "yes", "on", "1")
+_FALSE: Final = ("false", "no", "off", "0")
+
+
 def _boolean(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    word = _word(text)
+    if word in _TRUE:
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if word in _FALSE:
         return False
-    raise ValueError("allowed: true or false")
+    raise ValueError(_one_of(("true", "false", "yes", "no", "on", "off", "1", "0")))
 
 
 @dataclass(frozen=True)
@@ -275,7 +307,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--drain-token", _optional_text, "", "TOKEN",
          "/drain then needs Authorization: Bearer TOKEN (401 without it)",
          "the admin port is reachable from every pod: /drain wants Authorization: Bearer "
-         "TOKEN (unset: anyone may drain, and a warning says so)"),
+         "TOKEN (unset: anyone may drain, and a warning says so off loopback)"),
     Flag("--drain-token-file", _optional_absolute_path, "", "PATH",
          "read the drain token from the file PATH (a mounted Secret)",
          "the same token read from a file, such as a mounted Secret"),

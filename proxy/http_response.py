@@ -171,9 +171,18 @@ _REASONS: Final = {
 }
 
 
+# Gateway errors are about the proxy's side (an errno, the app's address, a timer): nothing the
+# client can act on, and not the client's to see.  Their detail goes to the logs instead.
+_GATEWAY: Final = frozenset({502, 503, 504})
+
+
 def error_response(status: int, detail: str, close: bool = True) -> bytes:
-    """A small plain-text response the proxy generates itself."""
-    body = detail.encode("ascii", "replace") + b"\n"
+    """A small plain-text response the proxy generates itself: the detail for an error in the
+    client's request, the status's phrase alone for a gateway error."""
+    if status in _GATEWAY:
+        body = _REASONS[status] + b"\n"
+    else:
+        body = detail.encode("ascii", "replace") + b"\n"
     head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % (
         status, _REASONS.get(status, b"Error"), len(body))
     if status == 405:

@@ -93,19 +93,31 @@ class RepeatedWarning:
         self._last = message
 
     def _summary(self) -> None:
-        if not self._counts:
+        if self._say(self.interval_s):
+            self._flush = asyncio.get_running_loop().call_later(self.interval_s, self._summary)
+        else:
             self._flush = None  # a quiet interval: the next one is logged at once again
-            return
+
+    def _say(self, over_s: float) -> bool:
+        """Log what was counted over the last ``over_s`` seconds; False when nothing was."""
+        if not self._counts:
+            return False
         total = sum(self._counts.values())
         by_kind = ", ".join(f"{kind} {count}" for kind, count in sorted(self._counts.items()))
         self._log.warning("%d more %s in the last %g s (%s); the last: %s", total,
-                          self._what, self.interval_s, by_kind, self._last,
+                          self._what, over_s, by_kind, self._last,
                           extra=fields(repeated=total, **{f"repeated_{kind}": count
                                                           for kind, count in self._counts.items()}))
         self._counts.clear()
-        self._flush = asyncio.get_running_loop().call_later(self.interval_s, self._summary)
+        return True
 
     def close(self) -> None:
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
+        """Stop summarising.  What was counted since the last summary is said now: the process
+        is exiting, and errors only the metrics counted would be missing from the log."""
+        if self._flush is None:
+            return
+        loop = asyncio.get_running_loop()
+        elapsed = self.interval_s - max(0.0, self._flush.when() - loop.time())
+        self._flush.cancel()
+        self._flush = None
+        self._say(round(elapsed, 3))

@@ -7,9 +7,11 @@ asyncio or uvloop; ``run`` is the process entry point that adds signal handlers.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import signal
+import sys
 from collections.abc import Callable
 
 from proxy import __version__, build
@@ -140,22 +142,47 @@ def _warn_about_budget(settings: Settings) -> None:
             settings.termination_grace_period_s)
 
 
-def _warn_without_token(settings: Settings) -> None:
-    if settings.drain_token is None:
+def _reachable_from_other_hosts(host: str) -> bool:
+    """Whether a listener on ``host`` can be reached from elsewhere: anything but loopback
+    (a wildcard, a pod IP, a name that may resolve to either)."""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def _warn_without_token(settings: Settings, admin_port: int) -> None:
+    """Said once the listeners are up (a port that cannot be listened on is the only news
+    then) and only where another pod could call /drain: on loopback none can."""
+    admin = settings.admin
+    if settings.drain_token is None and _reachable_from_other_hosts(admin.host):
         log.warning("no --drain-token: any pod that reaches the admin port %s can drain this "
-                    "one with /drain (see deploy/README.md)", settings.admin)
+                    "one with /drain (see deploy/README.md)",
+                    Address(admin.host, admin_port))
+
+
+def _explain_ctrl_c(settings: Settings) -> None:
+    """In a terminal, Ctrl-C starts the same drain as SIGTERM and waits out the window: right
+    for a pod, a surprise for someone trying the proxy by hand.  Said once, plainly; the
+    behaviour stays the same everywhere (a second Ctrl-C already stops at once)."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        log.info("stdin is a terminal: Ctrl-C drains for the %g s propagation window before "
+                 "exiting; press Ctrl-C again to stop at once", settings.propagation_window_s)
 
 
 async def run(settings: Settings) -> int:
     """Serve until a signal has been received and the drain is over; return the exit code."""
     _warn_about_budget(settings)
-    _warn_without_token(settings)
     server = ProxyServer(settings)
     coordinator = server.coordinator
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, coordinator.on_signal, signal.Signals(signum).name)
     await server.start()
+    _warn_without_token(settings, server.admin_port)
+    _explain_ctrl_c(settings)
     await coordinator.wait_exit()
     await server.close()
     code = coordinator.exit_code

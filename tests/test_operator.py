@@ -138,6 +138,29 @@ def test_the_access_log_has_path_status_bytes_and_durations(
     assert 0 < entry["upstream_s"] <= entry["duration_s"]
 
 
+def test_upstream_errors_after_the_last_summary_are_logged_at_exit(run: Run[None]) -> None:
+    """Five errors counted after the first warning, then SIGTERM before the 10 s summary:
+    they were in the metrics but never in the log."""
+    async def scenario() -> None:
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+        proxy = await ProxyProcess.start(port, "--propagation-window", "0")
+        for _ in range(6):
+            reply = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n"
+                                                   b"Connection: close\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 502 ")
+        proxy.signal(signal.SIGTERM)
+        assert await proxy.wait() == 0
+        log = proxy.log_text()
+        assert log.count("drain_proxy.upstream: upstream connect: ") == 1, log  # the first
+        assert re.search(r"5 more upstream errors in the last [\d.]+ s \(connect 5\); "
+                         r"the last: upstream connect: ", log), log
+        assert log.index("5 more upstream errors") < log.index("exiting with code 0")
+
+    run(scenario())
+
+
 def test_repeated_upstream_errors_are_summarised_not_flooded(
         run: Run[None], caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import pty
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -32,10 +37,14 @@ def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 @pytest.mark.parametrize(("args", "env", "expected"), [
     (["--idle-timeout", "soon"], {}, "--idle-timeout: invalid value 'soon'; allowed:"),
     (["--upstream", "app"], {}, "--upstream: invalid value 'app'; allowed: HOST:PORT or unix:"),
-    ([], {"DRAIN_PROXY_MODE": "udp"}, "DRAIN_PROXY_MODE: invalid value 'udp'; allowed: http, tcp"),
+    (["--upstream", "http://127.0.0.1:8080"], {}, "no scheme or path: use 127.0.0.1:8080"),
+    ([], {"DRAIN_PROXY_MODE": "udp"},
+     "DRAIN_PROXY_MODE: invalid value 'udp'; allowed: http or tcp (any case)"),
     ([], {"DRAIN_PROXY_UPSTREM": "x"}, "DRAIN_PROXY_UPSTREM: unknown setting"),
     (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
     (["--upstream", "127.0.0.1:8000"], {}, "--upstream 127.0.0.1:8000: that is drain-proxy's own"),
+    (["--drain-token", "CHANGE-ME-openssl-rand-hex-32"], {},
+     "--drain-token: the placeholder token of deploy/ (CHANGE-ME-openssl-rand-hex-32); allowed:"),
 ])
 def test_bad_settings_stop_start_up_with_one_line_and_exit_2(
         args: list[str], env: dict[str, str], expected: str) -> None:
@@ -71,6 +80,65 @@ def test_readme_documents_every_flag() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for flag in FLAGS:
         assert f"`{flag.name}" in readme and f"`{flag.env_var}`" in readme, flag.name
+
+
+def _read_until(fd: int, wanted: str, seen: bytearray, timeout_s: float = 10) -> str:
+    """Read a pseudo-terminal's output until ``wanted`` appears (or the deadline, or EOF)."""
+    deadline = time.monotonic() + timeout_s
+    while wanted.encode() not in seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            break
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
+def test_ctrl_c_in_a_terminal_is_explained_at_start_up_and_a_second_one_stops_at_once() -> None:
+    """Ctrl-C starts the drain, which waits out the 10 s window: right for a pod, a surprise
+    in a terminal.  There, start-up says so in plain words (once); pressed twice, it stops."""
+    main, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+         "--upstream", "127.0.0.1:1"], stdin=terminal, stdout=terminal, stderr=terminal,
+        env=child_env(), cwd=CHILD_CWD, start_new_session=True,
+        # Its controlling terminal, so that Ctrl-C typed on it is a SIGINT, as in a shell.
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(terminal)
+    seen = bytearray()
+    try:
+        text = _read_until(main, "press Ctrl-C again", seen)
+        assert ("stdin is a terminal: Ctrl-C drains for the 10 s propagation window before "
+                "exiting; press Ctrl-C again to stop at once") in text, text
+        assert text.index("listening on") < text.index("stdin is a terminal")
+        os.write(main, b"\x03")
+        assert "SIGINT: readiness failing" in _read_until(main, "SIGINT: readiness", seen)
+        pressed_again = time.monotonic()
+        os.write(main, b"\x03")
+        assert process.wait(timeout=8) == 0
+        assert time.monotonic() - pressed_again < 5  # not the rest of the 10 s window
+        assert "exiting with code 0" in _read_until(main, "exiting with code", seen)
+        assert seen.count(b"stdin is a terminal") == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(main)
+
+
+def test_the_terminal_hint_is_not_logged_without_a_terminal(run: Run[None]) -> None:
+    async def scenario() -> None:
+        proxy = await ProxyProcess.start(1, "--propagation-window", "0")  # stdin: /dev/null
+        proxy.signal(signal.SIGTERM)
+        assert await proxy.wait() == 0
+        assert "stdin is a terminal" not in proxy.log_text()
+
+    run(scenario())
 
 
 def test_grace_period_too_short_is_warned_about(run: Run[None]) -> None:

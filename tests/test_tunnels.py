@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -157,6 +159,38 @@ def test_websocket_conversation_through_the_proxy(run: Run[None]) -> None:
             assert sample(proxy, "drain_proxy_requests_total", {"code": "101"}) == 1
 
     run(scenario())
+
+
+def test_a_websocket_is_access_logged_when_it_ends_with_its_bytes_and_duration(
+        run: Run[None], caplog: pytest.LogCaptureFixture) -> None:
+    """The line used to be written at the 101 (bytes=0 upstream_s=0.0), before the tunnel
+    carried anything: it now comes when the tunnel ends, with what went each way."""
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "drain_proxy.access"]
+
+    async def scenario() -> None:
+        async with websocket_app() as port, running_proxy(
+                f"127.0.0.1:{port}", "--access-log") as proxy:
+            async with connect(f"ws://127.0.0.1:{proxy.port}/chat",
+                               compression=None) as websocket:  # counts as sent
+                for text in ("hello", "x" * 100_000):
+                    await websocket.send(text)
+                    assert await websocket.recv() == text
+                await websocket.ping()
+                assert lines() == []  # still open: nothing to say yet
+            await eventually(lambda: len(lines()) == 1)
+
+    with caplog.at_level(logging.INFO, logger="drain_proxy.access"):
+        run(scenario())
+    [record] = lines()
+    entry = record.fields  # type: ignore[attr-defined]
+    assert entry["status"] == 101 and entry["path"] == "/chat"
+    assert 100_005 < entry["bytes"] < 101_000  # to the client: the echoes, framed
+    assert 100_005 < entry["bytes_from_client"] < 101_000  # masked frames are a bit larger
+    assert 0 < entry["upstream_s"] < entry["duration_s"]
+    assert entry["tunnel_end"] == "peer"
+    assert re.match(r'^127\.0\.0\.1 "GET /chat HTTP/1\.1" 101 \d{6} [\d.]+ [\d.]+$',
+                    record.getMessage())
 
 
 def test_websocket_survives_the_window_and_is_cut_at_the_tunnel_deadline(

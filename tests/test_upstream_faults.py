@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import socket
 import struct
@@ -29,6 +30,38 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads the request and never answers."""
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.read()
+
+
+def test_gateway_errors_give_the_client_a_generic_body_and_the_log_the_detail(
+        run: Run[None], caplog: pytest.LogCaptureFixture) -> None:
+    """A 502 body read '[Errno 111] Connection refused': the proxy's internals, useless to the
+    client.  The client gets the status's phrase; the detail goes to the warning log and to
+    the access log line."""
+    async def scenario() -> None:
+        async with running_proxy(f"127.0.0.1:{closed_port()}", "--access-log") as proxy:
+            reply = await raw_exchange(proxy.port, GET)
+        assert reply.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+        assert reply.partition(b"\r\n\r\n")[2] == b"Bad Gateway\n"
+        async with scripted_app(_silent) as port, running_proxy(
+                f"127.0.0.1:{port}", "--access-log", "--upstream-timeout", "0.2") as proxy:
+            reply = await raw_exchange(proxy.port, GET)
+        assert reply.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+        assert reply.partition(b"\r\n\r\n")[2] == b"Gateway Timeout\n"
+
+    with caplog.at_level(logging.INFO):
+        run(scenario())
+    access = [r for r in caplog.records if r.name == "drain_proxy.access"]
+    assert [r.fields["status"] for r in access] == [502, 504]  # type: ignore[attr-defined]
+    assert "[Errno 111]" in access[0].fields["error"]  # type: ignore[attr-defined]
+    assert access[1].fields["error"] == "the app did not answer in time"  # type: ignore[attr-defined]
+    warned = [r.getMessage() for r in caplog.records if r.name == "drain_proxy.upstream"]
+    assert any("[Errno 111]" in line for line in warned), warned
 
 
 def test_refused_upstream_gives_502_quickly(run: Run[None]) -> None:

@@ -284,3 +284,82 @@ def test_trusted_proxies_are_networks(value: str, expected: tuple[str, ...]) -> 
 def test_bad_trusted_proxies_are_one_line(value: str) -> None:
     with pytest.raises(SettingsError, match=r"^--trusted-proxies: invalid value .*allowed: "):
         parse_settings(["--trusted-proxies", value], {})
+
+
+# -- issue 23: what a new user tripped on ---------------------------------------------------------
+@pytest.mark.parametrize(("argv", "env", "name", "right"), [
+    (["--upstream", "http://127.0.0.1:8080"], {}, "--upstream", "127.0.0.1:8080"),
+    ([], {"DRAIN_PROXY_UPSTREAM": "http://127.0.0.1:8080"}, "DRAIN_PROXY_UPSTREAM",
+     "127.0.0.1:8080"),
+    (["--upstream", "https://app.internal:8443/api"], {}, "--upstream", "app.internal:8443"),
+    (["--upstream", "127.0.0.1:8080/healthz"], {}, "--upstream", "127.0.0.1:8080"),
+    (["--upstream", "tcp://[::1]:6379"], {}, "--upstream", "[::1]:6379"),
+    (["--listen", "http://0.0.0.0:8000"], {}, "--listen", "0.0.0.0:8000"),
+    (["--admin", "http://0.0.0.0:9901/"], {}, "--admin", "0.0.0.0:9901"),
+])
+def test_a_scheme_or_path_in_an_address_is_refused_with_the_right_form(
+        argv: list[str], env: dict[str, str], name: str, right: str) -> None:
+    """A URL was accepted as HOST:PORT with "http://127.0.0.1" as the host: every request then
+    got 502.  The one line names the value and shows the address the user meant."""
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(argv, env)
+    message = str(caught.value)
+    assert message.startswith(f"{name}: invalid value ") and "\n" not in message
+    assert message.endswith(f"no scheme or path: use {right}"), message
+
+
+@pytest.mark.parametrize(("env_var", "raw", "field", "expected"), [
+    ("DRAIN_PROXY_ACCESS_LOG", "TRUE", "access_log", True),
+    ("DRAIN_PROXY_ACCESS_LOG", "On", "access_log", True),
+    ("DRAIN_PROXY_ACCESS_LOG", "1", "access_log", True),
+    ("DRAIN_PROXY_ACCESS_LOG", "No", "access_log", False),
+    ("DRAIN_PROXY_MODE", "TCP", "mode", "tcp"),
+    ("DRAIN_PROXY_LOG_LEVEL", "INFO", "log_level", "info"),
+    ("DRAIN_PROXY_LOG_FORMAT", " Json ", "log_format", "json"),
+    ("DRAIN_PROXY_LOOP", "AsyncIO", "loop", "asyncio"),
+    ("DRAIN_PROXY_READINESS_ON_DRAIN", "KEEP", "readiness_on_drain", "keep"),
+    ("DRAIN_PROXY_TRUSTED_PROXIES", "None", "trusted_proxies", ()),
+])
+def test_words_are_read_by_one_rule_whatever_their_case(
+        env_var: str, raw: str, field: str, expected: object) -> None:
+    """Booleans and choices alike: any case, spaces around ignored; the flag reads the same."""
+    assert getattr(parse_settings([], {env_var: raw}), field) == expected
+    flag = next(f for f in FLAGS if f.env_var == env_var)
+    if not flag.is_switch:
+        assert getattr(parse_settings([flag.name, raw], {}), field) == expected
+
+
+@pytest.mark.parametrize(("argv", "env", "allowed"), [
+    ([], {"DRAIN_PROXY_ACCESS_LOG": "banana"},
+     "allowed: true, false, yes, no, on, off, 1 or 0 (any case)"),
+    ([], {"DRAIN_PROXY_ALLOW_UNDERSCORES_IN_HEADERS": "si"},
+     "allowed: true, false, yes, no, on, off, 1 or 0 (any case)"),
+    ([], {"DRAIN_PROXY_MODE": "udp"}, "allowed: http or tcp (any case)"),
+    (["--log-level", "trace"], {}, "allowed: debug, info, warning or error (any case)"),
+])
+def test_the_error_lists_exactly_what_is_accepted(
+        argv: list[str], env: dict[str, str], allowed: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(argv, env)
+    assert str(caught.value).endswith(allowed), str(caught.value)
+
+
+@pytest.mark.parametrize(("key", "meant"), [
+    ("DRAIN_PROXY_LISTN", "DRAIN_PROXY_LISTEN"),
+    ("DRAIN_PROXY_UPSTREM", "DRAIN_PROXY_UPSTREAM"),
+    ("DRAIN_PROXY_PROPAGATION_WINDOWS", "DRAIN_PROXY_PROPAGATION_WINDOW"),
+])
+def test_an_unknown_variable_suggests_the_closest_name_in_one_short_line(
+        key: str, meant: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings([], {key: "1"})
+    message = str(caught.value)
+    assert message == (f"{key}: unknown setting; did you mean {meant}? "
+                       f"(drain-proxy --help lists every DRAIN_PROXY_* name)")
+
+
+def test_an_unknown_variable_like_no_other_points_to_the_list() -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings([], {"DRAIN_PROXY_X": "1"})
+    assert str(caught.value) == ("DRAIN_PROXY_X: unknown setting "
+                                 "(drain-proxy --help lists every DRAIN_PROXY_* name)")
