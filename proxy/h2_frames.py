@@ -4,7 +4,8 @@ writes itself.  Sans-IO.
 The proxy relays the client's and the app's frames as they are; it reads only the
 9-byte frame headers and the payloads of the connection-level frames (SETTINGS,
 PING, GOAWAY, RST_STREAM), never HPACK.  It writes only GOAWAY, PING, RST_STREAM,
-and, when the app cannot be reached, the server's SETTINGS preface.
+WINDOW_UPDATE (the credit of DATA it drops), and, when the app cannot be reached, the
+server's SETTINGS preface.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ END_HEADERS: Final = 0x4
 NO_ERROR: Final = 0x0
 PROTOCOL_ERROR: Final = 0x1
 INTERNAL_ERROR: Final = 0x2
+STREAM_CLOSED: Final = 0x5
 FRAME_SIZE_ERROR: Final = 0x6
 REFUSED_STREAM: Final = 0x7
 CANCEL: Final = 0x8
@@ -81,6 +83,10 @@ def ping(opaque: bytes) -> bytes:
 
 def rst_stream(stream: int, error: int) -> bytes:
     return frame(RST_STREAM, 0, stream, struct.pack(">I", error))
+
+
+def window_update(stream: int, increment: int) -> bytes:
+    return frame(WINDOW_UPDATE, 0, stream, struct.pack(">I", increment))
 
 
 def empty_settings() -> bytes:

@@ -31,6 +31,7 @@ import enum
 from typing import Final
 
 from proxy import h2_frames as f
+from proxy.h2_streams import APP_DONE, CLIENT_DONE, NEW, REFUSED, RESET, StreamTable
 from proxy.transitions import IllegalTransition, bit_masks
 
 
@@ -53,11 +54,6 @@ TRANSITIONS: Final[dict[H2State, frozenset[H2State]]] = {
     CLOSED: frozenset(),
 }
 _ALLOWED: Final = bit_masks(TRANSITIONS)
-
-# Stream halves that have ended (END_STREAM); a reset ends both.
-_CLIENT_DONE: Final = 1
-_APP_DONE: Final = 2
-_BOTH_DONE: Final = 3
 
 # Our two PINGs' payloads, which tell their ACKs from those of the app's PINGs.  Two
 # rounds, not one: a client may already have queued a new stream when it reads our
@@ -89,15 +85,14 @@ class H2Session:
         self.goaways: list[str] = []  # reasons of the GOAWAYs sent, for the metrics
         self.opened = 0  # streams opened and ended, for the metrics (the adapter resets them)
         self.ended = 0
-        self.streams: dict[int, int] = {}  # open stream id -> halves ended
+        self.table = StreamTable()  # open streams, and how the closed ones ended
         self.streams_total = 0
         self._budget = request_budget  # streams before rotation; 0: unlimited
         self._max_block = max_header_block
-        self._highest = 0  # the largest stream id the client opened
         self._last_stream = f.MAX_STREAM_ID  # no GOAWAY to the client may raise this
         self._deferred = ""  # a GOAWAY asked for before the first stream
         self._reason = ""  # why our GOAWAY sequence started
-        self._refused: set[int] = set()  # opened after the final GOAWAY
+        self._credit = 0  # flow-control credit of client DATA dropped here, owed back
         self._early: list[bytes] = []  # our frames for the client, before the app's SETTINGS
         self._unreachable = False  # the proxy answers the client itself (app_unreachable)
         self._client = _Direction(is_client=True)
@@ -137,7 +132,7 @@ class H2Session:
     def ping_timed_out(self) -> None:
         """The client did not acknowledge our PING in time: send the final GOAWAY anyway."""
         if self.state is ANNOUNCED:
-            self._final(self._highest)
+            self._final(self.table.admitted)
 
     def app_unreachable(self) -> None:
         """The app cannot be reached.  Until ``unreachable_over``, the proxy answers this
@@ -151,14 +146,14 @@ class H2Session:
         self._app_preface_now()
         if self._client.settings_seen:
             self.to_client.append(f.frame(f.SETTINGS, f.ACK, 0))
-        for stream in sorted(s for s in self.streams if s % 2):
+        for stream in sorted(s for s in self.table.open if s % 2):
             self._bad_gateway(stream)
-        self.streams.clear()
+        self.table.clear()
 
     def unreachable_over(self) -> None:
         """End a connection answered with 502s: GOAWAY naming the last stream answered."""
         if self.state is not CLOSED:
-            self.to_client.append(f.goaway(min(self._last_stream, self._highest), f.NO_ERROR,
+            self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), f.NO_ERROR,
                                            b"the app cannot be reached"))
             self.close_reason = "unreachable"
             self._move(CLOSED)
@@ -180,7 +175,7 @@ class H2Session:
     @property
     def active(self) -> int:
         """Streams the client is still waiting on."""
-        return len(self.streams)
+        return len(self.table)
 
     # -- relaying ---------------------------------------------------------------------------
     def _relay(self, side: _Direction, data: bytes | memoryview, out: list[bytes],
@@ -216,6 +211,9 @@ class H2Session:
         side.position = position
         self._flush(side, out)
         del buffer[:position]
+        if self._credit and not self.closed:
+            self._inject(f.window_update(0, self._credit))
+        self._credit = 0
 
     def _flush(self, side: _Direction, out: list[bytes]) -> None:
         """Queue the frames since the last flush, up to the frame being looked at."""
@@ -252,13 +250,13 @@ class H2Session:
         if fixed and length != fixed:
             self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"frame of the wrong size")
             return
-        if kind == f.DATA:
-            if stream in self._refused:
-                self._skip(side, self.to_app)
-            elif flags & f.END_STREAM:
-                self._half_done(stream, _CLIENT_DONE)
-        elif kind == f.HEADERS:
-            self._start_block(side, length, flags, stream)
+        if kind == f.HEADERS:
+            self._start_block(side, length, flags, stream)  # judged whole: _end_block
+        elif stream and stream not in self.table.open and self._refused(stream):
+            self._drop_refused(side, length, kind)
+        elif kind == f.DATA:
+            if flags & f.END_STREAM:
+                self._half_done(stream, CLIENT_DONE)
         elif kind == f.RST_STREAM:
             self._stream_reset(stream)
             self._count_reset()
@@ -276,7 +274,7 @@ class H2Session:
                     if self.state is ANNOUNCED and opaque == FIRST_PING:
                         self._inject(f.ping(SECOND_PING))
                     elif self.state is ANNOUNCED:
-                        self._final(self._highest)
+                        self._final(self.table.admitted)
         elif kind == f.GOAWAY:
             if length < 8:
                 self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"GOAWAY too short")
@@ -284,6 +282,18 @@ class H2Session:
             self._fail(f.PROTOCOL_ERROR, "protocol_error", b"CONTINUATION outside a header block")
         elif kind == f.PUSH_PROMISE:
             self._fail(f.PROTOCOL_ERROR, "protocol_error", b"a client cannot push")
+
+    def _refused(self, stream: int) -> bool:
+        return self.table.kind(stream) == REFUSED
+
+    def _drop_refused(self, side: _Direction, length: int, kind: int) -> None:
+        """A frame on a stream the app never saw: not for the app, where a frame on a
+        stream it does not know is a connection error.  Its DATA's credit is owed back."""
+        self._skip(side, self.to_app)
+        if kind == f.DATA:
+            self._credit += length  # all of it counts against the window, padding too
+        elif kind == f.RST_STREAM:
+            self._count_reset()
 
     def _client_settings(self, side: _Direction, length: int, flags: int) -> None:
         if flags & f.ACK:
@@ -348,26 +358,32 @@ class H2Session:
             self.to_client.extend(block)
             self._app_headers(stream, flags, block[0])
             return
-        self.to_app.extend(block)  # always: the app's HPACK context must see every block
-        if stream in self.streams or stream in self._refused:  # trailers
+        if stream in self.table.open:  # trailers
+            self.to_app.extend(block)
             if flags & f.END_STREAM:
-                self._half_done(stream, _CLIENT_DONE)
+                self._half_done(stream, CLIENT_DONE)
             return
-        if stream % 2 == 0 or stream <= self._highest:
-            self._fail(f.PROTOCOL_ERROR, "protocol_error", b"invalid stream id")
+        kind = self.table.kind(stream)
+        if kind in (RESET, REFUSED):  # ignored by the app, which knows it ended
+            self.to_app.extend(block)  # the app's HPACK context must see every block
             return
-        self._highest = stream
+        if kind != NEW or stream % 2 == 0:
+            error = f.PROTOCOL_ERROR if stream % 2 == 0 else f.STREAM_CLOSED
+            self._fail(error, "protocol_error", b"invalid stream id")
+            return
         if self._unreachable:
+            self.table.answered_here(stream)
             self.opened += 1
             self._bad_gateway(stream)
             return
+        self.to_app.extend(block)
         if self.state is FINAL and stream > self._last_stream:
-            self._refused.add(stream)
+            self.table.refuse(stream)
             self.to_app.append(f.rst_stream(stream, f.CANCEL))
             self._inject(f.rst_stream(stream, f.REFUSED_STREAM))
             self._count_reset()  # a client that keeps opening refused streams is resetting
             return
-        self.streams[stream] = _CLIENT_DONE if flags & f.END_STREAM else 0
+        self.table.admit(stream, CLIENT_DONE if flags & f.END_STREAM else 0)
         self.streams_total += 1
         self.opened += 1
         if self._budget and self.streams_total >= self._budget:
@@ -394,10 +410,8 @@ class H2Session:
         if side.block_stream:
             self._continue_block(side, length, kind, flags, stream)
         elif kind == f.DATA:
-            if stream in self._refused:
-                self._skip(side, self.to_client)
-            elif flags & f.END_STREAM:
-                self._half_done(stream, _APP_DONE)
+            if flags & f.END_STREAM:
+                self._half_done(stream, APP_DONE)
         elif kind == f.HEADERS or kind == f.PUSH_PROMISE:
             self._start_block(side, length, flags | (kind << 8), stream)
         elif kind == f.RST_STREAM:
@@ -409,35 +423,32 @@ class H2Session:
         if flags >> 8 == f.PUSH_PROMISE:  # a stream the app opens; the client never sends
             padding = 1 if flags & 0x8 else 0
             promised = f.u32(first, f.HEADER_SIZE + padding) & f.MAX_STREAM_ID
-            self.streams[promised] = _CLIENT_DONE
+            self.table.promised(promised)
             self.opened += 1
         elif flags & f.END_STREAM:
-            self._half_done(stream, _APP_DONE)
+            self._half_done(stream, APP_DONE)
 
     def _app_goaway(self, last_stream: int) -> None:
         """The app is going away itself: streams above its last id will not be answered
         (the client retries them), and no GOAWAY of ours may name a higher id."""
         self._last_stream = min(self._last_stream, last_stream)
-        for stream in [s for s in self.streams if s > last_stream and s % 2 == 1]:
+        for stream in self.table.above(last_stream):
             self._stream_reset(stream)
 
     # -- streams, the sequence, errors ------------------------------------------------------
     def _half_done(self, stream: int, half: int) -> None:
-        halves = self.streams.get(stream)
-        if halves is None:
-            return
-        halves |= half
-        if halves == _BOTH_DONE:
-            self._stream_reset(stream)
-        else:
-            self.streams[stream] = halves
+        if self.table.end_half(stream, half):
+            self._stream_over()
 
     def _stream_reset(self, stream: int) -> None:
-        if self.streams.pop(stream, None) is not None:
-            self.ended += 1
-            if self.state is FINAL and not self.streams:
-                self.close_reason = self._reason
-                self._move(CLOSED)
+        if self.table.reset(stream):
+            self._stream_over()
+
+    def _stream_over(self) -> None:
+        self.ended += 1
+        if self.state is FINAL and not self.table:
+            self.close_reason = self._reason
+            self._move(CLOSED)
 
     def _count_reset(self) -> None:
         now = self._now
@@ -452,16 +463,17 @@ class H2Session:
         self._last_stream = min(self._last_stream, last_stream)
         self._inject(f.goaway(self._last_stream, f.NO_ERROR))
         self._move(FINAL)
-        for stream in [s for s in self.streams if s > self._last_stream and s % 2 == 1]:
+        for stream in self.table.above(self._last_stream):
             self._stream_reset(stream)  # the client retries those: nothing to wait for
-        if not self.streams:
+        if not self.table:
             self.close_reason = self._reason
             self._move(CLOSED)
 
     def _fail(self, error: int, reason: str, detail: bytes) -> None:
         """End the connection now: GOAWAY with the error to the client, nothing more."""
         self._app_preface_now()
-        self.to_client.append(f.goaway(min(self._last_stream, self._highest), error, detail))
+        self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), error,
+                                       detail))
         self.goaways.append(reason)
         self.close_reason = reason
         self.failed = True

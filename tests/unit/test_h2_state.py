@@ -289,4 +289,4 @@ def test_any_split_of_the_bytes_relays_the_same_frames(cuts: list[int]) -> None:
         position += cut
     pieces.from_client(stream[position:], 0.0)
     assert b"".join(pieces.to_app) == b"".join(whole.to_app) == stream
-    assert pieces.streams == whole.streams == {1: 1, 3: 0}  # 1: its request is complete
+    assert pieces.table.open == whole.table.open == {1: 1, 3: 0}  # 1: its request is complete

@@ -1,0 +1,68 @@
+"""HTTP/2 streams that end while the peer still has frames for them on the wire, through
+real sockets: those frames fail no other call, and the flow-control credit of what the
+proxy drops comes back to the client.  The peers are ``h2`` (python-hyper) ones."""
+
+from __future__ import annotations
+
+from h2_peers import ANSWER_AND_RESET, H2Client, h2_app
+from hyperframe.frame import DataFrame, GoAwayFrame, RstStreamFrame, WindowUpdateFrame
+
+from conftest import Run
+from helpers import eventually, running_proxy
+
+REFUSED_STREAM = 0x7
+
+
+def goaways(client: H2Client) -> list[tuple[int, int]]:
+    return [(f.last_stream_id, f.error_code) for f in client.of_type("GoAwayFrame")
+            if isinstance(f, GoAwayFrame)]
+
+
+def resets(client: H2Client) -> list[tuple[int, int]]:
+    return [(f.stream_id, f.error_code) for f in client.of_type("RstStreamFrame")
+            if isinstance(f, RstStreamFrame)]
+
+
+def connection_credit(client: H2Client) -> int:
+    return sum(f.window_increment for f in client.of_type("WindowUpdateFrame")
+               if isinstance(f, WindowUpdateFrame) and f.stream_id == 0)
+
+
+def test_trailers_in_flight_when_the_app_resets_their_stream_fail_no_other_call(
+        run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with h2_app() as app, running_proxy(f"127.0.0.1:{app.port}") as proxy:
+            client = await H2Client.open(proxy.port)
+            upload = client.request("/upload", end_stream=False)
+            answered = client.request(ANSWER_AND_RESET.decode(), end_stream=False)
+            await client.read_until(lambda c: (answered, 0) in resets(c))
+            # The client sent its trailers before it read the reset: legal, and ignored.
+            client.conn.send_headers(answered, [("x-checksum", "abc")], end_stream=True)
+            client.conn.send_data(upload, b"the rest", end_stream=True)
+            client.flush()
+            await client.read_until(lambda c: upload in c.responses())
+            assert goaways(client) == []
+            client.close()
+            await eventually(lambda: not proxy.ctx.h2_connections)
+
+    run(scenario())
+
+
+def test_data_on_a_refused_stream_gives_its_connection_window_back(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with h2_app(delay_s=0.5) as app, running_proxy(
+                f"127.0.0.1:{app.port}", "--propagation-window", "5") as proxy:
+            client = await H2Client.open(proxy.port)
+            first = client.request("/slow")
+            await eventually(lambda: len(app.requests) == 1)
+            proxy.coordinator.trigger("test")
+            await client.read_until(lambda c: len(goaways(c)) == 2)
+            refused = first + 2  # opened by a client that had not read the GOAWAYs yet
+            upload = DataFrame(refused, data=b"x" * 16_000).serialize()
+            client.send_raw(client.raw_headers(refused, end_stream=False) + upload * 3)
+            await client.read_to_eof()  # the first stream completes, then the proxy closes
+            assert (refused, REFUSED_STREAM) in resets(client)
+            assert connection_credit(client) == 48_000, "the refused upload's window is back"
+            assert first in client.responses()
+
+    run(scenario())
