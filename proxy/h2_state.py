@@ -68,6 +68,10 @@ SECOND_PING: Final = b"drainpx2"
 MAX_FRAME_CAP: Final = 65_536
 RESET_BURST: Final = 200
 RESET_RATE_PER_S: Final = 100.0
+# Which of the adapter's timers runs (``H2Session.waiting``): with a stream open, none.
+NOT_WAITING: Final = 0
+FIRST_STREAM: Final = 1  # no stream yet: --header-timeout
+NEXT_STREAM: Final = 2  # none open since the last one ended: --idle-timeout
 
 
 class H2Session:
@@ -161,6 +165,26 @@ class H2Session:
     def _bad_gateway(self, stream: int) -> None:
         self.to_client.append(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, stream,
                                       f.BAD_GATEWAY_BLOCK))
+
+    @property
+    def waiting(self) -> int:
+        """What the connection waits for, and so which timer applies: a connection that
+        never opens a stream, or stops opening them, must not hold a connection slot
+        and an app connection for ever."""
+        if self.table.open or self.state is CLOSED:
+            return NOT_WAITING
+        return NEXT_STREAM if self.streams_total else FIRST_STREAM
+
+    def timed_out(self) -> None:
+        """The timer of ``waiting`` ran out: GOAWAY(NO_ERROR) naming the last stream
+        served (a request crossing it is one the client knows it may retry), then close."""
+        if self.waiting == NOT_WAITING:
+            return
+        self._app_preface_now()
+        self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), f.NO_ERROR))
+        self.goaways.append("idle_timeout")
+        self.close_reason = "idle_timeout"
+        self._move(CLOSED)
 
     def app_failed(self) -> None:
         if self.state is not CLOSED:

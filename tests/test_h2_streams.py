@@ -8,7 +8,7 @@ from h2_peers import ANSWER_AND_RESET, H2Client, h2_app
 from hyperframe.frame import DataFrame, GoAwayFrame, RstStreamFrame, WindowUpdateFrame
 
 from conftest import Run
-from helpers import eventually, running_proxy
+from helpers import Client, eventually, running_proxy, sample
 
 REFUSED_STREAM = 0x7
 
@@ -64,5 +64,47 @@ def test_data_on_a_refused_stream_gives_its_connection_window_back(run: Run[None
             assert (refused, REFUSED_STREAM) in resets(client)
             assert connection_credit(client) == 48_000, "the refused upload's window is back"
             assert first in client.responses()
+
+    run(scenario())
+
+
+def test_connections_that_open_no_stream_are_closed_after_the_header_timeout(
+        run: Run[None]) -> None:
+    """Three clients that send the preface and SETTINGS, then nothing, must not hold a
+    proxy at --max-connections 3: an HTTP/1.1 client behind them is served."""
+    async def scenario() -> None:
+        async with h2_app() as app, running_proxy(
+                f"127.0.0.1:{app.port}", "--max-connections", "3",
+                "--header-timeout", "0.3") as proxy:
+            silent = [await H2Client.open(proxy.port) for _ in range(3)]
+            for client in silent:
+                await client.read_until(lambda c: bool(c.of_type("SettingsFrame")))
+            http = await Client.open(proxy.port)
+            answer = await http.request("GET", "/after")
+            assert answer.status == 502, "served (the app speaks only HTTP/2)"
+            http.close()
+            for client in silent:
+                await client.read_to_eof()
+                assert goaways(client) == [(0, 0)], "GOAWAY(NO_ERROR) before the close"
+            await eventually(lambda: not app._serving, 2)  # the app connections too
+            assert sample(proxy, "drain_proxy_connections_closed_total",
+                          {"reason": "idle_timeout"}) >= 3
+
+    run(scenario())
+
+
+def test_a_connection_idle_between_streams_is_closed_after_the_idle_timeout(
+        run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with h2_app(delay_s=0.5) as app, running_proxy(
+                f"127.0.0.1:{app.port}", "--idle-timeout", "0.3") as proxy:
+            client = await H2Client.open(proxy.port)
+            slow = client.request("/slower-than-the-idle-timeout")
+            await client.read_until(lambda c: slow in c.responses())
+            await client.read_to_eof()
+            assert goaways(client) == [(slow, 0)]
+            await eventually(lambda: not app._serving, 2)
+            assert sample(proxy, "drain_proxy_h2_goaways_total",
+                          {"reason": "idle_timeout"}) == 1
 
     run(scenario())

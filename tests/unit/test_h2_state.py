@@ -21,7 +21,10 @@ from hypothesis import strategies as st
 
 from proxy.h2_state import (
     FIRST_PING,
+    FIRST_STREAM,
     MAX_FRAME_CAP,
+    NEXT_STREAM,
+    NOT_WAITING,
     RESET_BURST,
     SECOND_PING,
     TRANSITIONS,
@@ -261,6 +264,30 @@ def test_frames_larger_than_64_kib_are_never_allowed_through_the_proxy() -> None
     assert s.state is S.OPEN
     s.from_client(DataFrame(1, data=b"x" * (MAX_FRAME_CAP + 1)).serialize(), 0.0)
     assert s.state is S.CLOSED and goaways(out(s.to_client))[-1][1] == 0x6  # FRAME_SIZE_ERROR
+
+
+def test_waiting_for_the_first_stream_then_between_streams_each_ends_with_goaway() -> None:
+    s = session()
+    assert s.waiting == FIRST_STREAM
+    s.timed_out()
+    assert s.state is S.CLOSED and s.close_reason == "idle_timeout" and not s.failed
+    assert goaways(out(s.to_client)) == [(0, 0)]
+    s = session()
+    s.from_client(request(1), 0.0)
+    assert s.waiting == NOT_WAITING
+    s.timed_out()  # a timer that fired as the stream began: nothing to do
+    assert s.state is S.OPEN
+    s.from_app(response(1), 0.0)
+    assert s.waiting == NEXT_STREAM
+    s.timed_out()
+    assert s.state is S.CLOSED and goaways(out(s.to_client)) == [(1, 0)]
+
+
+def test_a_timeout_before_the_apps_settings_still_sends_valid_http2() -> None:
+    s = H2Session(0, max_header_block=65536, now=0.0)
+    s.from_client(SettingsFrame(0).serialize(), 0.0)
+    s.timed_out()
+    assert [type(f).__name__ for f in out(s.to_client)] == ["SettingsFrame", "GoAwayFrame"]
 
 
 def test_leaving_closed_is_illegal() -> None:
