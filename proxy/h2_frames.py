@@ -4,7 +4,8 @@ writes itself.  Sans-IO.
 The proxy relays the client's and the app's frames as they are; it reads only the
 9-byte frame headers and the payloads of the connection-level frames (SETTINGS,
 PING, GOAWAY, RST_STREAM), never HPACK.  It writes only GOAWAY, PING, RST_STREAM,
-WINDOW_UPDATE (the credit of DATA it drops), and, when the app cannot be reached, the
+WINDOW_UPDATE (the credit of DATA it drops), a SETTINGS frame clearing the client's
+HPACK table when a connection is ending, and, when the app cannot be reached, the
 server's SETTINGS preface.
 """
 
@@ -46,6 +47,7 @@ REFUSED_STREAM: Final = 0x7
 CANCEL: Final = 0x8
 ENHANCE_YOUR_CALM: Final = 0xB
 
+SETTINGS_HEADER_TABLE_SIZE: Final = 0x1
 SETTINGS_MAX_FRAME_SIZE: Final = 0x5
 
 # ":status: 502" as an HPACK literal without indexing (name: static table entry 8): it
@@ -91,6 +93,10 @@ def window_update(stream: int, increment: int) -> bytes:
 
 def empty_settings() -> bytes:
     return frame(SETTINGS, 0, 0)
+
+
+def settings(identifier: int, value: int) -> bytes:
+    return frame(SETTINGS, 0, 0, struct.pack(">HI", identifier, value))
 
 
 def u32(payload: bytes | bytearray | memoryview, offset: int = 0) -> int:

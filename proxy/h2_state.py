@@ -10,17 +10,25 @@ until complete, which also keeps a CONTINUATION flood away from the app).
 
 Ending a connection without failing a stream is the sequence gRPC servers use:
 
-    OPEN --goaway--> ANNOUNCED --PINGs acknowledged, or timer--> FINAL --last stream ends--> CLOSED
-      |                                                          ^
-      +--------------- drain of a connection without streams ----+
+    OPEN --goaway--> ANNOUNCED --PINGs acked, or timer--> FINAL --last stream ends--> CLOSED
+      |                                                   ^                        ^
+      +------------ drain of a connection without streams +---- a timeout, an error+
 
 ``ANNOUNCED``: GOAWAY with the largest stream id (the client stops opening streams
-but nothing it already sent is refused) and a PING, and a second PING once the first
-comes back.  ``FINAL``: once the second PING comes back, the client has seen the
-GOAWAY and every stream it opened before is here, so the real last stream id is known; streams up
-to it run to completion, later ones are refused (REFUSED_STREAM: the client may retry
-them elsewhere).  A GOAWAY asked for before the connection's first stream waits for
-it: a GOAWAY before any stream makes a gRPC client fail its call rather than move on.
+but nothing it already sent is refused), SETTINGS shrinking the client's HPACK table
+to 0, and a PING, and a second PING once the first comes back.  ``FINAL``: once the
+second PING comes back, the client has seen the GOAWAY and every stream it opened
+before is here, so the real last stream id is known; streams up to it run to
+completion, later ones are refused (REFUSED_STREAM: not processed, the client may retry
+them elsewhere) and never reach the app, not even their header blocks: the cleared
+table (``_clear_table``) is what lets the app's HPACK context do without them.  The
+PING timer moves on without the PINGs' ACKs but never without the SETTINGS' ACK
+while streams are open: a stream a client opens before that ACK is served, and the
+final GOAWAY, sent at the ACK, names it.  A GOAWAY asked for before the connection's
+first stream waits for it: a GOAWAY before any stream makes a gRPC client fail its
+call rather than move on.  A connection that opens no stream within the header
+timeout, or none for the idle timeout, gets GOAWAY(NO_ERROR) and is closed
+(``waiting``).
 A protocol violation or abuse ends the connection at once: GOAWAY with the error,
 then ``CLOSED``.  Every state change goes through ``TRANSITIONS``.
 """
@@ -97,6 +105,12 @@ class H2Session:
         self._deferred = ""  # a GOAWAY asked for before the first stream
         self._reason = ""  # why our GOAWAY sequence started
         self._credit = 0  # flow-control credit of client DATA dropped here, owed back
+        # The client's HPACK table, cleared at the first GOAWAY (``_clear_table``).
+        self._app_settings = 0  # the app's SETTINGS frames relayed to the client
+        self._clear_at = 0  # which SETTINGS the client acknowledges is ours (0: none sent)
+        self._client_acks = 0
+        self._table_cleared = False
+        self._final_due = False  # the final GOAWAY waits for the table to be cleared
         self._early: list[bytes] = []  # our frames for the client, before the app's SETTINGS
         self._unreachable = False  # the proxy answers the client itself (app_unreachable)
         self._client = _Direction(is_client=True)
@@ -120,7 +134,9 @@ class H2Session:
             return
         self._reason = reason
         self._move(ANNOUNCED)
-        self._inject(f.goaway(self._last_stream, f.NO_ERROR) + f.ping(FIRST_PING))
+        self._inject(f.goaway(self._last_stream, f.NO_ERROR))
+        self._clear_table()  # before the PING: its ACK comes before the PING's
+        self._inject(f.ping(FIRST_PING))
         self.goaways.append(reason)
 
     def drain_idle(self) -> None:
@@ -323,6 +339,13 @@ class H2Session:
         if flags & f.ACK:
             if length:
                 self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"SETTINGS ACK with a payload")
+                return
+            self._client_acks += 1  # SETTINGS are acknowledged in the order they were sent
+            if self._client_acks == self._clear_at:
+                self._skip(side, self.to_app)  # ours: the app never sent it
+                self._table_cleared = True
+                if self._final_due:
+                    self._final(self.table.admitted)
             return
         if length % 6:
             self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"SETTINGS of the wrong size")
@@ -388,8 +411,10 @@ class H2Session:
                 self._half_done(stream, CLIENT_DONE)
             return
         kind = self.table.kind(stream)
-        if kind in (RESET, REFUSED):  # ignored by the app, which knows it ended
+        if kind == RESET:  # ignored by the app, which knows it ended
             self.to_app.extend(block)  # the app's HPACK context must see every block
+            return
+        if kind == REFUSED:  # the app never saw the stream (trailers, say): dropped
             return
         if kind != NEW or stream % 2 == 0:
             error = f.PROTOCOL_ERROR if stream % 2 == 0 else f.STREAM_CLOSED
@@ -400,13 +425,14 @@ class H2Session:
             self.opened += 1
             self._bad_gateway(stream)
             return
-        self.to_app.extend(block)
         if self.state is FINAL and stream > self._last_stream:
+            # Not for the app, not even its header block (the client's table is cleared:
+            # FINAL waits for that), so REFUSED_STREAM's "not processed" is true.
             self.table.refuse(stream)
-            self.to_app.append(f.rst_stream(stream, f.CANCEL))
             self._inject(f.rst_stream(stream, f.REFUSED_STREAM))
             self._count_reset()  # a client that keeps opening refused streams is resetting
             return
+        self.to_app.extend(block)
         self.table.admit(stream, CLIENT_DONE if flags & f.END_STREAM else 0)
         self.streams_total += 1
         self.opened += 1
@@ -421,9 +447,12 @@ class H2Session:
         """The app is trusted to speak HTTP/2; what is read here is what the stream
         lifetimes and our own frames depend on."""
         if kind == f.SETTINGS and not flags & f.ACK and length % 6 == 0:
+            self._app_settings += 1
             advertised = self._cap_frame_size(side)  # before the frame is relayed
             if advertised is not None:
                 self._client.max_frame = min(advertised, MAX_FRAME_CAP)
+            if self._clear_at:
+                self._keep_table_cleared(side)
         if not side.settings_seen:  # the app's SETTINGS: ours may follow them now
             side.settings_seen = True
             start, side.position = side.position, side.end
@@ -473,6 +502,32 @@ class H2Session:
         if self.state is FINAL and not self.table:
             self.close_reason = self._reason
             self._move(CLOSED)
+        elif self._final_due and not self.table:
+            self._final(self.table.admitted)  # no stream left to forward a block for
+
+    def _clear_table(self) -> None:
+        """Ask the client to shrink its HPACK table to 0 (SETTINGS_HEADER_TABLE_SIZE).
+
+        The app must see every header block the client encodes with its dynamic table,
+        or the two tables drift apart and the app fails the connection; so a stream
+        the proxy refuses would still have to reach the app, which would then run it.
+        Once the client has acknowledged this, its later blocks neither add to the
+        table nor refer to it (RFC 7541 section 4.2), so a block can be dropped and the
+        app's table, however stale, is never consulted.  The ACK is told from those of
+        the app's SETTINGS by its place: a peer acknowledges SETTINGS in order."""
+        if self._app.settings_seen:
+            self._clear_at = self._app_settings + 1
+        else:
+            self._clear_at = 2  # held in ``_early``, right after the app's first SETTINGS
+        self._inject(f.settings(f.SETTINGS_HEADER_TABLE_SIZE, 0))
+
+    def _keep_table_cleared(self, side: _Direction) -> None:
+        """An app SETTINGS frame after ours: its table size, if any, lowered to 0 in
+        place, so the client's table stays cleared."""
+        buffer = side.buffer
+        for offset in range(side.position + f.HEADER_SIZE, side.end - 5, 6):
+            if (buffer[offset] << 8) | buffer[offset + 1] == f.SETTINGS_HEADER_TABLE_SIZE:
+                buffer[offset + 2:offset + 6] = bytes(4)
 
     def _count_reset(self) -> None:
         now = self._now
@@ -484,6 +539,13 @@ class H2Session:
             self._fail(f.ENHANCE_YOUR_CALM, "abuse", b"too many stream resets")
 
     def _final(self, last_stream: int) -> None:
+        """The final GOAWAY.  Streams opened after it are refused, their header blocks
+        dropped: with streams still to run, it waits until the client's HPACK table
+        is cleared (``_clear_table``); until then new streams are still served."""
+        if self.table and not self._table_cleared:
+            self._final_due = True
+            return
+        self._final_due = False
         self._last_stream = min(self._last_stream, last_stream)
         self._inject(f.goaway(self._last_stream, f.NO_ERROR))
         self._move(FINAL)

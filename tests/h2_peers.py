@@ -179,10 +179,14 @@ class H2Client:
             self._answer(frame)
 
     def _answer(self, frame: Frame) -> None:
-        """Acknowledge SETTINGS and PINGs, as any client does."""
+        """Acknowledge SETTINGS and PINGs, as any client does, and apply the server's
+        HPACK table size (the only setting this client's requests depend on)."""
         if "ACK" in frame.flags or not self.answer_pings:
             return
         if isinstance(frame, SettingsFrame):
+            if SettingsFrame.HEADER_TABLE_SIZE in frame.settings:  # applied, then ACKed
+                table_size = frame.settings[SettingsFrame.HEADER_TABLE_SIZE]
+                self.conn.encoder.header_table_size = table_size
             ack: Frame = SettingsFrame(0, flags={"ACK"})
         elif isinstance(frame, PingFrame):
             ack = PingFrame(0, opaque_data=frame.opaque_data, flags={"ACK"})

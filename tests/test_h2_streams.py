@@ -4,6 +4,8 @@ proxy drops comes back to the client.  The peers are ``h2`` (python-hyper) ones.
 
 from __future__ import annotations
 
+import asyncio
+
 from h2_peers import ANSWER_AND_RESET, H2Client, h2_app
 from hyperframe.frame import DataFrame, GoAwayFrame, RstStreamFrame, WindowUpdateFrame
 
@@ -106,5 +108,39 @@ def test_a_connection_idle_between_streams_is_closed_after_the_idle_timeout(
             await eventually(lambda: not app._serving, 2)
             assert sample(proxy, "drain_proxy_h2_goaways_total",
                           {"reason": "idle_timeout"}) == 1
+
+    run(scenario())
+
+
+def test_a_stream_opened_after_the_ping_timer_by_a_busy_client_runs_once(
+        run: Run[None]) -> None:
+    """The client is busy for longer than the PING timer, with the GOAWAY and PING
+    unread, then opens a stream.  REFUSED_STREAM means "not processed, safe to retry":
+    it may only ever name a request the app never received."""
+    async def scenario() -> None:
+        async with h2_app() as app, running_proxy(
+                f"127.0.0.1:{app.port}", "--propagation-window", "5") as proxy:
+            loop = asyncio.get_running_loop()
+            client = await H2Client.open(proxy.port)
+            await client.read_until(lambda c: bool(c.of_type("SettingsFrame")))
+            upload = client.request("/upload", end_stream=False)
+            await eventually(lambda: len(app.requests) == 1)
+            proxy.coordinator.trigger("test")
+            relay = next(iter(proxy.ctx.h2_connections))
+            await eventually(lambda: relay._ping_timer is not None)
+            timer = relay._ping_timer
+            assert timer is not None
+            await eventually(lambda: loop.time() > timer.when() + 0.05)  # it has run
+            late = client.request("/late")  # written before reading anything
+            client.conn.send_data(upload, b"done", end_stream=True)
+            client.flush()
+            await client.read_to_eof()
+            received = [dict(r)[b":path"] for r in app.requests]
+            refused = [s for s, code in resets(client) if code == REFUSED_STREAM]
+            if late in refused:
+                assert b"/late" not in received, "refused, yet the app received it"
+            else:
+                assert late in client.responses() and received.count(b"/late") == 1
+            assert upload in client.responses()
 
     run(scenario())
