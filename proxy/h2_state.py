@@ -298,8 +298,11 @@ class H2Session:
             if flags & f.END_STREAM:
                 self._half_done(stream, CLIENT_DONE)
         elif kind == f.RST_STREAM:
-            self._stream_reset(stream)
+            # Counted first: a reset past the limit ends the connection, whatever it
+            # would have ended itself (the last stream of a FINAL connection, say).
             self._count_reset()
+            if not self.closed:
+                self._stream_reset(stream)
         elif kind == f.SETTINGS:
             self._client_settings(side, length, flags)
             if self._unreachable and not flags & f.ACK and not self.closed:

@@ -232,6 +232,21 @@ def test_a_rapid_reset_flood_ends_after_its_burst() -> None:
     assert len(forwarded) == RESET_BURST + 1
 
 
+def test_a_reset_ending_the_last_stream_past_the_flood_limit_ends_the_connection_once() -> None:
+    """The client's RST_STREAM both ends the last stream of a FINAL connection (which
+    closes it) and is one reset too many (which fails it): one of the two, no error."""
+    s = session()
+    s.from_client(request(1, end_stream=False), 0.0)
+    s.goaway("drain")
+    s.from_client(both_acks(), 0.0)
+    s.from_client(b"".join(request(2 * i + 3) for i in range(RESET_BURST)), 0.0)
+    assert s.state is S.FINAL, "refused streams count as resets: the bucket is empty"
+    out(s.to_client)
+    s.from_client(RstStreamFrame(1, error_code=8).serialize(), 0.0)
+    assert s.state is S.CLOSED and s.close_reason == "abuse"
+    assert goaways(out(s.to_client)) == [(1, 0xB)]
+
+
 def test_resets_at_a_modest_rate_are_fine() -> None:
     s = session()
     for i in range(RESET_BURST * 3):
