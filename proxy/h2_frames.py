@@ -99,5 +99,18 @@ def settings(identifier: int, value: int) -> bytes:
     return frame(SETTINGS, 0, 0, struct.pack(">HI", identifier, value))
 
 
+def lower_setting(buffer: bytearray, start: int, end: int, identifier: int,
+                  ceiling: int) -> int | None:
+    """The value the SETTINGS payload ``buffer[start:end]`` gives ``identifier`` (None:
+    none; the last one counts), each occurrence lowered in place to ``ceiling``."""
+    advertised = None
+    for offset in range(start, end - 5, 6):
+        if (buffer[offset] << 8) | buffer[offset + 1] == identifier:
+            advertised = u32(buffer, offset + 2)
+            if advertised > ceiling:
+                buffer[offset + 2:offset + 6] = ceiling.to_bytes(4, "big")
+    return advertised
+
+
 def u32(payload: bytes | bytearray | memoryview, offset: int = 0) -> int:
     return int(struct.unpack_from(">I", payload, offset)[0])

@@ -366,13 +366,8 @@ class H2Session:
         none), lowered in place to ``MAX_FRAME_CAP``.  The proxy holds a frame until it is
         complete, so a peer allowing 16 MiB frames would have it hold 16 MiB per
         connection; the sender uses smaller frames instead, and nothing else changes."""
-        buffer, advertised = side.buffer, None
-        for offset in range(side.position + f.HEADER_SIZE, side.end - 5, 6):
-            if (buffer[offset] << 8) | buffer[offset + 1] == f.SETTINGS_MAX_FRAME_SIZE:
-                advertised = f.u32(buffer, offset + 2)
-                if advertised > MAX_FRAME_CAP:
-                    buffer[offset + 2:offset + 6] = MAX_FRAME_CAP.to_bytes(4, "big")
-        return advertised
+        return f.lower_setting(side.buffer, side.position + f.HEADER_SIZE, side.end,
+                               f.SETTINGS_MAX_FRAME_SIZE, MAX_FRAME_CAP)
 
     def _start_block(self, side: _Direction, length: int, flags: int, stream: int) -> None:
         """A HEADERS (or, from the app, PUSH_PROMISE) frame: hold it until END_HEADERS."""
@@ -454,8 +449,9 @@ class H2Session:
             advertised = self._cap_frame_size(side)  # before the frame is relayed
             if advertised is not None:
                 self._client.max_frame = min(advertised, MAX_FRAME_CAP)
-            if self._clear_at:
-                self._keep_table_cleared(side)
+            if self._clear_at:  # the client's table stays cleared (``_clear_table``)
+                f.lower_setting(side.buffer, side.position + f.HEADER_SIZE, side.end,
+                                f.SETTINGS_HEADER_TABLE_SIZE, 0)
         if not side.settings_seen:  # the app's SETTINGS: ours may follow them now
             side.settings_seen = True
             start, side.position = side.position, side.end
@@ -523,14 +519,6 @@ class H2Session:
         else:
             self._clear_at = 2  # held in ``_early``, right after the app's first SETTINGS
         self._inject(f.settings(f.SETTINGS_HEADER_TABLE_SIZE, 0))
-
-    def _keep_table_cleared(self, side: _Direction) -> None:
-        """An app SETTINGS frame after ours: its table size, if any, lowered to 0 in
-        place, so the client's table stays cleared."""
-        buffer = side.buffer
-        for offset in range(side.position + f.HEADER_SIZE, side.end - 5, 6):
-            if (buffer[offset] << 8) | buffer[offset + 1] == f.SETTINGS_HEADER_TABLE_SIZE:
-                buffer[offset + 2:offset + 6] = bytes(4)
 
     def _count_reset(self) -> None:
         now = self._now
