@@ -76,6 +76,9 @@ SECOND_PING: Final = b"drainpx2"
 MAX_FRAME_CAP: Final = 65_536
 RESET_BURST: Final = 200
 RESET_RATE_PER_S: Final = 100.0
+# The frames on a refused stream that are dropped, not relayed (CONTINUATION and
+# PUSH_PROMISE out of place stay connection errors).
+_DROPPED_WHEN_REFUSED: Final = frozenset({f.DATA, f.PRIORITY, f.RST_STREAM, f.WINDOW_UPDATE})
 # Which of the adapter's timers runs (``H2Session.waiting``): with a stream open, none.
 NOT_WAITING: Final = 0
 FIRST_STREAM: Final = 1  # no stream yet: --header-timeout
@@ -292,7 +295,8 @@ class H2Session:
             return
         if kind == f.HEADERS:
             self._start_block(side, length, flags, stream)  # judged whole: _end_block
-        elif stream and stream not in self.table.open and self._refused(stream):
+        elif stream and kind in _DROPPED_WHEN_REFUSED and stream not in self.table.open \
+                and self._refused(stream):
             self._drop_refused(side, length, kind)
         elif kind == f.DATA:
             if flags & f.END_STREAM:

@@ -7,6 +7,7 @@ the proxy drops is given back.  Frames are built with ``hyperframe``."""
 from __future__ import annotations
 
 from hyperframe.frame import (
+    ContinuationFrame,
     DataFrame,
     GoAwayFrame,
     HeadersFrame,
@@ -113,4 +114,6 @@ def test_other_frames_on_a_refused_stream_are_dropped_without_an_error() -> None
                   + trailers(3) + RstStreamFrame(3, error_code=CANCEL).serialize(), 0.0)
     assert s.state is S.FINAL
     assert not [f for f in out(s.to_app) if isinstance(f, WindowUpdateFrame | RstStreamFrame)]
+    s.from_client(ContinuationFrame(3, data=b"\x82", flags={"END_HEADERS"}).serialize(), 0.0)
+    assert s.state is S.CLOSED and s.failed, "CONTINUATION out of place is still an error"
 
