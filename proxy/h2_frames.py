@@ -4,7 +4,9 @@ writes itself.  Sans-IO.
 The proxy relays the client's and the app's frames as they are; it reads only the
 9-byte frame headers and the payloads of the connection-level frames (SETTINGS,
 PING, GOAWAY, RST_STREAM), never HPACK.  It writes only GOAWAY, PING, RST_STREAM,
-and, when the app cannot be reached, the server's SETTINGS preface.
+WINDOW_UPDATE (the credit of DATA it drops), a SETTINGS frame clearing the client's
+HPACK table when a connection is ending, and, when the app cannot be reached, the
+server's SETTINGS preface.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ END_HEADERS: Final = 0x4
 NO_ERROR: Final = 0x0
 PROTOCOL_ERROR: Final = 0x1
 INTERNAL_ERROR: Final = 0x2
+STREAM_CLOSED: Final = 0x5
 FRAME_SIZE_ERROR: Final = 0x6
 REFUSED_STREAM: Final = 0x7
 CANCEL: Final = 0x8
 ENHANCE_YOUR_CALM: Final = 0xB
 
+SETTINGS_HEADER_TABLE_SIZE: Final = 0x1
 SETTINGS_MAX_FRAME_SIZE: Final = 0x5
 
 # ":status: 502" as an HPACK literal without indexing (name: static table entry 8): it
@@ -83,8 +87,29 @@ def rst_stream(stream: int, error: int) -> bytes:
     return frame(RST_STREAM, 0, stream, struct.pack(">I", error))
 
 
+def window_update(stream: int, increment: int) -> bytes:
+    return frame(WINDOW_UPDATE, 0, stream, struct.pack(">I", increment))
+
+
 def empty_settings() -> bytes:
     return frame(SETTINGS, 0, 0)
+
+
+def settings(identifier: int, value: int) -> bytes:
+    return frame(SETTINGS, 0, 0, struct.pack(">HI", identifier, value))
+
+
+def lower_setting(buffer: bytearray, start: int, end: int, identifier: int,
+                  ceiling: int) -> int | None:
+    """The value the SETTINGS payload ``buffer[start:end]`` gives ``identifier`` (None:
+    none; the last one counts), each occurrence lowered in place to ``ceiling``."""
+    advertised = None
+    for offset in range(start, end - 5, 6):
+        if (buffer[offset] << 8) | buffer[offset + 1] == identifier:
+            advertised = u32(buffer, offset + 2)
+            if advertised > ceiling:
+                buffer[offset + 2:offset + 6] = ceiling.to_bytes(4, "big")
+    return advertised
 
 
 def u32(payload: bytes | bytearray | memoryview, offset: int = 0) -> int:

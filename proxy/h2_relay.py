@@ -4,9 +4,11 @@ The HTTP port serves HTTP/1.1 and, when a connection opens with the HTTP/2 prefa
 (prior knowledge, as gRPC and h2load do), hands that connection over to an
 ``H2Connection``.  It opens its own connection to the app, writes what
 ``H2Session`` decides in each direction, and closes both connections when the
-session is over.  Timers: the PING of a GOAWAY sequence (``PING_ACK_TIMEOUT_S``), and
-``--max-connection-age``.  Backpressure: a side whose socket is full stops the other
-side's reading, so memory stays at the transports' high-water marks.
+session is over.  Timers: the PING of a GOAWAY sequence (``PING_ACK_TIMEOUT_S``),
+``--max-connection-age``, and ``--header-timeout`` until the first stream and
+``--idle-timeout`` between streams (``H2Session.waiting``).  Backpressure: a side whose
+socket is full stops the other side's reading, so memory stays at the transports'
+high-water marks.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Final, cast
 from proxy import flow, h2_frames
 from proxy.buffers import SHARED_READ, limit_writes
 from proxy.context import ProxyContext
-from proxy.h2_state import ANNOUNCED, H2Session
+from proxy.deadline import Deadline
+from proxy.h2_state import ANNOUNCED, FIRST_STREAM, NEXT_STREAM, H2Session
 from proxy.tunnel import reset
 from proxy.upstream import UpstreamFailure, connect_to_app
 from proxy.upstream_state import Failure
@@ -31,7 +34,8 @@ MAX_PENDING_BYTES: Final = 64 * 1024  # for the app, while its connection is bei
 # connection; the client's next connection tries the app again.
 UNREACHABLE_LINGER_S: Final = 1.0
 # connections_closed reasons (metrics.CLOSE_REASONS) for the ways a session ends.
-_CLOSED_AS: Final = {"drain": "drain", "max_requests": "max_requests", "max_age": "max_age"}
+_CLOSED_AS: Final = {"drain": "drain", "max_requests": "max_requests", "max_age": "max_age",
+                     "idle_timeout": "idle_timeout"}
 
 
 class _Side(asyncio.BufferedProtocol):
@@ -97,6 +101,12 @@ class H2Connection:
         expires_at = ctx.rotation.expiry(now)
         self._age_timer = (self._loop.call_at(expires_at, self.goaway, "max_age")
                            if expires_at != float("inf") else None)
+        limits = ctx.limits
+        # One loop timer, re-armed as streams come and go (see deadline.py).
+        self._idle = Deadline(self._loop, self._timed_out,
+                              min(limits.header_timeout_s, limits.idle_timeout_s))
+        self._waiting = FIRST_STREAM
+        self._idle.set(limits.header_timeout_s)
         ctx.h2_connections.add(self)
         ctx.metrics.h2_connections.inc()
         if ctx.draining:
@@ -198,6 +208,8 @@ class H2Connection:
         for reason in session.goaways:
             metrics.h2_goaways.labels(reason).inc()
         session.goaways.clear()
+        if session.waiting != self._waiting:
+            self._wait_for(session.waiting)
         if session.state is ANNOUNCED and self._ping_timer is None:
             self._ping_timer = self._loop.call_later(PING_ACK_TIMEOUT_S, self._ping_timed_out)
         if session.closed and not self.finished:
@@ -207,6 +219,19 @@ class H2Connection:
                     Failure.TOO_LARGE, "the app sent a header block over "
                     f"{self.ctx.settings.max_response_header_bytes} bytes"))
             self._finish(_CLOSED_AS.get(reason, "error"), abort=session.reset_client)
+
+    def _wait_for(self, waiting: int) -> None:
+        self._waiting = waiting
+        if waiting == FIRST_STREAM:
+            self._idle.set(self.ctx.limits.header_timeout_s)
+        elif waiting == NEXT_STREAM:
+            self._idle.set(self.ctx.limits.idle_timeout_s)
+        else:
+            self._idle.clear()
+
+    def _timed_out(self) -> None:
+        self.session.timed_out()
+        self._after()
 
     def _to_app(self, frames: list[bytes]) -> None:
         if self._connected:
@@ -233,6 +258,7 @@ class H2Connection:
         if self.finished:
             return
         self.finished = True
+        self._idle.cancel()
         for timer in (self._ping_timer, self._age_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()

@@ -10,17 +10,25 @@ until complete, which also keeps a CONTINUATION flood away from the app).
 
 Ending a connection without failing a stream is the sequence gRPC servers use:
 
-    OPEN --goaway--> ANNOUNCED --PINGs acknowledged, or timer--> FINAL --last stream ends--> CLOSED
-      |                                                          ^
-      +--------------- drain of a connection without streams ----+
+    OPEN --goaway--> ANNOUNCED --PINGs acked, or timer--> FINAL --last stream ends--> CLOSED
+      |                                                   ^                        ^
+      +------------ drain of a connection without streams +---- a timeout, an error+
 
 ``ANNOUNCED``: GOAWAY with the largest stream id (the client stops opening streams
-but nothing it already sent is refused) and a PING, and a second PING once the first
-comes back.  ``FINAL``: once the second PING comes back, the client has seen the
-GOAWAY and every stream it opened before is here, so the real last stream id is known; streams up
-to it run to completion, later ones are refused (REFUSED_STREAM: the client may retry
-them elsewhere).  A GOAWAY asked for before the connection's first stream waits for
-it: a GOAWAY before any stream makes a gRPC client fail its call rather than move on.
+but nothing it already sent is refused), SETTINGS shrinking the client's HPACK table
+to 0, and a PING, and a second PING once the first comes back.  ``FINAL``: once the
+second PING comes back, the client has seen the GOAWAY and every stream it opened
+before is here, so the real last stream id is known; streams up to it run to
+completion, later ones are refused (REFUSED_STREAM: not processed, the client may retry
+them elsewhere) and never reach the app, not even their header blocks: the cleared
+table (``_clear_table``) is what lets the app's HPACK context do without them.  The
+PING timer moves on without the PINGs' ACKs but never without the SETTINGS' ACK
+while streams are open: a stream a client opens before that ACK is served, and the
+final GOAWAY, sent at the ACK, names it.  A GOAWAY asked for before the connection's
+first stream waits for it: a GOAWAY before any stream makes a gRPC client fail its
+call rather than move on.  A connection that opens no stream within the header
+timeout, or none for the idle timeout, gets GOAWAY(NO_ERROR) and is closed
+(``waiting``).
 A protocol violation or abuse ends the connection at once: GOAWAY with the error,
 then ``CLOSED``.  Every state change goes through ``TRANSITIONS``.
 """
@@ -31,6 +39,7 @@ import enum
 from typing import Final
 
 from proxy import h2_frames as f
+from proxy.h2_streams import APP_DONE, CLIENT_DONE, NEW, REFUSED, RESET, StreamTable
 from proxy.transitions import IllegalTransition, bit_masks
 
 
@@ -54,11 +63,6 @@ TRANSITIONS: Final[dict[H2State, frozenset[H2State]]] = {
 }
 _ALLOWED: Final = bit_masks(TRANSITIONS)
 
-# Stream halves that have ended (END_STREAM); a reset ends both.
-_CLIENT_DONE: Final = 1
-_APP_DONE: Final = 2
-_BOTH_DONE: Final = 3
-
 # Our two PINGs' payloads, which tell their ACKs from those of the app's PINGs.  Two
 # rounds, not one: a client may already have queued a new stream when it reads our
 # GOAWAY, and gRPC's C core writes its PING ACK *before* the streams queued in the same
@@ -72,6 +76,13 @@ SECOND_PING: Final = b"drainpx2"
 MAX_FRAME_CAP: Final = 65_536
 RESET_BURST: Final = 200
 RESET_RATE_PER_S: Final = 100.0
+# The frames on a refused stream that are dropped, not relayed (CONTINUATION and
+# PUSH_PROMISE out of place stay connection errors).
+_DROPPED_WHEN_REFUSED: Final = frozenset({f.DATA, f.PRIORITY, f.RST_STREAM, f.WINDOW_UPDATE})
+# Which of the adapter's timers runs (``H2Session.waiting``): with a stream open, none.
+NOT_WAITING: Final = 0
+FIRST_STREAM: Final = 1  # no stream yet: --header-timeout
+NEXT_STREAM: Final = 2  # none open since the last one ended: --idle-timeout
 
 
 class H2Session:
@@ -90,16 +101,21 @@ class H2Session:
         self.goaways: list[str] = []  # reasons of the GOAWAYs sent, for the metrics
         self.opened = 0  # streams opened and ended, for the metrics (the adapter resets them)
         self.ended = 0
-        self.streams: dict[int, int] = {}  # open stream id -> halves ended
+        self.table = StreamTable()  # open streams, and how the closed ones ended
         self.streams_total = 0
         self._budget = request_budget  # streams before rotation; 0: unlimited
         self._max_block = max_header_block  # the client's header blocks
         self._max_app_block = max_app_block  # the app's: --max-response-header-bytes
-        self._highest = 0  # the largest stream id the client opened
         self._last_stream = f.MAX_STREAM_ID  # no GOAWAY to the client may raise this
         self._deferred = ""  # a GOAWAY asked for before the first stream
         self._reason = ""  # why our GOAWAY sequence started
-        self._refused: set[int] = set()  # opened after the final GOAWAY
+        self._credit = 0  # flow-control credit of client DATA dropped here, owed back
+        # The client's HPACK table, cleared at the first GOAWAY (``_clear_table``).
+        self._app_settings = 0  # the app's SETTINGS frames relayed to the client
+        self._clear_at = 0  # which SETTINGS the client acknowledges is ours (0: none sent)
+        self._client_acks = 0
+        self._table_cleared = False
+        self._final_due = False  # the final GOAWAY waits for the table to be cleared
         self._early: list[bytes] = []  # our frames for the client, before the app's SETTINGS
         self._unreachable = False  # the proxy answers the client itself (app_unreachable)
         self._client = _Direction(is_client=True)
@@ -123,7 +139,9 @@ class H2Session:
             return
         self._reason = reason
         self._move(ANNOUNCED)
-        self._inject(f.goaway(self._last_stream, f.NO_ERROR) + f.ping(FIRST_PING))
+        self._inject(f.goaway(self._last_stream, f.NO_ERROR))
+        self._clear_table()  # before the PING: its ACK comes before the PING's
+        self._inject(f.ping(FIRST_PING))
         self.goaways.append(reason)
 
     def drain_idle(self) -> None:
@@ -139,7 +157,7 @@ class H2Session:
     def ping_timed_out(self) -> None:
         """The client did not acknowledge our PING in time: send the final GOAWAY anyway."""
         if self.state is ANNOUNCED:
-            self._final(self._highest)
+            self._final(self.table.admitted)
 
     def app_unreachable(self) -> None:
         """The app cannot be reached.  Until ``unreachable_over``, the proxy answers this
@@ -153,14 +171,14 @@ class H2Session:
         self._app_preface_now()
         if self._client.settings_seen:
             self.to_client.append(f.frame(f.SETTINGS, f.ACK, 0))
-        for stream in sorted(s for s in self.streams if s % 2):
+        for stream in sorted(s for s in self.table.open if s % 2):
             self._bad_gateway(stream)
-        self.streams.clear()
+        self.table.clear()
 
     def unreachable_over(self) -> None:
         """End a connection answered with 502s: GOAWAY naming the last stream answered."""
         if self.state is not CLOSED:
-            self.to_client.append(f.goaway(min(self._last_stream, self._highest), f.NO_ERROR,
+            self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), f.NO_ERROR,
                                            b"the app cannot be reached"))
             self.close_reason = "unreachable"
             self._move(CLOSED)
@@ -168,6 +186,26 @@ class H2Session:
     def _bad_gateway(self, stream: int) -> None:
         self.to_client.append(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, stream,
                                       f.BAD_GATEWAY_BLOCK))
+
+    @property
+    def waiting(self) -> int:
+        """What the connection waits for, and so which timer applies: a connection that
+        never opens a stream, or stops opening them, must not hold a connection slot
+        and an app connection for ever."""
+        if self.table.open or self.state is CLOSED:
+            return NOT_WAITING
+        return NEXT_STREAM if self.streams_total else FIRST_STREAM
+
+    def timed_out(self) -> None:
+        """The timer of ``waiting`` ran out: GOAWAY(NO_ERROR) naming the last stream
+        served (a request crossing it is one the client knows it may retry), then close."""
+        if self.waiting == NOT_WAITING:
+            return
+        self._app_preface_now()
+        self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), f.NO_ERROR))
+        self.goaways.append("idle_timeout")
+        self.close_reason = "idle_timeout"
+        self._move(CLOSED)
 
     def app_failed(self, reason: str = "app_error") -> None:
         if self.state is not CLOSED:
@@ -182,7 +220,7 @@ class H2Session:
     @property
     def active(self) -> int:
         """Streams the client is still waiting on."""
-        return len(self.streams)
+        return len(self.table)
 
     # -- relaying ---------------------------------------------------------------------------
     def _relay(self, side: _Direction, data: bytes | memoryview, out: list[bytes],
@@ -218,6 +256,9 @@ class H2Session:
         side.position = position
         self._flush(side, out)
         del buffer[:position]
+        if self._credit and not self.closed:
+            self._inject(f.window_update(0, self._credit))
+        self._credit = 0
 
     def _flush(self, side: _Direction, out: list[bytes]) -> None:
         """Queue the frames since the last flush, up to the frame being looked at."""
@@ -254,16 +295,20 @@ class H2Session:
         if fixed and length != fixed:
             self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"frame of the wrong size")
             return
-        if kind == f.DATA:
-            if stream in self._refused:
-                self._skip(side, self.to_app)
-            elif flags & f.END_STREAM:
-                self._half_done(stream, _CLIENT_DONE)
-        elif kind == f.HEADERS:
-            self._start_block(side, length, flags, stream)
+        if kind == f.HEADERS:
+            self._start_block(side, length, flags, stream)  # judged whole: _end_block
+        elif stream and kind in _DROPPED_WHEN_REFUSED and stream not in self.table.open \
+                and self._refused(stream):
+            self._drop_refused(side, length, kind)
+        elif kind == f.DATA:
+            if flags & f.END_STREAM:
+                self._half_done(stream, CLIENT_DONE)
         elif kind == f.RST_STREAM:
-            self._stream_reset(stream)
+            # Counted first: a reset past the limit ends the connection, whatever it
+            # would have ended itself (the last stream of a FINAL connection, say).
             self._count_reset()
+            if not self.closed:
+                self._stream_reset(stream)
         elif kind == f.SETTINGS:
             self._client_settings(side, length, flags)
             if self._unreachable and not flags & f.ACK and not self.closed:
@@ -278,7 +323,7 @@ class H2Session:
                     if self.state is ANNOUNCED and opaque == FIRST_PING:
                         self._inject(f.ping(SECOND_PING))
                     elif self.state is ANNOUNCED:
-                        self._final(self._highest)
+                        self._final(self.table.admitted)
         elif kind == f.GOAWAY:
             if length < 8:
                 self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"GOAWAY too short")
@@ -287,10 +332,29 @@ class H2Session:
         elif kind == f.PUSH_PROMISE:
             self._fail(f.PROTOCOL_ERROR, "protocol_error", b"a client cannot push")
 
+    def _refused(self, stream: int) -> bool:
+        return self.table.kind(stream) == REFUSED
+
+    def _drop_refused(self, side: _Direction, length: int, kind: int) -> None:
+        """A frame on a stream the app never saw: not for the app, where a frame on a
+        stream it does not know is a connection error.  Its DATA's credit is owed back."""
+        self._skip(side, self.to_app)
+        if kind == f.DATA:
+            self._credit += length  # all of it counts against the window, padding too
+        elif kind == f.RST_STREAM:
+            self._count_reset()
+
     def _client_settings(self, side: _Direction, length: int, flags: int) -> None:
         if flags & f.ACK:
             if length:
                 self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"SETTINGS ACK with a payload")
+                return
+            self._client_acks += 1  # SETTINGS are acknowledged in the order they were sent
+            if self._client_acks == self._clear_at:
+                self._skip(side, self.to_app)  # ours: the app never sent it
+                self._table_cleared = True
+                if self._final_due:
+                    self._final(self.table.admitted)
             return
         if length % 6:
             self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"SETTINGS of the wrong size")
@@ -308,13 +372,8 @@ class H2Session:
         none), lowered in place to ``MAX_FRAME_CAP``.  The proxy holds a frame until it is
         complete, so a peer allowing 16 MiB frames would have it hold 16 MiB per
         connection; the sender uses smaller frames instead, and nothing else changes."""
-        buffer, advertised = side.buffer, None
-        for offset in range(side.position + f.HEADER_SIZE, side.end - 5, 6):
-            if (buffer[offset] << 8) | buffer[offset + 1] == f.SETTINGS_MAX_FRAME_SIZE:
-                advertised = f.u32(buffer, offset + 2)
-                if advertised > MAX_FRAME_CAP:
-                    buffer[offset + 2:offset + 6] = MAX_FRAME_CAP.to_bytes(4, "big")
-        return advertised
+        return f.lower_setting(side.buffer, side.position + f.HEADER_SIZE, side.end,
+                               f.SETTINGS_MAX_FRAME_SIZE, MAX_FRAME_CAP)
 
     def _start_block(self, side: _Direction, length: int, flags: int, stream: int) -> None:
         """A HEADERS (or, from the app, PUSH_PROMISE) frame: hold it until END_HEADERS."""
@@ -359,26 +418,35 @@ class H2Session:
             self.to_client.extend(block)
             self._app_headers(stream, flags, block[0])
             return
-        self.to_app.extend(block)  # always: the app's HPACK context must see every block
-        if stream in self.streams or stream in self._refused:  # trailers
+        if stream in self.table.open:  # trailers
+            self.to_app.extend(block)
             if flags & f.END_STREAM:
-                self._half_done(stream, _CLIENT_DONE)
+                self._half_done(stream, CLIENT_DONE)
             return
-        if stream % 2 == 0 or stream <= self._highest:
-            self._fail(f.PROTOCOL_ERROR, "protocol_error", b"invalid stream id")
+        kind = self.table.kind(stream)
+        if kind == RESET:  # ignored by the app, which knows it ended
+            self.to_app.extend(block)  # the app's HPACK context must see every block
             return
-        self._highest = stream
+        if kind == REFUSED:  # the app never saw the stream (trailers, say): dropped
+            return
+        if kind != NEW or stream % 2 == 0:
+            error = f.PROTOCOL_ERROR if stream % 2 == 0 else f.STREAM_CLOSED
+            self._fail(error, "protocol_error", b"invalid stream id")
+            return
         if self._unreachable:
+            self.table.answered_here(stream)
             self.opened += 1
             self._bad_gateway(stream)
             return
         if self.state is FINAL and stream > self._last_stream:
-            self._refused.add(stream)
-            self.to_app.append(f.rst_stream(stream, f.CANCEL))
+            # Not for the app, not even its header block (the client's table is cleared:
+            # FINAL waits for that), so REFUSED_STREAM's "not processed" is true.
+            self.table.refuse(stream)
             self._inject(f.rst_stream(stream, f.REFUSED_STREAM))
             self._count_reset()  # a client that keeps opening refused streams is resetting
             return
-        self.streams[stream] = _CLIENT_DONE if flags & f.END_STREAM else 0
+        self.to_app.extend(block)
+        self.table.admit(stream, CLIENT_DONE if flags & f.END_STREAM else 0)
         self.streams_total += 1
         self.opened += 1
         if self._budget and self.streams_total >= self._budget:
@@ -392,9 +460,13 @@ class H2Session:
         """The app is trusted to speak HTTP/2; what is read here is what the stream
         lifetimes and our own frames depend on."""
         if kind == f.SETTINGS and not flags & f.ACK and length % 6 == 0:
+            self._app_settings += 1
             advertised = self._cap_frame_size(side)  # before the frame is relayed
             if advertised is not None:
                 self._client.max_frame = min(advertised, MAX_FRAME_CAP)
+            if self._clear_at:  # the client's table stays cleared (``_clear_table``)
+                f.lower_setting(side.buffer, side.position + f.HEADER_SIZE, side.end,
+                                f.SETTINGS_HEADER_TABLE_SIZE, 0)
         if not side.settings_seen:  # the app's SETTINGS: ours may follow them now
             side.settings_seen = True
             start, side.position = side.position, side.end
@@ -405,10 +477,8 @@ class H2Session:
         if side.block_stream:
             self._continue_block(side, length, kind, flags, stream)
         elif kind == f.DATA:
-            if stream in self._refused:
-                self._skip(side, self.to_client)
-            elif flags & f.END_STREAM:
-                self._half_done(stream, _APP_DONE)
+            if flags & f.END_STREAM:
+                self._half_done(stream, APP_DONE)
         elif kind == f.HEADERS or kind == f.PUSH_PROMISE:
             self._start_block(side, length, flags | (kind << 8), stream)
         elif kind == f.RST_STREAM:
@@ -420,35 +490,50 @@ class H2Session:
         if flags >> 8 == f.PUSH_PROMISE:  # a stream the app opens; the client never sends
             padding = 1 if flags & 0x8 else 0
             promised = f.u32(first, f.HEADER_SIZE + padding) & f.MAX_STREAM_ID
-            self.streams[promised] = _CLIENT_DONE
+            self.table.promised(promised)
             self.opened += 1
         elif flags & f.END_STREAM:
-            self._half_done(stream, _APP_DONE)
+            self._half_done(stream, APP_DONE)
 
     def _app_goaway(self, last_stream: int) -> None:
         """The app is going away itself: streams above its last id will not be answered
         (the client retries them), and no GOAWAY of ours may name a higher id."""
         self._last_stream = min(self._last_stream, last_stream)
-        for stream in [s for s in self.streams if s > last_stream and s % 2 == 1]:
+        for stream in self.table.above(last_stream):
             self._stream_reset(stream)
 
     # -- streams, the sequence, errors ------------------------------------------------------
     def _half_done(self, stream: int, half: int) -> None:
-        halves = self.streams.get(stream)
-        if halves is None:
-            return
-        halves |= half
-        if halves == _BOTH_DONE:
-            self._stream_reset(stream)
-        else:
-            self.streams[stream] = halves
+        if self.table.end_half(stream, half):
+            self._stream_over()
 
     def _stream_reset(self, stream: int) -> None:
-        if self.streams.pop(stream, None) is not None:
-            self.ended += 1
-            if self.state is FINAL and not self.streams:
-                self.close_reason = self._reason
-                self._move(CLOSED)
+        if self.table.reset(stream):
+            self._stream_over()
+
+    def _stream_over(self) -> None:
+        self.ended += 1
+        if self.state is FINAL and not self.table:
+            self.close_reason = self._reason
+            self._move(CLOSED)
+        elif self._final_due and not self.table:
+            self._final(self.table.admitted)  # no stream left to forward a block for
+
+    def _clear_table(self) -> None:
+        """Ask the client to shrink its HPACK table to 0 (SETTINGS_HEADER_TABLE_SIZE).
+
+        The app must see every header block the client encodes with its dynamic table,
+        or the two tables drift apart and the app fails the connection; so a stream
+        the proxy refuses would still have to reach the app, which would then run it.
+        Once the client has acknowledged this, its later blocks neither add to the
+        table nor refer to it (RFC 7541 section 4.2), so a block can be dropped and the
+        app's table, however stale, is never consulted.  The ACK is told from those of
+        the app's SETTINGS by its place: a peer acknowledges SETTINGS in order."""
+        if self._app.settings_seen:
+            self._clear_at = self._app_settings + 1
+        else:
+            self._clear_at = 2  # held in ``_early``, right after the app's first SETTINGS
+        self._inject(f.settings(f.SETTINGS_HEADER_TABLE_SIZE, 0))
 
     def _count_reset(self) -> None:
         now = self._now
@@ -460,19 +545,27 @@ class H2Session:
             self._fail(f.ENHANCE_YOUR_CALM, "abuse", b"too many stream resets")
 
     def _final(self, last_stream: int) -> None:
+        """The final GOAWAY.  Streams opened after it are refused, their header blocks
+        dropped: with streams still to run, it waits until the client's HPACK table
+        is cleared (``_clear_table``); until then new streams are still served."""
+        if self.table and not self._table_cleared:
+            self._final_due = True
+            return
+        self._final_due = False
         self._last_stream = min(self._last_stream, last_stream)
         self._inject(f.goaway(self._last_stream, f.NO_ERROR))
         self._move(FINAL)
-        for stream in [s for s in self.streams if s > self._last_stream and s % 2 == 1]:
+        for stream in self.table.above(self._last_stream):
             self._stream_reset(stream)  # the client retries those: nothing to wait for
-        if not self.streams:
+        if not self.table:
             self.close_reason = self._reason
             self._move(CLOSED)
 
     def _fail(self, error: int, reason: str, detail: bytes) -> None:
         """End the connection now: GOAWAY with the error to the client, nothing more."""
         self._app_preface_now()
-        self.to_client.append(f.goaway(min(self._last_stream, self._highest), error, detail))
+        self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), error,
+                                       detail))
         self.goaways.append(reason)
         self.close_reason = reason
         self.failed = True

@@ -32,7 +32,7 @@ CLOSE_REASONS = (
 )
 UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "too_large")
 # Why the proxy sent an HTTP/2 client a GOAWAY (proxy.h2_state).
-GOAWAY_REASONS = ("drain", "max_requests", "max_age", "abuse", "protocol_error")
+GOAWAY_REASONS = ("drain", "max_requests", "max_age", "idle_timeout", "abuse", "protocol_error")
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, PingFrame, SettingsFrame
 
 IO_TIMEOUT_S = 5.0
 BIG_BODY = b"b" * (10 * 2**20)  # the answer to /big
+ANSWER_AND_RESET = b"/answer-and-reset"  # answered at once, then reset with NO_ERROR
 
 
 @dataclass
@@ -62,12 +64,22 @@ class H2App:
                     await self._on(conn, event)
                 writer.write(conn.data_to_send())
 
+    @staticmethod
+    def _answer_and_reset(conn: h2.connection.H2Connection, stream: int) -> None:
+        """Answer before the request has ended, then RST_STREAM(NO_ERROR): "stop
+        sending", as RFC 9113 section 8.1 allows (gRPC servers do it)."""
+        conn.send_headers(stream, [(":status", "200"), ("content-length", "0")],
+                          end_stream=True)
+        conn.reset_stream(stream, h2.errors.ErrorCodes.NO_ERROR)
+
     async def _on(self, conn: h2.connection.H2Connection, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
             headers = [(bytes(k), bytes(v)) for k, v in event.headers or []]
             self.requests.append(headers)
             if event.stream_id is not None:
                 self._paths[event.stream_id] = dict(headers).get(b":path", b"")
+                if self._paths[event.stream_id] == ANSWER_AND_RESET:
+                    self._answer_and_reset(conn, event.stream_id)
         elif isinstance(event, h2.events.DataReceived) and event.stream_id is not None:
             conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.StreamReset):
@@ -167,10 +179,14 @@ class H2Client:
             self._answer(frame)
 
     def _answer(self, frame: Frame) -> None:
-        """Acknowledge SETTINGS and PINGs, as any client does."""
+        """Acknowledge SETTINGS and PINGs, as any client does, and apply the server's
+        HPACK table size (the only setting this client's requests depend on)."""
         if "ACK" in frame.flags or not self.answer_pings:
             return
         if isinstance(frame, SettingsFrame):
+            if SettingsFrame.HEADER_TABLE_SIZE in frame.settings:  # applied, then ACKed
+                table_size = frame.settings[SettingsFrame.HEADER_TABLE_SIZE]
+                self.conn.encoder.header_table_size = table_size
             ack: Frame = SettingsFrame(0, flags={"ACK"})
         elif isinstance(frame, PingFrame):
             ack = PingFrame(0, opaque_data=frame.opaque_data, flags={"ACK"})

@@ -21,7 +21,10 @@ from hypothesis import strategies as st
 
 from proxy.h2_state import (
     FIRST_PING,
+    FIRST_STREAM,
     MAX_FRAME_CAP,
+    NEXT_STREAM,
+    NOT_WAITING,
     RESET_BURST,
     SECOND_PING,
     TRANSITIONS,
@@ -36,10 +39,12 @@ BLOCK = b"\x82\x86\x84"  # :method GET, :scheme http, :path / (static table only
 
 
 def session(budget: int = 0) -> H2Session:
-    """Both prefaces exchanged: the client's SETTINGS to the app, the app's to the client."""
+    """Both prefaces exchanged: the client's SETTINGS to the app, the app's to the client,
+    and the client's ACK of the app's."""
     s = H2Session(budget, max_header_block=65536, now=0.0)
     s.from_client(SettingsFrame(0).serialize(), 0.0)
     s.from_app(SettingsFrame(0).serialize(), 0.0)
+    s.from_client(settings_ack(), 0.0)
     s.to_app.clear()
     s.to_client.clear()
     return s
@@ -70,8 +75,14 @@ def ping_ack(opaque: bytes) -> bytes:
     return PingFrame(0, opaque_data=opaque, flags={"ACK"}).serialize()
 
 
+def settings_ack() -> bytes:
+    return SettingsFrame(0, flags={"ACK"}).serialize()
+
+
 def both_acks() -> bytes:
-    return ping_ack(FIRST_PING) + ping_ack(SECOND_PING)
+    """What a client answers to the start of our GOAWAY sequence: the ACK of our SETTINGS
+    (which clear its HPACK table), then of both PINGs."""
+    return settings_ack() + ping_ack(FIRST_PING) + ping_ack(SECOND_PING)
 
 
 def goaways(frames: list[Frame]) -> list[tuple[int, int]]:
@@ -88,8 +99,9 @@ def test_open_announced_final_closed_the_sequence_grpc_servers_use() -> None:
     s.goaway("drain")
     assert s.state is S.ANNOUNCED
     sent = out(s.to_client)
-    assert goaways(sent) == [(MAX, 0)] and isinstance(sent[1], PingFrame)
-    s.from_client(ping_ack(FIRST_PING), 0.0)
+    assert goaways(sent) == [(MAX, 0)] and isinstance(sent[2], PingFrame)
+    assert isinstance(sent[1], SettingsFrame) and sent[1].settings == {0x1: 0}
+    s.from_client(settings_ack() + ping_ack(FIRST_PING), 0.0)
     assert s.state is S.ANNOUNCED
     second = out(s.to_client)
     assert [(type(f).__name__, getattr(f, "opaque_data", None)) for f in second] == [
@@ -113,9 +125,50 @@ def test_the_ping_timer_sends_the_final_goaway_without_an_ack() -> None:
     s = session()
     s.from_client(request(1), 0.0)
     s.goaway("max_age")
+    s.from_client(settings_ack(), 0.0)
     s.ping_timed_out()
     assert s.state is S.FINAL
     assert goaways(out(s.to_client)) == [(MAX, 0), (1, 0)]
+
+
+def test_the_final_goaway_waits_until_the_client_has_cleared_its_hpack_table() -> None:
+    """A busy client has read nothing when the PING timer runs out: a stream it opens
+    then is encoded with its full table, so its block must reach the app; it is served
+    (refusing it would be a lie), and the final GOAWAY follows the client's ACK."""
+    s = session()
+    s.from_client(request(1, end_stream=False), 0.0)
+    s.goaway("drain")
+    s.ping_timed_out()
+    assert s.state is S.ANNOUNCED
+    s.from_client(request(3), 0.0)
+    assert [f.stream_id for f in out(s.to_app)] == [1, 3] and s.active == 2
+    s.from_client(settings_ack(), 0.0)
+    assert s.state is S.FINAL and goaways(out(s.to_client)) == [(MAX, 0), (3, 0)]
+    assert out(s.to_app) == [], "our SETTINGS' ACK is not relayed: the app never sent them"
+
+
+def test_with_every_stream_over_the_timer_needs_no_ack() -> None:
+    s = session()
+    s.from_client(request(1, end_stream=False), 0.0)
+    s.goaway("drain")
+    s.ping_timed_out()
+    s.from_app(response(1) + RstStreamFrame(1, error_code=0).serialize(), 0.0)
+    assert s.state is S.CLOSED and goaways(out(s.to_client)) == [(MAX, 0), (1, 0)]
+
+
+def test_the_acks_of_the_apps_settings_are_relayed_and_its_table_size_kept_at_0() -> None:
+    s = session()
+    s.from_client(request(1, end_stream=False), 0.0)
+    s.from_app(SettingsFrame(0, settings={0x3: 50}).serialize(), 0.0)  # ACK #2, in flight
+    s.goaway("drain")  # ours: #3
+    s.from_app(SettingsFrame(0, settings={0x1: 8192}).serialize(), 0.0)  # #4
+    later = out(s.to_client)[-1]
+    assert isinstance(later, SettingsFrame) and later.settings == {0x1: 0}
+    out(s.to_app)
+    s.from_client(settings_ack() * 3, 0.0)
+    assert [type(f).__name__ for f in out(s.to_app)] == ["SettingsFrame", "SettingsFrame"]
+    s.from_client(ping_ack(FIRST_PING) + ping_ack(SECOND_PING), 0.0)
+    assert s.state is S.FINAL
 
 
 def test_open_to_final_an_idle_connection_at_the_drain_closes_with_last_stream_zero() -> None:
@@ -154,16 +207,14 @@ def test_open_to_closed_and_announced_to_closed_on_a_protocol_error() -> None:
         assert goaways(out(s.to_client)) == [(1, 1)]
 
 
-def test_streams_opened_after_the_final_goaway_are_refused_and_cancelled_at_the_app() -> None:
+def test_streams_opened_after_the_final_goaway_are_refused_and_never_reach_the_app() -> None:
     s = session()
     s.from_client(request(1, end_stream=False), 0.0)
     s.goaway("drain")
     s.from_client(both_acks(), 0.0)
     out(s.to_client), out(s.to_app)
     s.from_client(request(3), 0.0)
-    to_app = out(s.to_app)
-    assert [type(f).__name__ for f in to_app] == ["HeadersFrame", "RstStreamFrame"], \
-        "the header block still reaches the app, whose HPACK context needs it"
+    assert out(s.to_app) == [], "REFUSED_STREAM: not processed, safe to retry"
     resets = [f for f in out(s.to_client) if isinstance(f, RstStreamFrame)]
     assert [(f.stream_id, f.error_code) for f in resets] == [(3, 7)]
     assert s.active == 1
@@ -179,6 +230,21 @@ def test_a_rapid_reset_flood_ends_after_its_burst() -> None:
     assert goaways(out(s.to_client))[0][1] == 0xB
     forwarded = [f for f in out(s.to_app) if isinstance(f, HeadersFrame)]
     assert len(forwarded) == RESET_BURST + 1
+
+
+def test_a_reset_ending_the_last_stream_past_the_flood_limit_ends_the_connection_once() -> None:
+    """The client's RST_STREAM both ends the last stream of a FINAL connection (which
+    closes it) and is one reset too many (which fails it): one of the two, no error."""
+    s = session()
+    s.from_client(request(1, end_stream=False), 0.0)
+    s.goaway("drain")
+    s.from_client(both_acks(), 0.0)
+    s.from_client(b"".join(request(2 * i + 3) for i in range(RESET_BURST)), 0.0)
+    assert s.state is S.FINAL, "refused streams count as resets: the bucket is empty"
+    out(s.to_client)
+    s.from_client(RstStreamFrame(1, error_code=8).serialize(), 0.0)
+    assert s.state is S.CLOSED and s.close_reason == "abuse"
+    assert goaways(out(s.to_client)) == [(1, 0xB)]
 
 
 def test_resets_at_a_modest_rate_are_fine() -> None:
@@ -236,7 +302,12 @@ def test_our_frames_wait_for_the_apps_settings_the_servers_first_frame() -> None
     assert s.state is S.ANNOUNCED and s.to_client == []
     s.from_app(SettingsFrame(0).serialize() + response(1), 0.0)
     assert [type(f).__name__ for f in out(s.to_client)] == [
-        "SettingsFrame", "GoAwayFrame", "PingFrame", "HeadersFrame", "DataFrame"]
+        "SettingsFrame", "GoAwayFrame", "SettingsFrame", "PingFrame", "HeadersFrame",
+        "DataFrame"]
+    out(s.to_app)
+    s.from_client(settings_ack() * 2 + ping_ack(FIRST_PING) + ping_ack(SECOND_PING), 0.0)
+    assert s.state is S.CLOSED
+    assert len(out(s.to_app)) == 1, "the second ACK was ours, the first the app's"
 
 
 def test_an_unreachable_app_gets_each_stream_a_502_then_goaway() -> None:
@@ -274,6 +345,30 @@ def test_frames_larger_than_64_kib_are_never_allowed_through_the_proxy() -> None
     assert s.state is S.CLOSED and goaways(out(s.to_client))[-1][1] == 0x6  # FRAME_SIZE_ERROR
 
 
+def test_waiting_for_the_first_stream_then_between_streams_each_ends_with_goaway() -> None:
+    s = session()
+    assert s.waiting == FIRST_STREAM
+    s.timed_out()
+    assert s.state is S.CLOSED and s.close_reason == "idle_timeout" and not s.failed
+    assert goaways(out(s.to_client)) == [(0, 0)]
+    s = session()
+    s.from_client(request(1), 0.0)
+    assert s.waiting == NOT_WAITING
+    s.timed_out()  # a timer that fired as the stream began: nothing to do
+    assert s.state is S.OPEN
+    s.from_app(response(1), 0.0)
+    assert s.waiting == NEXT_STREAM
+    s.timed_out()
+    assert s.state is S.CLOSED and goaways(out(s.to_client)) == [(1, 0)]
+
+
+def test_a_timeout_before_the_apps_settings_still_sends_valid_http2() -> None:
+    s = H2Session(0, max_header_block=65536, now=0.0)
+    s.from_client(SettingsFrame(0).serialize(), 0.0)
+    s.timed_out()
+    assert [type(f).__name__ for f in out(s.to_client)] == ["SettingsFrame", "GoAwayFrame"]
+
+
 def test_leaving_closed_is_illegal() -> None:
     s = session()
     s.drain_idle()
@@ -300,4 +395,4 @@ def test_any_split_of_the_bytes_relays_the_same_frames(cuts: list[int]) -> None:
         position += cut
     pieces.from_client(stream[position:], 0.0)
     assert b"".join(pieces.to_app) == b"".join(whole.to_app) == stream
-    assert pieces.streams == whole.streams == {1: 1, 3: 0}  # 1: its request is complete
+    assert pieces.table.open == whole.table.open == {1: 1, 3: 0}  # 1: its request is complete
