@@ -1,18 +1,20 @@
-"""Client connections: the asyncio side of ``client_state``.
+"""Client connections: the asyncio side of ``client_state`` and ``client_exchanges``.
 
 This protocol parses requests with llhttp, forwards them through an app connection
-and relays the responses.  What state the connection is in, what follows a response
-and whether it ends the connection is ``client_state.ClientMachine``'s decision; what
-a message may contain and how it is re-framed is ``http_policy``'s; when a failed
-exchange is retried is ``upstream_state.may_retry``'s.  Every close has a counted
-reason.
+and relays the responses.  Which request is where (being read, answered, queued),
+whose a refusal is and what the read timer means is ``client_exchanges.ExchangeQueue``'s
+decision; what state the connection is in, why it is not read, what follows a response
+and whether it ends the connection is ``client_state.ClientMachine``'s; what a message
+may contain and how it is re-framed is ``http_policy``'s; when a failed exchange is
+retried is ``upstream_state.may_retry``'s.  This class feeds them events and carries
+out what they decide.  Every close has a counted reason.
 
 Flow control (``flow.ReadGate``): when the app's socket is full we stop reading the
 client, and when the client's socket is full the app connection stops reading the
-app.  Two timers, one per concern: *reading* the client (idle, request head, request
-body, the linger of a close, chosen by the state) and *writing* to it (a client that
-stops reading its response for ``--body-timeout`` is dropped).  The read timer stops
-while we pause reading: a client we do not read cannot be slow.
+app.  Two timers, one per concern: *reading* the client (``ExchangeQueue.read_wait``
+says what it waits for; it is armed when that changes, and again on body progress) and
+*writing* to it (a client that stops reading its response for ``--body-timeout`` is
+dropped).
 """
 
 from __future__ import annotations
@@ -21,19 +23,29 @@ import asyncio
 import logging
 import re
 import time
-from collections import deque
 from typing import Final, cast
 
 import httptools
 
 from proxy import flow, http_policy, http_response
 from proxy.buffers import SHARED_READ, limit_writes
+from proxy.client_exchanges import (
+    EOF_ANSWER_OUTSTANDING,
+    EOF_REFUSE_BODY,
+    REFUSE_NOW,
+    WAIT_BODY,
+    WAIT_HEAD,
+    WAIT_LINGER,
+    WAIT_NOTHING,
+    WAIT_REQUEST,
+    ExchangeQueue,
+    ReadWait,
+)
 from proxy.client_state import (
     CLOSING,
     DRAIN_CLOSE_NOW,
     DRAIN_GRACE,
     FRESH,
-    IDLE,
     THEN_AWAIT_REQUEST,
     THEN_CLOSE,
     THEN_DISPATCH_NEXT,
@@ -54,7 +66,6 @@ from proxy.upstream_state import may_retry
 log = logging.getLogger("drain_proxy.client")
 access_log = logging.getLogger("drain_proxy.access")
 
-MAX_HELD_BYTES: Final = 64 * 1024  # bytes past an Upgrade request, while the app decides
 LINGER_S: Final = 2.0  # after the last response: read and discard so the client gets it
 
 
@@ -83,17 +94,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
         rotation = ctx.rotation
         self.machine = ClientMachine(rotation.request_budget(), rotation.expiry(self._loop.time()))
+        self.exchanges = ExchangeQueue(self.machine)
         self._parser = httptools.HttpRequestParser(self)
-        self._collector: HeadCollector | None = None  # the head llhttp is reading
-        self._parsing: Exchange | None = None  # the request llhttp is reading
-        self._ready: Exchange | None = None  # to forward once the current read is parsed
-        self._active: Exchange | None = None  # the request being answered
-        self._queue: deque[Exchange] = deque()  # complete pipelined requests, in order
-        self._held: bytearray | None = None  # bytes past an Upgrade request, unparsed
         self._gate = flow.ReadGate()
         settings = ctx.settings
         self._read_deadline = Deadline(self._loop, self._read_timed_out,
                                        min(settings.header_timeout_s, settings.idle_timeout_s))
+        self._waiting = WAIT_NOTHING  # what the read timer is armed for
         self._write_deadline = Deadline(self._loop, self._write_timed_out,
                                         settings.body_timeout_s)
         self._out: list[bytes] = []  # response bytes batched into one write per app read
@@ -110,7 +117,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.transport = self._gate.transport = cast(asyncio.Transport, transport)
         self._peer = self.ctx.peer(transport.get_extra_info("peername"))
         limit_writes(self.transport)
-        self._read_deadline.set(self.ctx.limits.idle_timeout_s)
+        self._arm_read_timer()
         self.ctx.register(self, self._loop.time())  # after: a drain under way sets the grace
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -124,9 +131,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         this call is copied (held bytes, an Upgrade's tail)."""
         if self.machine.input_closed:
             return  # after EOF, an error, or the last response: discard
-        if self._held is not None:  # an Upgrade is with the app: not HTTP, not yet tunnel
-            self._held += data
-            self._pause(flow.HELD, len(self._held) > MAX_HELD_BYTES)
+        if self.exchanges.held is not None:  # an Upgrade is with the app: not HTTP, not yet
+            self._pause(flow.HELD, self.exchanges.hold(data))  # tunnel data: held
             return
         if self._sniffing:
             sniffed = self._sniff(data)
@@ -159,21 +165,19 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self._peer_eof = True
-        if self.machine.ending:  # our last response is out and we half-closed: done
-            return False
-        self.machine.input_closed = True
-        partial = self._parsing
-        if partial is not None and partial.request is not None:  # its body can never end
+        after, dropped = self.exchanges.client_half_closed()
+        if dropped is not None:  # half a head: nothing to answer
+            self._finish(dropped, 0, answered=False)
+        if after is EOF_REFUSE_BODY:  # its body can never end
             self._reject(HttpError(400, "the request ended before its body"))
-        elif partial is not None:  # half a head: nothing to answer
-            self._parsing = self._collector = None
-            self._finish(partial, 0, answered=False)
+        self._arm_read_timer()
         # Half-closed with a request outstanding: still answer it.  Otherwise close.
-        return not self.machine.ending and (self._active is not None or bool(self._queue))
+        return not self.machine.ending and (
+            after is EOF_ANSWER_OUTSTANDING or after is EOF_REFUSE_BODY)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop()
-        for exchange in self._unfinished():
+        for exchange in self.exchanges.unfinished():
             if exchange.upstream is not None:
                 exchange.upstream.abort()
             self._finish(exchange, exchange.status or 499)
@@ -184,14 +188,16 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        if self._active is not None and self._active.upstream is not None:
-            self._active.upstream.client_full(True)
+        active = self.exchanges.active
+        if active is not None and active.upstream is not None:
+            active.upstream.client_full(True)
         self._write_deadline.set(self.ctx.limits.body_timeout_s)
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._active is not None and self._active.upstream is not None:
-            self._active.upstream.client_full(False)
+        active = self.exchanges.active
+        if active is not None and active.upstream is not None:
+            active.upstream.client_full(False)
         self._write_deadline.clear()
         if self.machine.state is CLOSING:  # the last response is flushed
             self.ctx.connections.reclassify(self, Kind.SETTLED)
@@ -207,69 +213,59 @@ class ClientConnection(asyncio.BufferedProtocol):
             # name reused for another exception type raises TypeError in the compiled build.
             try:
                 self._parser.feed_data(data)
-                if self._collector is not None:  # a head is still incomplete after this read
-                    self._collector.add_raw(len(data))
+                collector = self.exchanges.collector
+                if collector is not None:  # a head is still incomplete after this read
+                    collector.add_raw(len(data))
             except HttpError as refused:
                 self._reject(refused)
             except httptools.HttpParserUpgrade as upgrade:
                 tail = data[upgrade.args[0]:]
             except httptools.HttpParserError as parse_error:
                 self._reject(_refusal(parse_error, data))
-            if self._ready is not None:
+            ready = self.exchanges.take_ready()
+            if ready is not None:
                 # Forward a new request only once the whole read has parsed: a request
                 # malformed within it is then refused with nothing sent to the app, and
                 # its head and body go out in one write.
-                self._dispatch(self._ready)
+                self._dispatch(ready)
             if tail is None or self.machine.input_closed:
                 return
-            last = self._queue[-1] if self._queue else self._active
-            if last is not None and last.request is not None and last.request.upgrade:
-                self._held = bytearray(tail)
-                self._pause(flow.HELD, len(tail) > MAX_HELD_BYTES)
+            if self.exchanges.upgrade_is_last():
+                self._pause(flow.HELD, self.exchanges.hold(tail))
                 return
             data = tail  # an Upgrade we do not forward (h2c): HTTP goes on
 
     # -- llhttp callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
         limits = self.ctx.limits
-        self._parsing = Exchange()
+        self.exchanges.begin(HeadCollector(
+            limits.max_request_line_bytes, limits.max_header_bytes, limits.max_header_count))
         self.ctx.requests_in_flight += 1  # a request is in flight from its first byte
-        self.machine.request_begins()
-        self._collector = HeadCollector(
-            limits.max_request_line_bytes, limits.max_header_bytes, limits.max_header_count)
-        self._read_deadline.set(limits.header_timeout_s)
+        self._arm_read_timer()
 
     def on_url(self, url: bytes) -> None:
-        assert self._collector is not None
-        self._collector.add_url(url)
+        collector = self.exchanges.collector
+        assert collector is not None
+        collector.add_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._collector is not None:
-            self._collector.add_header(name, value)
+        collector = self.exchanges.collector
+        if collector is not None:
+            collector.add_header(name, value)
         else:  # a field of a chunked request's trailer section
             self._add_trailer(name, value)
 
     def on_headers_complete(self) -> None:
-        exchange, collector = self._parsing, self._collector
-        assert exchange is not None and collector is not None
-        self._collector = None
-        exchange.request = request = http_policy.check_request(
+        exchange, collector = self.exchanges.head_complete()
+        exchange.request = http_policy.check_request(
             self._parser.get_method(), collector.url, self._parser.get_http_version(),
             collector.headers, self._parser.should_keep_alive(), self._peer,
             self.ctx.upstream_authority, self._parser.should_upgrade())
-        if request.framing is not Framing.NONE:
-            self._read_deadline.set(self.ctx.limits.body_timeout_s)
-        else:
-            self._read_deadline.clear()
-        if self._active is None:
-            self._active = self._ready = exchange
-        else:
-            self._queue.append(exchange)
-            self.machine.request_queued()
-            self._reading_changed()
+        if exchange.request.framing is not Framing.NONE or self.exchanges.queue:
+            self._reading_changed()  # a body to wait for, or queued: reading stops
 
     def on_body(self, body: bytes) -> None:
-        exchange = self._parsing
+        exchange = self.exchanges.parsing
         assert exchange is not None and exchange.request is not None
         data = http_response.chunk(body) if exchange.request.framing is Framing.CHUNKED else body
         self._read_deadline.set(self.ctx.limits.body_timeout_s)  # progress: it restarts
@@ -277,23 +273,21 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._pause(flow.CONNECTING, True)
 
     def on_message_complete(self) -> None:
-        exchange = self._parsing
+        exchange = self.exchanges.parsing
         assert exchange is not None and exchange.request is not None
         if exchange.request.framing is Framing.CHUNKED:
             trailers = exchange.trailers.headers if exchange.trailers is not None else []
             # May refuse a trailer field: the request is still the one being parsed then,
             # so the refusal is its own (and ends what the app has of it).
             exchange.add_body(http_response.last_chunk(trailers, request=True))
-        self._parsing = None
-        if exchange.request.framing is not Framing.NONE:
-            self._read_deadline.clear()  # the body timer
-        exchange.request_complete = True
+        self.exchanges.message_complete()
+        self._arm_read_timer()
         if exchange.upstream is not None:
             exchange.upstream.request_sent()
 
     def _add_trailer(self, name: bytes, value: bytes) -> None:
         """Trailer fields are held to the limits of a head (431 beyond them)."""
-        exchange = self._parsing
+        exchange = self.exchanges.parsing
         assert exchange is not None
         if exchange.trailers is None:
             settings = self.ctx.settings
@@ -303,7 +297,6 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # -- forwarding -----------------------------------------------------------------------------
     def _dispatch(self, exchange: Exchange) -> None:
-        self._ready = None
         if exchange.error is not None:
             self._answer_with_error(exchange)
             return
@@ -321,11 +314,11 @@ class ClientConnection(asyncio.BufferedProtocol):
             connection = await self.ctx.pool.connect()
         except UpstreamFailure as failure:
             self._connect_task = None
-            if not exchange.finished and exchange is self._active:
+            if not exchange.finished and exchange is self.exchanges.active:
                 self._upstream_failed(exchange, failure)
             return
         self._connect_task = None
-        if exchange.finished or exchange is not self._active:
+        if exchange.finished or exchange is not self.exchanges.active:
             self.ctx.pool.release(connection)  # unused: good for the next request
             return
         payload = exchange.replay_bytes_for_retry() if retry else exchange.take_pending()
@@ -348,7 +341,8 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # -- ResponseSink: called by the active exchange's app connection -------------------------
     def response_interim(self, status: int, reason: bytes, headers: Headers) -> None:
-        request = self._active.request if self._active is not None else None
+        active = self.exchanges.active
+        request = active.request if active is not None else None
         if request is None or request.http_10 or self.transport is None:
             return  # HTTP/1.0 clients must never see a 1xx
         if status == 100 and not request.expects_continue:
@@ -357,13 +351,13 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def response_head(self, status: int, reason: bytes, headers: Headers,
                       app_framing: Framing) -> None:
-        exchange = self._active
+        exchange = self.exchanges.active
         assert exchange is not None and exchange.request is not None
         request = exchange.request
         framing = http_response.client_response_framing(app_framing, request.http_10)
         close = self.machine.close_decision(
             client_keep_alive=request.client_keep_alive, close_delimited=framing is Framing.CLOSE,
-            request_complete=exchange.request_complete, pipelined=bool(self._queue),
+            request_complete=exchange.request_complete, pipelined=bool(self.exchanges.queue),
             draining=self.ctx.draining, now=self._loop.time())
         exchange.status, exchange.head_sent = status, True
         exchange.framing_chunked = framing is Framing.CHUNKED
@@ -373,7 +367,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             status, reason, headers, framing, close is not None, request.http_10))
 
     def response_body(self, data: bytes) -> None:
-        exchange = self._active
+        exchange = self.exchanges.active
         if exchange is None or self.transport is None:
             return
         exchange.sent_bytes += len(data)
@@ -383,7 +377,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._out.append(data)
 
     def response_complete(self, trailers: Headers) -> None:
-        exchange = self._active
+        exchange = self.exchanges.active
         assert exchange is not None
         if exchange.framing_chunked:
             self._out.append(http_response.last_chunk(trailers, request=False))
@@ -396,12 +390,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._out:
             if self.transport is not None:
                 self.transport.write(b"".join(self._out))
-                if self._active is not None and self._active.head_sent:
-                    self._active.head_flushed = True
+                active = self.exchanges.active
+                if active is not None and active.head_sent:
+                    active.head_flushed = True
             self._out.clear()
 
     def response_failed(self, failure: UpstreamFailure) -> None:
-        exchange = self._active
+        exchange = self.exchanges.active
         assert exchange is not None
         exchange.upstream = None
         if may_retry(failure.failure, reused=failure.reused,
@@ -415,17 +410,14 @@ class ClientConnection(asyncio.BufferedProtocol):
     def response_switched(self, connection: UpstreamConnection, reason: bytes,
                           headers: Headers, tail: bytes) -> None:
         """101: this connection becomes a byte tunnel to the app."""
-        exchange = self._active
-        assert exchange is not None and self.transport is not None
-        assert connection.transport is not None
+        assert self.transport is not None and connection.transport is not None
         self._out.append(http_response.switching_head(reason, headers))
         self.response_flush()
         self._stop()
-        self.machine.switched()
-        exchange.upstream, self._active = None, None
+        exchange = self.exchanges.switched()
+        exchange.upstream = None
         self._finish(exchange, 101)
-        to_app = bytes(self._held or b"")
-        self._held = None
+        to_app = self.exchanges.take_held()
         self._tunnel = splice(self._loop, self.transport, connection.transport, to_app, tail,
                               lambda tunnel, reason: self._tunnel_ended(tunnel, reason, exchange),
                               client_eof=self._peer_eof)
@@ -443,31 +435,20 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- ending exchanges and the connection ----------------------------------------------------
     def _complete(self, exchange: Exchange) -> None:
         self._finish(exchange, exchange.status)
-        self._active = None
-        after = self.machine.response_done(
-            queued=len(self._queue), reading=self._parsing is not None)
+        after, dropped = self.exchanges.response_done()
+        for request in dropped:  # pipelined past a closing response, or cut short by an
+            self._finish(request, 0, answered=False)  # early answer: sent again, or not
+        self._reading_changed()
         if after is THEN_CLOSE:
-            for dropped in self._unfinished():  # pipelined past a closing response: the
-                self._finish(dropped, 0, answered=False)  # client must send them again
-            self._queue.clear()
-            # Nothing more is parsed, and a request cut short by an early answer is not
-            # one to answer again when the client's EOF comes.
-            self._parsing = self._collector = None
             self._close_gracefully()
         elif after is THEN_DISPATCH_NEXT:
-            self._active = self._queue.popleft()
-            self._reading_changed()
-            self._dispatch(self._active)
+            active = self.exchanges.active
+            assert active is not None
+            self._dispatch(active)
         elif after is THEN_PARSE_HELD:  # the app refused the Upgrade: still HTTP
-            held, self._held = bytes(self._held or b""), None
-            self._reading_changed()
-            self._read_deadline.set(self.ctx.limits.idle_timeout_s)
-            self._parse(held)
+            self._parse(self.exchanges.take_held())
         elif after is THEN_AWAIT_REQUEST:
-            self._reading_changed()
-            self._await_request()
-        else:  # THEN_KEEP_READING
-            self._reading_changed()
+            self.ctx.connection_idle(self)  # the most recently used idle connection
 
     def _finish(self, exchange: Exchange, status: int, answered: bool = True) -> None:
         """The exchange is over: a response of ``status``, or not ``answered`` at all (cut
@@ -500,30 +481,21 @@ class ClientConnection(asyncio.BufferedProtocol):
         """A malformed request: answer ``error`` in turn, forward nothing more, close."""
         log.debug("rejecting a request from %s: %d %s", self._peer.ip.decode(),
                   error.status, error.reason)
-        self.machine.input_closed = True
-        self._read_deadline.clear()
-        exchange = self._parsing
-        if exchange is None:  # refused before llhttp saw a request begin
-            exchange = Exchange()
+        exchange, when, created = self.exchanges.refuse()
+        if created:  # refused before llhttp saw a request begin
             self.ctx.requests_in_flight += 1
-            self.machine.request_begins()
-        self._parsing = self._collector = None
-        if self._ready is exchange:
-            self._ready = None
         exchange.error = http_response.error_response(error.status, error.reason)
         exchange.status = error.status
-        if exchange is self._active and exchange.upstream is not None:
+        self._reading_changed()
+        if when is not REFUSE_NOW:
+            return  # answered in its turn, after the requests before it
+        if exchange.upstream is not None:
             exchange.upstream.abort()  # the app got part of a request it must not complete
             exchange.upstream = None
             if exchange.head_sent:
                 self._abort()
                 return
-        if self._active is None or exchange is self._active:
-            self._active = exchange
-            self._answer_with_error(exchange)
-        elif exchange not in self._queue:
-            self._queue.append(exchange)
-            self.machine.request_queued()
+        self._answer_with_error(exchange)
 
     def _answer_with_error(self, exchange: Exchange) -> None:
         assert exchange.error is not None
@@ -545,7 +517,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             transport.close()  # flushes; connection_lost follows
             return
         transport.write_eof()
-        self._read_deadline.set(LINGER_S)
+        self._arm_read_timer()  # the linger
         # The drain need not wait out the linger, only the flush of what we wrote: with
         # both limits at 0, resume_writing tells us when the buffer is empty.
         if transport.get_write_buffer_size():
@@ -561,21 +533,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.transport is not None:
             reset(self.transport)
 
-    def _unfinished(self) -> list[Exchange]:
-        candidates = [self._active, *self._queue, self._parsing]
-        return [e for e in candidates if e is not None and not e.finished]
-
     def _stop(self) -> None:
         self._read_deadline.cancel()
         self._write_deadline.cancel()
         if self._connect_task is not None:
             self._connect_task.cancel()
-
-    def _await_request(self) -> None:
-        """Idle keep-alive: wait for the next request, as the most recently used idle
-        connection (the least recently used one makes room at --max-connections)."""
-        self._read_deadline.set(self.ctx.limits.idle_timeout_s)
-        self.ctx.connection_idle(self)
 
     def reclaim(self) -> bool:
         """tracker.Reclaimable: clients wait at --max-connections; close if still idle."""
@@ -593,14 +555,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         if step is DRAIN_CLOSE_NOW and self.transport is not None:
             self.transport.close()
         elif step is DRAIN_GRACE:
-            self._read_deadline.set(self.ctx.first_request_grace_s)
+            self._arm_read_timer(again=True)  # the grace, now shorter than the idle timeout
 
     def cut(self) -> int:
         """The deadline: abort what is still running; return the requests cut."""
         if self._tunnel is not None:
             self._tunnel.cut("drain_deadline")
             return 0
-        unfinished = self._unfinished()
+        unfinished = self.exchanges.unfinished()
         for exchange in unfinished:
             if exchange.upstream is not None:
                 exchange.upstream.abort()
@@ -614,20 +576,39 @@ class ClientConnection(asyncio.BufferedProtocol):
         return len(unfinished)
 
     # -- timers and flow control ----------------------------------------------------------------
+    def _arm_read_timer(self, again: bool = False) -> None:
+        """Arm the read timer for what the exchanges wait for, when that changed (the head
+        timer runs for the whole head however it trickles) or ``again``."""
+        wait = self.exchanges.read_wait()
+        if wait is self._waiting and not again:
+            return
+        self._waiting = wait
+        limits = self.ctx.limits
+        if wait is WAIT_NOTHING:
+            self._read_deadline.clear()
+        elif wait is WAIT_HEAD:
+            self._read_deadline.set(limits.header_timeout_s)
+        elif wait is WAIT_BODY:
+            self._read_deadline.set(limits.body_timeout_s)
+        elif wait is WAIT_LINGER:
+            self._read_deadline.set(LINGER_S)
+        elif self.machine.drain_reached and self.machine.state is FRESH:
+            self._read_deadline.set(self.ctx.first_request_grace_s)
+        else:
+            self._read_deadline.set(limits.idle_timeout_s)
+
     def _read_timed_out(self) -> None:
-        """The read timer fired; what it meant depends on what we were waiting for."""
-        state = self.machine.state
-        if state is CLOSING:
-            if self.transport is not None:
-                self.transport.close()  # the linger is over
-        elif self._collector is not None:
+        """The read timer fired; what it meant is what it was armed for."""
+        wait: ReadWait = self._waiting
+        self._waiting = WAIT_NOTHING
+        if wait is WAIT_HEAD:
             self._reject(HttpError(408, "request head not received in time"))
-        elif self._parsing is not None:
+        elif wait is WAIT_BODY:
             self._reject(HttpError(408, "request body stalled"))
-        elif state is FRESH or state is IDLE:
+        elif wait is WAIT_REQUEST:
             self.machine.close(self.machine.quiet_close_reason)
-            if self.transport is not None:
-                self.transport.close()
+        if (wait is WAIT_LINGER or wait is WAIT_REQUEST) and self.transport is not None:
+            self.transport.close()  # the linger is over, or no request came
 
     def _write_timed_out(self) -> None:
         """The client has not read its response for --body-timeout: give up on it."""
@@ -641,12 +622,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._reading_changed()
 
     def _reading_changed(self) -> None:
-        """Carry out the machine's read pauses.  The read timer is stopped while reading is
-        paused and restarted for whatever we wait for once it resumes."""
+        """Carry out the machine's read pauses.  The read timer stops while reading is
+        paused (a client we do not read cannot be slow) and starts again once it resumes."""
         self._gate.apply(self.machine.paused_by)
-        if self._gate.paused:
-            self._read_deadline.clear()
-        elif self._parsing is not None and self._collector is None:
-            self._read_deadline.set(self.ctx.limits.body_timeout_s)
-        elif self._parsing is not None:
-            self._read_deadline.set(self.ctx.limits.header_timeout_s)
+        self._arm_read_timer()
