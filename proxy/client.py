@@ -39,13 +39,12 @@ from proxy.client_exchanges import (
     WAIT_NOTHING,
     WAIT_REQUEST,
     ExchangeQueue,
-    ReadWait,
 )
 from proxy.client_state import (
     CLOSING,
     DRAIN_CLOSE_NOW,
     DRAIN_GRACE,
-    FRESH,
+    IDLE,
     THEN_AWAIT_REQUEST,
     THEN_CLOSE,
     THEN_DISPATCH_NEXT,
@@ -67,6 +66,7 @@ log = logging.getLogger("drain_proxy.client")
 access_log = logging.getLogger("drain_proxy.access")
 
 LINGER_S: Final = 2.0  # after the last response: read and discard so the client gets it
+
 
 
 _METHOD_LIKE: Final = re.compile(rb"[A-Z][A-Z0-9_-]* ")
@@ -100,7 +100,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         settings = ctx.settings
         self._read_deadline = Deadline(self._loop, self._read_timed_out,
                                        min(settings.header_timeout_s, settings.idle_timeout_s))
-        self._waiting = WAIT_NOTHING  # what the read timer is armed for
+        self._waiting = WAIT_NOTHING  # what the read timer is armed for (a ReadWait)
         self._write_deadline = Deadline(self._loop, self._write_timed_out,
                                         settings.body_timeout_s)
         self._out: list[bytes] = []  # response bytes batched into one write per app read
@@ -256,7 +256,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._add_trailer(name, value)
 
     def on_headers_complete(self) -> None:
-        exchange, collector = self.exchanges.head_complete()
+        collector = self.exchanges.head_complete()
+        exchange = self.exchanges.parsing
+        assert exchange is not None
         exchange.request = http_policy.check_request(
             self._parser.get_method(), collector.url, self._parser.get_http_version(),
             collector.headers, self._parser.should_keep_alive(), self._peer,
@@ -334,7 +336,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             connection.client_full(True)
         # A new app connection: whatever paused reading for the connect, or for a connection
         # that failed before this one (a retry), is over; the send may pause it again.
-        self._pause(flow.CONNECTING | flow.APP_FULL, False)
+        if self.machine.paused_by:
+            self._pause(flow.CONNECTING | flow.APP_FULL, False)
         connection.send(payload)
         if exchange.request_complete:
             connection.request_sent()
@@ -435,11 +438,11 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- ending exchanges and the connection ----------------------------------------------------
     def _complete(self, exchange: Exchange) -> None:
         self._finish(exchange, exchange.status)
-        after, dropped = self.exchanges.response_done()
-        for request in dropped:  # pipelined past a closing response, or cut short by an
-            self._finish(request, 0, answered=False)  # early answer: sent again, or not
+        after = self.exchanges.response_done()
         self._reading_changed()
         if after is THEN_CLOSE:
+            for request in self.exchanges.take_dropped():  # pipelined past the last response,
+                self._finish(request, 0, answered=False)  # or cut short by an early answer
             self._close_gracefully()
         elif after is THEN_DISPATCH_NEXT:
             active = self.exchanges.active
@@ -448,7 +451,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif after is THEN_PARSE_HELD:  # the app refused the Upgrade: still HTTP
             self._parse(self.exchanges.take_held())
         elif after is THEN_AWAIT_REQUEST:
-            self.ctx.connection_idle(self)  # the most recently used idle connection
+            self.ctx.connection_idle()  # room for a client waiting at --max-connections
 
     def _finish(self, exchange: Exchange, status: int, answered: bool = True) -> None:
         """The exchange is over: a response of ``status``, or not ``answered`` at all (cut
@@ -539,6 +542,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._connect_task is not None:
             self._connect_task.cancel()
 
+    def idle_since(self) -> float | None:
+        """tracker.Reclaimable: when it went idle (its idle deadline, set then, less a
+        timeout that is the same for every connection), None when not idle."""
+        return self._read_deadline.when if self.machine.state is IDLE else None
+
     def reclaim(self) -> bool:
         """tracker.Reclaimable: clients wait at --max-connections; close if still idle."""
         if not self.machine.reclaim():
@@ -580,34 +588,35 @@ class ClientConnection(asyncio.BufferedProtocol):
         """Arm the read timer for what the exchanges wait for, when that changed (the head
         timer runs for the whole head however it trickles) or ``again``."""
         wait = self.exchanges.read_wait()
-        if wait is self._waiting and not again:
+        if wait == self._waiting and not again:
             return
         self._waiting = wait
         limits = self.ctx.limits
-        if wait is WAIT_NOTHING:
-            self._read_deadline.clear()
-        elif wait is WAIT_HEAD:
+        if wait == WAIT_HEAD:
             self._read_deadline.set(limits.header_timeout_s)
-        elif wait is WAIT_BODY:
+        elif wait == WAIT_REQUEST:
+            # Fresh in the drain: the grace (an idle connection closes when the drain
+            # reaches it).
+            self._read_deadline.set(self.ctx.first_request_grace_s if self.machine.drain_reached
+                                    else limits.idle_timeout_s)
+        elif wait == WAIT_NOTHING:
+            self._read_deadline.clear()
+        elif wait == WAIT_BODY:
             self._read_deadline.set(limits.body_timeout_s)
-        elif wait is WAIT_LINGER:
-            self._read_deadline.set(LINGER_S)
-        elif self.machine.drain_reached and self.machine.state is FRESH:
-            self._read_deadline.set(self.ctx.first_request_grace_s)
         else:
-            self._read_deadline.set(limits.idle_timeout_s)
+            self._read_deadline.set(LINGER_S)
 
     def _read_timed_out(self) -> None:
         """The read timer fired; what it meant is what it was armed for."""
-        wait: ReadWait = self._waiting
+        wait = self._waiting
         self._waiting = WAIT_NOTHING
-        if wait is WAIT_HEAD:
+        if wait == WAIT_HEAD:
             self._reject(HttpError(408, "request head not received in time"))
-        elif wait is WAIT_BODY:
+        elif wait == WAIT_BODY:
             self._reject(HttpError(408, "request body stalled"))
-        elif wait is WAIT_REQUEST:
+        elif wait == WAIT_REQUEST:
             self.machine.close(self.machine.quiet_close_reason)
-        if (wait is WAIT_LINGER or wait is WAIT_REQUEST) and self.transport is not None:
+        if wait in (WAIT_LINGER, WAIT_REQUEST) and self.transport is not None:
             self.transport.close()  # the linger is over, or no request came
 
     def _write_timed_out(self) -> None:
@@ -624,5 +633,6 @@ class ClientConnection(asyncio.BufferedProtocol):
     def _reading_changed(self) -> None:
         """Carry out the machine's read pauses.  The read timer stops while reading is
         paused (a client we do not read cannot be slow) and starts again once it resumes."""
-        self._gate.apply(self.machine.paused_by)
+        if self._gate.reasons != self.machine.paused_by:
+            self._gate.apply(self.machine.paused_by)
         self._arm_read_timer()

@@ -42,7 +42,6 @@ from proxy.client_state import (
     CLOSING,
     FRESH,
     IDLE,
-    THEN_CLOSE,
     THEN_DISPATCH_NEXT,
     AfterResponse,
     ClientMachine,
@@ -63,11 +62,13 @@ class ReadWait(enum.IntEnum):
     LINGER = 4  # after our last response, reading and discarding: then close
 
 
-WAIT_NOTHING: Final = ReadWait.NOTHING
-WAIT_REQUEST: Final = ReadWait.REQUEST
-WAIT_HEAD: Final = ReadWait.HEAD
-WAIT_BODY: Final = ReadWait.BODY
-WAIT_LINGER: Final = ReadWait.LINGER
+# As plain ints for the per-request code: compiled, they are compared and used as an
+# index (``RequestLimits.read_wait_s``) with no object in between.
+WAIT_NOTHING: Final = 0
+WAIT_REQUEST: Final = 1
+WAIT_HEAD: Final = 2
+WAIT_BODY: Final = 3
+WAIT_LINGER: Final = 4
 
 
 class Refusal(enum.IntEnum):
@@ -116,9 +117,10 @@ class ExchangeQueue:
         self.machine.request_begins()
         return exchange
 
-    def head_complete(self) -> tuple[Exchange, HeadCollector]:
-        """The head of the request being parsed is complete: it is answered next, or
-        waits behind the one being answered (and reading stops: ``PIPELINE``)."""
+    def head_complete(self) -> HeadCollector:
+        """The head of the request being parsed (still ``parsing``) is complete: it is
+        answered next, or waits behind the one being answered (and reading stops:
+        ``PIPELINE``).  Returns what its head collected."""
         exchange, collector = self.parsing, self.collector
         assert exchange is not None and collector is not None
         self.collector = None
@@ -127,7 +129,7 @@ class ExchangeQueue:
         else:
             self.queue.append(exchange)
             self.machine.request_queued()
-        return exchange, collector
+        return collector
 
     def message_complete(self) -> Exchange:
         """The request being parsed is whole (its last chunk built, its trailer checked)."""
@@ -196,21 +198,24 @@ class ExchangeQueue:
         return held
 
     # -- the response side ------------------------------------------------------------------------
-    def response_done(self) -> tuple[AfterResponse, list[Exchange]]:
-        """The active exchange's response is complete.  Returns what follows, and the
-        requests dropped with a closing connection (pipelined past its last response,
-        or cut short by an early answer: the client must send them again)."""
+    def response_done(self) -> AfterResponse:
+        """The active exchange's response is complete: what follows.  With ``CLOSE``, the
+        requests still held are dropped (pipelined past the last response, or cut short
+        by an early answer: the client must send them again): ``take_dropped``."""
         self.active = None
         after = self.machine.response_done(queued=len(self.queue),
                                            reading=self.parsing is not None)
-        if after is THEN_CLOSE:
-            dropped = self.unfinished()
-            self.queue.clear()
-            self.parsing = self.collector = None  # nothing more is parsed
-            return after, dropped
         if after is THEN_DISPATCH_NEXT:
             self.active = self.queue.popleft()
-        return after, []
+        return after
+
+    def take_dropped(self) -> list[Exchange]:
+        """The connection closes after its last response: nothing more is parsed or
+        answered; returns the requests left unanswered."""
+        dropped = self.unfinished()
+        self.queue.clear()
+        self.parsing = self.collector = None
+        return dropped
 
     def switched(self) -> Exchange:
         """101: the active exchange is over and the connection is a tunnel now."""
@@ -226,8 +231,9 @@ class ExchangeQueue:
         return [e for e in candidates if e is not None and not e.finished]
 
     # -- the read timer ---------------------------------------------------------------------------
-    def read_wait(self) -> ReadWait:
-        """What the read timer waits for now (its length is the adapter's: the limits)."""
+    def read_wait(self) -> int:
+        """What the read timer waits for now, a ``ReadWait`` value (its length is the
+        limits': ``RequestLimits.read_wait_s``)."""
         machine = self.machine
         state = machine.state
         if state is CLOSING:

@@ -24,7 +24,7 @@ from proxy.metrics import Metrics
 from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
 from proxy.stats import ResponseStats
-from proxy.tracker import ConnectionTracker, Drainable, Kind, Reclaimable
+from proxy.tracker import ConnectionTracker, Drainable, Kind
 from proxy.tunnel import Tunnel
 from proxy.upstream import UpstreamFailure, UpstreamPool
 
@@ -120,9 +120,8 @@ class ProxyContext:
             "max_connections", f"--max-connections {limit} reached with clients waiting: "
             "closed the least recently used idle keep-alive connection to make room")
 
-    def connection_idle(self, connection: Reclaimable) -> None:
-        """A keep-alive connection awaits its next request."""
-        self.connections.idle(connection)
+    def connection_idle(self) -> None:
+        """A keep-alive connection awaits its next request: room for a waiting client."""
         if self._room_wanted:
             self._room_wanted = False
             self.make_room()

@@ -35,7 +35,9 @@ class ReadGate:
 
     def set(self, reason: int, paused: bool) -> None:
         before = self._reasons
-        self.apply(before | reason if paused else before & ~reason)
+        after = before | reason if paused else before & ~reason
+        if after != before:
+            self.apply(after)
 
     def apply(self, reasons: int) -> None:
         """Pause or resume the transport for exactly these reasons."""
@@ -54,6 +56,10 @@ class ReadGate:
     @property
     def paused(self) -> bool:
         return bool(self._reasons)
+
+    @property
+    def reasons(self) -> int:
+        return self._reasons
 
     def open(self) -> None:
         """Read whatever comes (a closing connection discards it): forget every reason."""

@@ -242,6 +242,8 @@ class ResponseTooLarge(Exception):
 # still ends what is held, so that llhttp sees it and refuses the response at once.
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
 _HTTP: Final = b"HTTP/"  # how every response begins
+_STATUS_DIGIT: Final = 9  # "HTTP/1.1 1xx": where the status code's first digit is
+_INTERIM: Final = ord("1")
 # Counted with a trailer section's raw bytes: the last-chunk line and the final CRLF.
 _TRAILER_FRAMING_BYTES: Final = 64
 
@@ -276,12 +278,28 @@ class ResponseHeads:
 
     def start(self) -> None:
         """A new exchange: nothing held, nothing counted."""
-        self._held.clear()
+        if self._held:
+            self._held.clear()
         self._head_bytes = self._trailer_bytes = self._unbodied = 0
 
     def head_done(self) -> None:
         """llhttp completed a head (a 1xx, or the final one): the next one counts anew."""
         self._head_bytes = 0
+
+    def whole_read(self, data: bytes | memoryview) -> bool:
+        """The common case, looked for first: nothing held, not a 1xx (the head after it
+        counts anew), and the whole read within what the head may still grow by: then
+        whatever head it holds is within the limit, and llhttp may parse the read, head and
+        body, in one call, with no search for the head's end.  False sends the read
+        through ``take_head``.  If the head does not end in it, ``head_continues``."""
+        size = len(data)
+        return (not self._held and size > _STATUS_DIGIT and data[_STATUS_DIGIT] != _INTERIM
+                and self._head_bytes + size <= self._max_bytes)
+
+    def head_continues(self, size: int) -> None:
+        """llhttp parsed a whole read and the head did not end in it: all of it was head,
+        and the rest of the head goes through ``take_head``."""
+        self._head_bytes += size
 
     def take_head(self, data: bytes | memoryview) -> tuple[bytes | memoryview,
                                                           bytes | memoryview]:

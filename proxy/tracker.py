@@ -9,11 +9,12 @@ taken from the kernel backlog while the listener closes, from the moment it is
 accepted until its protocol exists.  "Drain done" is then an observed event, the
 last one of a kind ending (as in Envoy's drain manager), awaited with a deadline.
 
-It also keeps the idle keep-alive connections in the order they went idle: at
-``--max-connections``, with clients waiting in the backlog, the least recently used one
-is closed to make room (``reclaim_idle``), as nginx does.  Only idle ones, never a
-connection still awaiting its first request: a client retries a request that fails on a
-reused connection, not one on a connection it has just opened.
+At ``--max-connections``, with clients waiting in the backlog, the least recently used
+idle keep-alive connection is closed to make room (``reclaim_idle``), as nginx does.
+Only idle ones, never a connection still awaiting its first request: a client retries a
+request that fails on a reused connection, not one on a connection it has just opened.
+Which one is least recently used is asked of the connections then, in a scan: it happens
+only at the cap, and keeps every request free of bookkeeping.
 
 Tunnels (TCP mode, upgraded connections) are counted apart: they run on to their own
 deadline, ``--tunnel-drain-timeout``.  A connection whose last response is written out
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Drainable(Protocol):
@@ -40,8 +41,12 @@ class Drainable(Protocol):
         """The deadline: end now; return how many requests were cut."""
 
 
+@runtime_checkable
 class Reclaimable(Protocol):
     """A connection that can be idle between requests (HTTP/1.1 keep-alive)."""
+
+    def idle_since(self) -> float | None:
+        """When it went idle, on a clock every connection shares; None when not idle."""
 
     def reclaim(self) -> bool:
         """Room is needed: close now if still idle; False if it is busy again."""
@@ -64,9 +69,6 @@ class ConnectionTracker:
         self._kind: dict[Drainable, Kind] = {}
         self._counts = dict.fromkeys(Kind, 0)
         self._adopting = 0  # accepted from the backlog, protocol not created yet
-        # Connections that went idle, least recently first (dicts keep insertion order); one
-        # busy again stays listed until it is idle again or reclaim_idle passes it.
-        self._idle: dict[object, Reclaimable] = {}
         self._no_http = asyncio.Event()  # no HTTP connection (and nothing adopting)
         self._no_tunnels = asyncio.Event()
         self._no_http.set()
@@ -107,21 +109,17 @@ class ConnectionTracker:
         if kind is not None:
             self._kind[after] = kind
 
-    def idle(self, connection: Reclaimable) -> None:
-        """The connection went idle: it is now the most recently used idle one."""
-        self._idle.pop(connection, None)
-        self._idle[connection] = connection
-
     def reclaim_idle(self) -> bool:
         """Close the least recently used idle connection; False when none is idle."""
-        while self._idle:
-            connection = self._idle.pop(next(iter(self._idle)))
-            if connection.reclaim():
-                return True
-        return False
+        idle: list[tuple[float, int, Reclaimable]] = []
+        for connection in self._kind:
+            if isinstance(connection, Reclaimable):
+                since = connection.idle_since()
+                if since is not None:
+                    idle.append((since, id(connection), connection))
+        return any(connection.reclaim() for _, _, connection in sorted(idle))
 
     def remove(self, connection: Drainable) -> None:
-        self._idle.pop(connection, None)
         kind = self._kind.pop(connection, None)
         if kind is not None:
             self._count(kind, -1)

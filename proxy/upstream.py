@@ -161,8 +161,16 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._response_bytes = True
         if self.machine.responding:  # progress: the read timer restarts
             self._read_deadline.set(self.pool.limits.upstream_timeout_s)
+        elif self.machine.awaiting_head and self._heads.whole_read(data):
+            if not self._parse(data, b"", False):  # a whole read in one llhttp call
+                return
+            if self._sink is not None and self.machine.awaiting_head:  # the head goes on
+                self._heads.head_continues(len(data))
+            self._after_read()
+            return
         while data:  # more than once only when a head ends within the read
-            if self.machine.awaiting_head:  # heads go to llhttp whole (ResponseHeads)
+            in_body = not self.machine.awaiting_head
+            if not in_body:  # heads go to llhttp whole (ResponseHeads)
                 try:
                     piece, data = self._heads.take_head(data)
                 except ResponseTooLarge as too_large:
@@ -170,14 +178,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                     return
             else:
                 piece, data = data, b""
-            if piece and not self._parse(piece, data):
+            if piece and not self._parse(piece, data, in_body):
                 return
         self._after_read()
 
-    def _parse(self, piece: memoryview | bytes, rest: memoryview | bytes) -> bool:
-        """Feed llhttp ``piece`` of a read (``rest`` follows it); False when nothing more
-        of the read is for llhttp: the protocol switched, or the response failed."""
-        in_body = not self.machine.awaiting_head
+    def _parse(self, piece: memoryview | bytes, rest: memoryview | bytes, in_body: bool) -> bool:
+        """Feed llhttp ``piece`` of a read (``rest`` follows it; ``in_body``: after the
+        final head); False when nothing more of the read is for llhttp: the protocol
+        switched, or the response failed."""
         self._body_seen = False
         # One name per except clause: mypyc types a local from its first binding.
         try:

@@ -22,8 +22,8 @@ def queue() -> ExchangeQueue:
 def read_request(q: ExchangeQueue, framing: Framing = Framing.NONE,
                  complete: bool = True, upgrade: bool = False) -> None:
     """llhttp's events for one request: begin, head, and (``complete``) its end."""
-    q.begin(HeadCollector(8192, 65536, 100))
-    exchange, _ = q.head_complete()
+    exchange = q.begin(HeadCollector(8192, 65536, 100))
+    q.head_complete()
     exchange.request = ForwardRequest(b"POST", b"", framing, False, True, False, False,
                                       upgrade=upgrade)
     if complete:
@@ -32,18 +32,18 @@ def read_request(q: ExchangeQueue, framing: Framing = Framing.NONE,
 
 def test_a_request_is_answered_then_the_connection_waits_for_the_next() -> None:
     q = queue()
-    assert q.read_wait() is ReadWait.REQUEST
-    q.begin(HeadCollector(8192, 65536, 100))
-    assert q.read_wait() is ReadWait.HEAD
-    exchange, _ = q.head_complete()
+    assert q.read_wait() == ReadWait.REQUEST
+    exchange = q.begin(HeadCollector(8192, 65536, 100))
+    assert q.read_wait() == ReadWait.HEAD
+    q.head_complete()
     exchange.request = ForwardRequest(b"POST", b"", Framing.LENGTH, False, True, False, False)
-    assert q.read_wait() is ReadWait.BODY and q.take_ready() is exchange
+    assert q.read_wait() == ReadWait.BODY and q.take_ready() is exchange
     assert q.take_ready() is None, "forwarded once"
     q.message_complete()
-    assert exchange.request_complete and q.read_wait() is ReadWait.NOTHING, "the app's turn"
+    assert exchange.request_complete and q.read_wait() == ReadWait.NOTHING, "the app's turn"
     exchange.finished = True
-    assert q.response_done() == (AfterResponse.AWAIT_REQUEST, [])
-    assert q.machine.state is S.IDLE and q.read_wait() is ReadWait.REQUEST
+    assert q.response_done() is AfterResponse.AWAIT_REQUEST
+    assert q.machine.state is S.IDLE and q.read_wait() == ReadWait.REQUEST
 
 
 def test_pipelined_requests_wait_and_stop_reading() -> None:
@@ -53,11 +53,10 @@ def test_pipelined_requests_wait_and_stop_reading() -> None:
     read_request(q)
     assert q.take_ready() is None, "the second waits for the first's answer"
     assert len(q.queue) == 1 and q.machine.paused_by == flow.PIPELINE
-    assert q.read_wait() is ReadWait.NOTHING
+    assert q.read_wait() == ReadWait.NOTHING
     assert first is not None
     first.finished = True
-    after, dropped = q.response_done()
-    assert after is AfterResponse.DISPATCH_NEXT and not dropped
+    assert q.response_done() is AfterResponse.DISPATCH_NEXT
     assert q.active is not None and q.machine.paused_by == 0
 
 
@@ -70,7 +69,7 @@ def test_a_refusal_belongs_to_the_request_being_parsed_even_after_it_went_to_the
     exchange, when, created = q.refuse()
     assert exchange is active and when is Refusal.ANSWER_NOW and not created
     assert q.parsing is None and q.machine.input_closed
-    assert q.read_wait() is ReadWait.NOTHING
+    assert q.read_wait() == ReadWait.NOTHING
 
 
 def test_a_refusal_behind_a_request_being_answered_waits_its_turn() -> None:
@@ -114,9 +113,9 @@ def test_after_the_last_response_the_client_eof_closes_and_nothing_is_parsed() -
     assert active is not None
     q.machine.close_reason = "error"  # the early answer's close decision
     active.finished = True
-    after, dropped = q.response_done()
-    assert after is AfterResponse.CLOSE and dropped == []
-    assert q.parsing is None and q.read_wait() is ReadWait.LINGER
+    assert q.response_done() is AfterResponse.CLOSE
+    assert q.take_dropped() == []
+    assert q.parsing is None and q.read_wait() == ReadWait.LINGER
     assert q.client_half_closed() == (AfterEof.CLOSE, None)
 
 

@@ -1,5 +1,4 @@
-"""Unit tests for proxy.tracker's idle registry: which connection makes room at
---max-connections."""
+"""Unit tests for proxy.tracker's reclaim: which connection makes room at --max-connections."""
 
 from __future__ import annotations
 
@@ -7,17 +6,19 @@ from proxy.tracker import ConnectionTracker
 
 
 class Idler:
-    """A connection as the idle registry sees it; ``busy`` refuses to be reclaimed."""
+    """A connection as the tracker sees it: idle since ``since`` (None: busy or fresh)."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.busy = False
+    def __init__(self, since: float | None) -> None:
+        self.since = since
         self.reclaimed = False
 
+    def idle_since(self) -> float | None:
+        return self.since
+
     def reclaim(self) -> bool:
-        if self.busy:
+        if self.since is None:
             return False
-        self.reclaimed = True
+        self.reclaimed, self.since = True, None
         return True
 
     def drain(self) -> None:
@@ -29,22 +30,20 @@ class Idler:
 
 def test_the_least_recently_idle_connection_is_reclaimed_first() -> None:
     t = ConnectionTracker()
-    a, b, c = Idler("a"), Idler("b"), Idler("c")
-    for connection in (a, b, c, a):  # a went idle again: b is now the oldest
-        t.idle(connection)
+    a, b, c = Idler(3.0), Idler(1.0), Idler(2.0)  # b went idle first
+    for connection in (a, b, c):
+        t.add(connection)
     assert t.reclaim_idle() and b.reclaimed and not (a.reclaimed or c.reclaimed)
     assert t.reclaim_idle() and c.reclaimed
     assert t.reclaim_idle() and a.reclaimed
     assert not t.reclaim_idle(), "none left"
 
 
-def test_a_connection_busy_again_is_passed_over_and_a_closed_one_forgotten() -> None:
+def test_busy_fresh_and_closed_connections_are_passed_over() -> None:
     t = ConnectionTracker()
-    busy, closed, idle = Idler("busy"), Idler("closed"), Idler("idle")
+    busy, closed, idle = Idler(None), Idler(0.5), Idler(2.0)
     for connection in (busy, closed, idle):
         t.add(connection)
-        t.idle(connection)
-    busy.busy = True
     t.remove(closed)
     assert t.reclaim_idle() and idle.reclaimed
     assert not busy.reclaimed and not closed.reclaimed
