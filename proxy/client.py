@@ -27,7 +27,7 @@ from typing import Final, cast
 import httptools
 
 from proxy import flow, http_policy, http_response
-from proxy.buffers import SHARED_READ, limit_writes
+from proxy.buffers import SharedReadProtocol, limit_writes
 from proxy.client_state import (
     CLOSING,
     DRAIN_CLOSE_NOW,
@@ -74,7 +74,7 @@ def _refusal(error: httptools.HttpParserError, data: memoryview | bytes) -> Http
     return HttpError(400, str(error))
 
 
-class ClientConnection(asyncio.BufferedProtocol):
+class ClientConnection(SharedReadProtocol):
     """One downstream connection, answering its requests strictly in order."""
 
     def __init__(self, ctx: ProxyContext) -> None:
@@ -112,12 +112,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         limit_writes(self.transport)
         self._read_deadline.set(self.ctx.limits.idle_timeout_s)
         self.ctx.register(self, self._loop.time())  # after: a drain under way sets the grace
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return SHARED_READ  # one read at a time, parsed before the next (proxy.buffers)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(SHARED_READ[:nbytes])
 
     def data_received(self, data: memoryview | bytes) -> None:
         """Bytes from the client; a view of the shared read buffer, so whatever must outlive
