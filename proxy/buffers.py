@@ -28,12 +28,21 @@ WRITE_LOW_BYTES: Final = 0
 SHARED_READ: Final = memoryview(bytearray(READ_BYTES))
 
 
-def copy_read(nbytes: int) -> bytes:
-    """The last read, copied out of the shared buffer for a transport to keep.  Bytes, not
-    a bytearray: uvloop wraps anything else in a memoryview before sending it.
-    ``tobytes`` copies in one call, where ``bytes(view)`` goes through the buffer protocol
-    at several times the cost (``bench_instructions.py --mode tcp``)."""
-    return SHARED_READ[:nbytes].tobytes()
+class SharedReadProtocol(asyncio.BufferedProtocol):
+    """A protocol that reads into ``SHARED_READ`` and hands each read to ``data_received``
+    as a view of it, valid only until ``data_received`` returns: what must outlive the call
+    (held bytes, bytes a transport may keep) is copied there, e.g. ``data.tobytes()``."""
+
+    __slots__ = ()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return SHARED_READ  # one read at a time, handled before the next (see above)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(SHARED_READ[:nbytes])
+
+    def data_received(self, data: memoryview | bytes) -> None:
+        raise NotImplementedError
 
 
 def limit_writes(transport: asyncio.Transport) -> None:

@@ -28,7 +28,7 @@ from typing import Final, cast
 import httptools
 
 from proxy import flow, http_policy, http_response
-from proxy.buffers import SHARED_READ, limit_writes
+from proxy.buffers import SharedReadProtocol, limit_writes
 from proxy.client_exchanges import (
     EOF_ANSWER_OUTSTANDING,
     EOF_REFUSE_BODY,
@@ -85,7 +85,7 @@ def _refusal(error: httptools.HttpParserError, data: memoryview | bytes) -> Http
     return HttpError(400, str(error))
 
 
-class ClientConnection(asyncio.BufferedProtocol):
+class ClientConnection(SharedReadProtocol):
     """One downstream connection, answering its requests strictly in order."""
 
     def __init__(self, ctx: ProxyContext) -> None:
@@ -119,12 +119,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         limit_writes(self.transport)
         self._arm_read_timer()
         self.ctx.register(self, self._loop.time())  # after: a drain under way sets the grace
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return SHARED_READ  # one read at a time, parsed before the next (proxy.buffers)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(SHARED_READ[:nbytes])
 
     def data_received(self, data: memoryview | bytes) -> None:
         """Bytes from the client; a view of the shared read buffer, so whatever must outlive

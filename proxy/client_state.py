@@ -47,7 +47,7 @@ from typing import Final
 
 from proxy.flow import APP_FULL, CONNECTING, PIPELINE
 from proxy.rotation import rotation_reason
-from proxy.transitions import IllegalTransition, bit_masks
+from proxy.transitions import bit_masks, check_move
 
 
 class ClientState(enum.IntEnum):
@@ -151,8 +151,7 @@ class ClientMachine:
         self.drain_reached = False
 
     def _move(self, state: ClientState) -> None:
-        if not (_ALLOWED[self.state] >> state) & 1:
-            raise IllegalTransition(f"client connection: {self.state.name} -> {state.name}")
+        check_move(_ALLOWED, "client connection", self.state, state)
         self.state = state
         if state is CLOSING or state is CLOSED:
             self.input_closed = True

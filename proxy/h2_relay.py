@@ -18,7 +18,7 @@ import logging
 from typing import Final, cast
 
 from proxy import flow, h2_frames
-from proxy.buffers import SHARED_READ, limit_writes
+from proxy.buffers import SharedReadProtocol, limit_writes
 from proxy.context import ProxyContext
 from proxy.deadline import Deadline
 from proxy.h2_state import ANNOUNCED, FIRST_STREAM, NEXT_STREAM, H2Session
@@ -38,7 +38,7 @@ _CLOSED_AS: Final = {"drain": "drain", "max_requests": "max_requests", "max_age"
                      "idle_timeout": "idle_timeout"}
 
 
-class _Side(asyncio.BufferedProtocol):
+class _Side(SharedReadProtocol):
     """One of the two connections; everything it sees goes to the ``H2Connection``."""
 
     __slots__ = ("from_client", "gate", "relay", "transport")
@@ -55,11 +55,8 @@ class _Side(asyncio.BufferedProtocol):
         if self.relay.finished:  # the app connection came after the client had gone
             self.transport.close()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return SHARED_READ  # parsed (and copied where kept) before the next read
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.relay.received(self.from_client, SHARED_READ[:nbytes])
+    def data_received(self, data: memoryview | bytes) -> None:
+        self.relay.received(self.from_client, data)  # parsed, and copied where kept
 
     def eof_received(self) -> bool:
         self.relay.ended(self.from_client, None)

@@ -40,7 +40,7 @@ from typing import Final
 
 from proxy import h2_frames as f
 from proxy.h2_streams import APP_DONE, CLIENT_DONE, NEW, REFUSED, RESET, StreamTable
-from proxy.transitions import IllegalTransition, bit_masks
+from proxy.transitions import bit_masks, check_move
 
 
 class H2State(enum.IntEnum):
@@ -589,8 +589,7 @@ class H2Session:
             self._early.clear()
 
     def _move(self, state: H2State) -> None:
-        if not (_ALLOWED[self.state] >> state) & 1:
-            raise IllegalTransition(f"HTTP/2 connection: {self.state.name} -> {state.name}")
+        check_move(_ALLOWED, "HTTP/2 connection", self.state, state)
         self.state = state
 
 

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Callable
 from typing import Final, cast
 
-from proxy.buffers import SHARED_READ, copy_read, limit_writes
+from proxy.buffers import SharedReadProtocol, limit_writes
 
 MAX_EARLY_BYTES: Final = 64 * 1024  # read before the far end is connected; then pause
 
@@ -42,7 +42,7 @@ def reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
-class TunnelEnd(asyncio.BufferedProtocol):
+class TunnelEnd(SharedReadProtocol):
     """One connection of a tunnel."""
 
     __slots__ = ("_early", "_early_size", "_reading_paused", "lost", "peer", "read_eof",
@@ -63,13 +63,6 @@ class TunnelEnd(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         limit_writes(self.transport)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return SHARED_READ  # one read at a time (proxy.buffers)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        # A copy: the peer's transport may keep what it could not send yet.
-        self.data_received(copy_read(nbytes))
-
     def adopt(self, transport: asyncio.Transport) -> None:
         """Take over a transport that was speaking HTTP (``set_protocol``)."""
         self.transport = transport
@@ -86,7 +79,15 @@ class TunnelEnd(asyncio.BufferedProtocol):
             peer.transport.write_eof()
         self._set_reading(True)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: memoryview | bytes) -> None:
+        # Tested as "not bytes": compiled, that is an inline check, where testing for a
+        # memoryview would look the name up in builtins on every read.
+        if not isinstance(data, bytes):
+            # A copy: the peer's transport may keep what it could not send yet.  Bytes, not
+            # a bytearray: uvloop wraps anything else in a memoryview before sending it.
+            # ``tobytes`` copies in one call, where ``bytes(view)`` goes through the buffer
+            # protocol at several times the cost (``bench_instructions.py --mode tcp``).
+            data = data.tobytes()
         self.received += len(data)
         tunnel = self.tunnel
         if tunnel.tracks_activity:

@@ -25,7 +25,7 @@ from typing import Final, Protocol, cast
 
 import httptools
 
-from proxy.buffers import SHARED_READ, limit_writes
+from proxy.buffers import SharedReadProtocol, limit_writes
 from proxy.deadline import Deadline
 from proxy.flow import APP_FULL, ReadGate
 from proxy.http_policy import Framing, Headers, HttpError
@@ -69,7 +69,7 @@ class _StrayResponse(Exception):
     """Raised inside llhttp callbacks to stop parsing a response we did not ask for."""
 
 
-class UpstreamConnection(asyncio.BufferedProtocol):
+class UpstreamConnection(SharedReadProtocol):
     """One connection to the app, parsing responses with llhttp."""
 
     __slots__ = (
@@ -146,12 +146,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self.gate.transport = cast(asyncio.Transport, transport)
         limit_writes(self.transport)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return SHARED_READ  # one read at a time, parsed before the next (proxy.buffers)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(SHARED_READ[:nbytes])
 
     def data_received(self, data: memoryview | bytes) -> None:
         if self._sink is None:  # bytes on an idle pooled connection: never trust it again

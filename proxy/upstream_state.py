@@ -33,7 +33,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from proxy.transitions import IllegalTransition, bit_masks
+from proxy.transitions import bit_masks, check_move
 
 
 class UpstreamState(enum.IntEnum):
@@ -118,8 +118,7 @@ class UpstreamMachine:
         self.reused = False  # it carried an exchange before (the stale-race candidate)
 
     def _move(self, state: UpstreamState) -> None:
-        if not (_ALLOWED[self.state] >> state) & 1:
-            raise IllegalTransition(f"app connection: {self.state.name} -> {state.name}")
+        check_move(_ALLOWED, "app connection", self.state, state)
         self.state = state
 
     @property

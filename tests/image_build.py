@@ -1,7 +1,7 @@
 """Build and run the drain-proxy image with no Docker engine: buildah, and a stand-in base.
 
-CI machines run no container engine, so the Docker SDK test in test_deploy.py skips there and
-the Dockerfile would never be built. buildah needs no daemon: as root, with ``--isolation
+CI machines run no container engine, so the Docker SDK test in test_deploy_image.py skips there
+and the Dockerfile would never be built. buildah needs no daemon: as root, with ``--isolation
 chroot`` and the ``vfs`` storage driver, it builds the unchanged Dockerfile and runs the image
 with no cgroups and no overlay filesystem. Every buildah call gets a private storage root and
 runroot inside one temporary directory, so no image store of the machine is read or written.

@@ -7,7 +7,8 @@ The NetworkPolicy example: it selects the layout's pod, admits the proxy's traff
 everywhere, and the admin port only from Prometheus and the nodes. The component: it keeps the
 Deployment's terminationGracePeriodSeconds, and it replaces the app's `lifecycle`, as
 deploy/README.md says; both are rendered from temporary kustomizations that use it (with the
-renderer of test_deploy.py, and compared with ``kubectl kustomize`` when it is installed).
+renderer of tests/support/kustomize.py, and compared with ``kubectl kustomize`` when it is
+installed).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
-from test_deploy import (
+
+from support.deploy import (
     DEPLOY,
     KUBERNETES,
     LAYOUTS,
@@ -29,19 +31,22 @@ from test_deploy import (
     POD_MONITOR,
     SCHEMA_VERSIONS,
     TOKEN_FILE_ENV,
-    Doc,
     Layout,
     container_env,
-    find_kubectl,
+    each_layout,
     grace_period,
-    kubectl_kustomize,
     labels_match,
-    load_documents,
-    load_one,
-    normalised,
     resolve_port,
     secret_data,
     validate_schema,
+)
+from support.kustomize import (
+    Doc,
+    find_kubectl,
+    kubectl_kustomize,
+    load_documents,
+    load_one,
+    normalised,
 )
 
 COMPONENT = KUBERNETES / "components" / "drain-proxy-sidecar"
@@ -52,9 +57,6 @@ TOKEN_KEY = "token"
 # The marked placeholder of every token in deploy/: replaced by `openssl rand -hex 32`.
 PLACEHOLDER_TOKEN = "CHANGE-ME-openssl-rand-hex-32"
 SECRET_FILE_DEFAULT_MODE = 0o644  # kubelet's mode for a Secret volume's files that set none
-
-each_layout = pytest.mark.parametrize("layout", LAYOUTS, ids=[layout.name for layout in LAYOUTS])
-
 
 def with_docs(layout: Layout, docs: list[Doc]) -> Layout:
     """The same layout rendered as `docs`: to show that a check fails on a broken pod."""
@@ -338,7 +340,7 @@ def test_network_policy_check_catches_mistakes(layout: Layout) -> None:
 
 def adopt(tmp_path: Path, deployment: Doc, patches: list[Doc] | None = None) -> Layout:
     """A kustomization in tmp_path: `deployment`, the sidecar component, and `patches`, which
-    kustomize applies after the component. Rendered by test_deploy's renderer, and compared
+    kustomize applies after the component. Rendered by support.kustomize's renderer, and compared
     with kubectl kustomize when kubectl is installed."""
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / "deployment.yaml").write_text(yaml.safe_dump(deployment))

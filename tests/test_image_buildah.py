@@ -1,6 +1,6 @@
 """The image, built from the real Dockerfile and run, where no Docker engine runs.
 
-test_deploy.py's image test needs a Docker engine and skips without one, as on CI. This test
+test_deploy_image.py's image test needs a Docker engine and skips without one, as on CI. This test
 builds the same, unchanged Dockerfile with buildah (chroot isolation, vfs storage, a private
 store in a temporary directory: see image_build.py), on the official bases where a registry
 answers and on a debootstrap stand-in where none does, and runs the image the way the
