@@ -38,9 +38,11 @@ class FakeTransport:
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "written after close"
+        assert not self.eof_written, "written after write_eof"
         self.written += data
 
     def write_eof(self) -> None:
+        assert not self.closed, "write_eof after close"
         self.eof_written = True
 
     def can_write_eof(self) -> bool:
@@ -57,6 +59,17 @@ class FakeTransport:
         if not self.closed:
             self.closed = True
             asyncio.get_running_loop().call_soon(self.protocol.connection_lost, exc)
+
+    def peer_eof(self) -> None:
+        """The peer half-closed: as asyncio does, close unless the protocol keeps it open."""
+        if not self.protocol.eof_received():  # type: ignore[attr-defined]
+            self.close()
+
+    def peer_lost(self, exc: Exception | None) -> None:
+        """The peer closed or reset the connection: the protocol hears it at once."""
+        assert not self.closed, "lost twice"
+        self.closed = True
+        self.protocol.connection_lost(exc)
 
     def is_closing(self) -> bool:
         return self.closed
