@@ -66,7 +66,7 @@ REQUESTS: dict[str, bytes] = {
     "chunked_trailers": b"POST /{n} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                         b"5\r\nhello\r\n0\r\nX-Sum: 5\r\n\r\n",
     "chunked_bad_trailer": b"POST /{n} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
-                           b"\r\n5\r\nhello\r\n0\r\nContent-Length: 5\r\n\r\n",
+                           b"\r\n5\r\nhello\r\n0\r\nContent_Length: 5\r\n\r\n",
     "upgrade": b"GET /{n} HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
                b"Upgrade: websocket\r\n\r\n",
     "malformed": b"GET /{n} HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
@@ -90,6 +90,22 @@ ANSWERS: dict[str, bytes] = {
 MAX_CLIENTS = 10  # connections one after another in a run
 BUSY_APP = frozenset({U.SENDING, U.AWAITING, U.EARLY, U.RECEIVING})
 SERVING = frozenset({C.FRESH, C.IDLE, C.ACTIVE, C.PIPELINE_PAUSED, C.UPGRADE_PENDING})
+
+
+# How much of what it has to send a peer sends in one step: all, up to the end of the
+# next head, or a number of bytes.
+Part = str | int
+PART = st.one_of(st.sampled_from(["all", "head"]), st.integers(1, 120))
+CUTS = st.lists(st.integers(1, 119), max_size=3)  # where the step's bytes split into reads
+
+
+def amount(part: Part, left: int, head: int | None) -> int:
+    """How many of the ``left`` bytes to send for ``part`` (``head``: to a head's end)."""
+    if isinstance(part, int):
+        return min(left, part)
+    if part == "head" and head is not None:
+        return min(left, head)
+    return left
 
 
 @dataclass
@@ -310,11 +326,10 @@ class Http1Model(RuleBasedStateMachine):
 
     @precondition(lambda self: not self.client_done and not self.client_side.closed)
     @rule(kinds=st.lists(st.sampled_from(sorted(REQUESTS)), min_size=1, max_size=3),
-          size=st.one_of(st.none(), st.integers(1, 200)),
-          cuts=st.lists(st.integers(1, 199), max_size=3))
-    def client_requests(self, kinds: list[str], size: int | None, cuts: list[int]) -> None:
+          part=PART, cuts=CUTS)
+    def client_requests(self, kinds: list[str], part: Part, cuts: list[int]) -> None:
         """The client sends these requests (pipelined when more than one): all of what it
-        has to send, or its first ``size`` bytes, in several reads."""
+        has to send, up to the end of a head, or some bytes, in several reads."""
         for kind in kinds:
             if self.client_done:
                 break
@@ -325,16 +340,18 @@ class Http1Model(RuleBasedStateMachine):
             head_end = start + data.index(b"\r\n\r\n") + 4
             self.requests.append(Request(kind, f"/{number}", start, head_end, len(self.stream)))
             self.client_done = kind in LAST_REQUESTS
-        self.client_sends(size or len(self.stream), cuts)
+        self.client_sends(part, cuts)
 
     @precondition(lambda self: self.sent < len(self.stream) and self.client_can_send)
-    @rule(size=st.integers(1, 200), cuts=st.lists(st.integers(1, 199), max_size=3))
-    def client_sends_more(self, size: int, cuts: list[int]) -> None:
+    @rule(part=PART, cuts=CUTS)
+    def client_sends_more(self, part: Part, cuts: list[int]) -> None:
         """More of what the client has to send arrives."""
-        self.client_sends(size, cuts)
+        self.client_sends(part, cuts)
 
-    def client_sends(self, size: int, cuts: list[int]) -> None:
-        end = min(self.sent + size, len(self.stream))
+    def client_sends(self, part: Part, cuts: list[int]) -> None:
+        heads = [r.head_end for r in self.requests if r.head_end > self.sent]
+        end = self.sent + amount(part, len(self.stream) - self.sent,
+                                 heads[0] - self.sent if heads else None)
         points = sorted({self.sent, end, *(self.sent + c for c in cuts if self.sent + c < end)})
         for begin, stop in itertools.pairwise(points):
             if not self.client_can_send:
@@ -389,25 +406,26 @@ class Http1Model(RuleBasedStateMachine):
         return app is not None and app.live and app.transport.reading
 
     @precondition(lambda self: self.app_can_send(self.busy_app()))
-    @rule(answer=st.sampled_from(sorted(ANSWERS)), size=st.integers(1, 200),
-          cuts=st.lists(st.integers(1, 199), max_size=2))
-    def app_answers(self, answer: str, size: int, cuts: list[int]) -> None:
-        """The app answers the request it has (maybe before it has all of it), all or
-        only the first ``size`` bytes of the answer, in several reads."""
+    @rule(answer=st.sampled_from(sorted(ANSWERS)), part=PART, cuts=CUTS)
+    def app_answers(self, answer: str, part: Part, cuts: list[int]) -> None:
+        """The app answers the request it has (maybe before it has all of it): all of the
+        answer, up to the end of its head, or some bytes, in several reads."""
         app = self.busy_app()
         assert app is not None
         if not app.out:
             app.answers += 1
             app.out = ANSWERS[answer]
-        self.app_sends(app, size, cuts)
+        status = app.out.rfind(b"HTTP/1.1 ")
+        head = app.out.find(b"\r\n\r\n", status) + 4 if status >= 0 else None
+        self.app_sends(app, amount(part, len(app.out), head), cuts)
 
     def app_sends(self, app: AppSide, size: int, cuts: list[int]) -> None:
-        data, app.out = app.out[:size], app.out[size:]
+        data = app.out[:size]
         points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
         for begin, stop in itertools.pairwise(points):
             if not self.app_can_send(app):
-                return
-            piece = data[begin:stop]
+                return  # the proxy stopped reading: the rest waits
+            piece, app.out = app.out[:stop - begin], app.out[stop - begin:]
             self.act(lambda piece=piece: app.protocol.data_received(piece))  # type: ignore[misc]
 
     def closable_apps(self) -> list[AppSide]:
@@ -666,7 +684,7 @@ def test_the_virtual_clock_fires_the_header_and_idle_timeouts() -> None:
     --header-timeout, an idle keep-alive connection closed after --idle-timeout."""
     model = Http1Model()
     try:
-        model.client_requests(["get"], size=16, cuts=[])
+        model.client_requests(["get"], part=16, cuts=[])
         model.time_passes(0.6)
         assert model.client_side.written == b"", "before the header timeout"
         model.time_passes(0.6)
@@ -676,7 +694,7 @@ def test_the_virtual_clock_fires_the_header_and_idle_timeouts() -> None:
     model = Http1Model()
     try:
         model.app_kind("ok")
-        model.client_requests(["get"], size=None, cuts=[])
+        model.client_requests(["get"], part="all", cuts=[])
         assert model.state is C.IDLE and model.responses[0].status == 200
         model.time_passes(0.6)
         model.time_passes(1.05)
