@@ -523,10 +523,18 @@ class ClientConnection(SharedReadProtocol):
             self.ctx.connections.reclassify(self, Kind.SETTLED)
 
     def _abort(self, reason: str = "error") -> None:
-        """End with a reset: the client must see that what it got is incomplete."""
+        """End with a reset: the client must see that what it got is incomplete.  The app
+        connections of its unfinished requests are reset now too: nothing they answer can
+        reach this client any more (their failures would answer it again)."""
         self.machine.close(reason)
         self.machine.close_reason = reason  # whatever was decided before, it ends this way
         self._out.clear()
+        for exchange in self.exchanges.unfinished():
+            if exchange.upstream is not None:
+                exchange.upstream.abort()
+                exchange.upstream = None
+        if self._connect_task is not None:
+            self._connect_task.cancel()
         if self.transport is not None:
             reset(self.transport)
 

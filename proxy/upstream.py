@@ -33,7 +33,7 @@ from proxy.http_response import ResponseHeads, ResponseTooLarge, app_response_fr
 from proxy.limits import RequestLimits
 from proxy.settings import Settings
 from proxy.tunnel import reset
-from proxy.upstream_state import IDLE, Failure, UpstreamMachine
+from proxy.upstream_state import AWAITING, IDLE, Failure, UpstreamMachine
 
 # Pooled idle connections beyond this are closed: they cost the app a socket each.
 MAX_IDLE_CONNECTIONS: Final = 256
@@ -120,8 +120,9 @@ class UpstreamConnection(SharedReadProtocol):
             self.transport.write(data)
 
     def request_sent(self) -> None:
-        """The whole request went out: from now on the app has ``--upstream-timeout``."""
-        if self.machine.request_sent():
+        """The whole request went out: from now on the app has ``--upstream-timeout``,
+        unless we are not reading it (the client's socket is full): then from when we do."""
+        if self.machine.request_sent() and not self.gate.paused:
             self._read_deadline.set(self.pool.limits.upstream_timeout_s)
 
     def client_full(self, full: bool) -> None:
@@ -130,7 +131,7 @@ class UpstreamConnection(SharedReadProtocol):
         self.gate.set(APP_FULL, full)
         if full:
             self._read_deadline.clear()
-        elif self.machine.responding:
+        elif self.machine.responding or self.machine.state is AWAITING:
             self._read_deadline.set(self.pool.limits.upstream_timeout_s)
 
     def abort(self) -> None:

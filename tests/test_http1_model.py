@@ -720,14 +720,13 @@ def test_the_virtual_clock_fires_the_header_and_idle_timeouts() -> None:
         model.teardown()
 
 
-# Defects the model found in the code as it is, kept as the sequences Hypothesis shrank
-# them to; strict xfail: each passes (and so fails here) once the defect is fixed.
-@pytest.mark.xfail(strict=True, reason="a 504 is written to the client connection just reset")
+# Defects the model found, kept as the sequences Hypothesis shrank them to.
 def test_the_apps_timeout_after_the_clients_reset() -> None:
     """The client stops reading (its socket full) and its next request goes to the app:
     at --body-timeout the client connection is reset; the exchange's app connection is
-    left running, and its --upstream-timeout (here due in the same loop turn; both are
-    60 s by default) answers 504 on the transport just reset: a write after close."""
+    was left running, and its --upstream-timeout (here due in the same loop turn; both
+    are 60 s by default) answered 504 on the transport just reset: a write after close.
+    The reset now resets the app connections of the unfinished requests too."""
     model = Http1Model()
     try:
         model.app_kind("ok")
@@ -742,12 +741,11 @@ def test_the_apps_timeout_after_the_clients_reset() -> None:
         model.teardown()
 
 
-@pytest.mark.xfail(strict=True, reason="the app's timer runs while we do not read it")
 def test_an_app_we_stopped_reading_is_not_timed_out() -> None:
     """A request dispatched while the client's socket is full: we do not read the app
     (its answer could not go anywhere), so its --upstream-timeout must not run ("a paused
-    app is not a slow app", proxy.upstream).  _attach pauses the app connection, then
-    request_sent arms the timer anyway: 504 after --upstream-timeout, though the client
+    app is not a slow app", proxy.upstream).  _attach paused the app connection, then
+    request_sent armed the timer anyway: 504 after --upstream-timeout, though the client
     had --body-timeout (here 5 s) to read on."""
     loop = VirtualClockLoop()
 
