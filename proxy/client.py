@@ -533,8 +533,8 @@ class ClientConnection(SharedReadProtocol):
             if exchange.upstream is not None:
                 exchange.upstream.abort()
                 exchange.upstream = None
-        if self._connect_task is not None:
-            self._connect_task.cancel()
+        self._stop()  # and no timer of ours answers it either
+        self._waiting = WAIT_NOTHING
         if self.transport is not None:
             reset(self.transport)
 

@@ -762,3 +762,19 @@ def test_an_app_we_stopped_reading_is_not_timed_out() -> None:
         assert h.client_side.written == b"", "the app was timed out while we did not read it"
     finally:
         loop.close()
+
+
+def test_the_clients_timer_after_the_apps_timeout_reset_it() -> None:
+    """A chunked upload is being read when the app answers with a close-delimited body
+    and stalls: its --upstream-timeout resets the client (the response had begun), and the
+    client's --body-timeout, due in the same loop turn, refused the upload with a 408 on
+    the transport just reset.  A reset now stops the client connection's own timers."""
+    model = Http1Model()
+    try:
+        model.app_kind(None)
+        model.client_requests(cuts=[], kinds=["chunked"], part="head")
+        model.app_answers(answer="close_delimited", cuts=[], part="all")
+        model.time_passes(seconds=1.05)
+        model.nothing_went_wrong_on_the_loop()
+    finally:
+        model.teardown()
