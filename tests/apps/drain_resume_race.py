@@ -21,12 +21,12 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from proxy.lifecycle import Phase
 from proxy.listener import _handshakes_under_way
+
+from held_handshakes import nft, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
 from helpers import Client, app_and_proxy
@@ -39,18 +39,6 @@ table inet drain_resume_race {
     }
 }
 """
-
-
-def nft(script: str) -> None:
-    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
-
-
-async def wait_for(condition: str, probe: Callable[[], bool], timeout_s: float = 5) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {condition}")
-        await asyncio.sleep(0.005)
 
 
 async def scenario() -> str:

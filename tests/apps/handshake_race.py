@@ -19,12 +19,12 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 from proxy.flags import Address
 from proxy.listener import Listener, _handshakes_under_way
 from proxy.tracker import ConnectionTracker
+
+from held_handshakes import nft, wait_for
 
 HOLD_ACKS = """
 table inet handshake_race {
@@ -46,18 +46,6 @@ class Answer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.transport.write(b"served")
         self.transport.close()
-
-
-def nft(script: str) -> None:
-    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
-
-
-async def wait_for(condition: str, probe: Callable[[], bool], timeout_s: float = 5) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {condition}")
-        await asyncio.sleep(0.005)
 
 
 async def scenario() -> str:
