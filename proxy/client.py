@@ -34,6 +34,7 @@ from proxy.client_exchanges import (
     EOF_REFUSE_BODY,
     REFUSE_NOW,
     WAIT_BODY,
+    WAIT_GRACE,
     WAIT_HEAD,
     WAIT_LINGER,
     WAIT_NOTHING,
@@ -171,9 +172,7 @@ class ClientConnection(SharedReadProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop()
-        for exchange in self.exchanges.unfinished():
-            if exchange.upstream is not None:
-                exchange.upstream.abort()
+        for exchange in self._drop_app_connections():
             self._finish(exchange, exchange.status or 499)
         closed_by = self.machine.close_reason
         self.machine.lost()
@@ -509,7 +508,6 @@ class ClientConnection(SharedReadProtocol):
         transport = self.transport
         if transport is None:
             return
-        self._gate.apply(self.machine.paused_by)  # none: read and discard from now on
         if self._peer_eof or not transport.can_write_eof():
             transport.close()  # flushes; connection_lost follows
             return
@@ -529,17 +527,24 @@ class ClientConnection(SharedReadProtocol):
         self.machine.close(reason)
         self.machine.close_reason = reason  # whatever was decided before, it ends this way
         self._out.clear()
-        for exchange in self.exchanges.unfinished():
-            if exchange.upstream is not None:
-                exchange.upstream.abort()
-                exchange.upstream = None
+        self._drop_app_connections()
         self._stop()  # and no timer of ours answers it either
-        self._waiting = WAIT_NOTHING
         if self.transport is not None:
             reset(self.transport)
 
+    def _drop_app_connections(self) -> list[Exchange]:
+        """Reset the app connections of the unfinished requests (the app must see that they
+        were given up) and detach them; returns those requests."""
+        unfinished = self.exchanges.unfinished()
+        for exchange in unfinished:
+            if exchange.upstream is not None:
+                exchange.upstream.abort()
+                exchange.upstream = None
+        return unfinished
+
     def _stop(self) -> None:
         self._read_deadline.cancel()
+        self._waiting = WAIT_NOTHING
         self._write_deadline.cancel()
         if self._connect_task is not None:
             self._connect_task.cancel()
@@ -565,17 +570,15 @@ class ClientConnection(SharedReadProtocol):
         if step is DRAIN_CLOSE_NOW and self.transport is not None:
             self.transport.close()
         elif step is DRAIN_GRACE:
-            self._arm_read_timer(again=True)  # the grace, now shorter than the idle timeout
+            self._arm_read_timer()  # the grace, now shorter than the idle timeout
 
     def cut(self) -> int:
         """The deadline: abort what is still running; return the requests cut."""
         if self._tunnel is not None:
             self._tunnel.cut("drain_deadline")
             return 0
-        unfinished = self.exchanges.unfinished()
+        unfinished = self._drop_app_connections()
         for exchange in unfinished:
-            if exchange.upstream is not None:
-                exchange.upstream.abort()
             self._finish(exchange, exchange.status, answered=False)
         if unfinished:
             self._abort("drain_deadline")
@@ -586,25 +589,24 @@ class ClientConnection(SharedReadProtocol):
         return len(unfinished)
 
     # -- timers and flow control ----------------------------------------------------------------
-    def _arm_read_timer(self, again: bool = False) -> None:
+    def _arm_read_timer(self) -> None:
         """Arm the read timer for what the exchanges wait for, when that changed (the head
-        timer runs for the whole head however it trickles) or ``again``."""
+        timer runs for the whole head however it trickles)."""
         wait = self.exchanges.read_wait()
-        if wait == self._waiting and not again:
+        if wait == self._waiting:
             return
         self._waiting = wait
         limits = self.ctx.limits
         if wait == WAIT_HEAD:
             self._read_deadline.set(limits.header_timeout_s)
         elif wait == WAIT_REQUEST:
-            # Fresh in the drain: the grace (an idle connection closes when the drain
-            # reaches it).
-            self._read_deadline.set(self.ctx.first_request_grace_s if self.machine.drain_reached
-                                    else limits.idle_timeout_s)
+            self._read_deadline.set(limits.idle_timeout_s)
         elif wait == WAIT_NOTHING:
             self._read_deadline.clear()
         elif wait == WAIT_BODY:
             self._read_deadline.set(limits.body_timeout_s)
+        elif wait == WAIT_GRACE:
+            self._read_deadline.set(self.ctx.first_request_grace_s)
         else:
             self._read_deadline.set(LINGER_S)
 
@@ -616,10 +618,11 @@ class ClientConnection(SharedReadProtocol):
             self._reject(HttpError(408, "request head not received in time"))
         elif wait == WAIT_BODY:
             self._reject(HttpError(408, "request body stalled"))
-        elif wait == WAIT_REQUEST:
-            self.machine.close(self.machine.quiet_close_reason)
-        if wait in (WAIT_LINGER, WAIT_REQUEST) and self.transport is not None:
-            self.transport.close()  # the linger is over, or no request came
+        elif wait != WAIT_NOTHING:  # no request came (REQUEST, GRACE), or the linger is over
+            if wait != WAIT_LINGER:
+                self.machine.close(self.machine.quiet_close_reason)
+            if self.transport is not None:
+                self.transport.close()
 
     def _write_timed_out(self) -> None:
         """The client has not read its response for --body-timeout: give up on it."""

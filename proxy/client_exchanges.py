@@ -27,8 +27,8 @@ live here because they depend on which exchange is where:
   connection must be reset (``ANSWER_NOW`` with an app connection attached);
 * **what the read timer means** (``read_wait``): the whole head (``--header-timeout``),
   a pause in a body (``--body-timeout``), the next request (``--idle-timeout``, or the
-  drain's grace), the linger of a close; nothing while reading is paused or while only
-  the app is awaited;
+  drain's grace on a fresh connection), the linger of a close; nothing while reading is
+  paused or while only the app is awaited;
 * **what the client's EOF means** (``client_half_closed``).
 """
 
@@ -56,10 +56,11 @@ class ReadWait(enum.IntEnum):
     """What the client connection's read timer waits for."""
 
     NOTHING = 0  # reading paused, or only the app is awaited: the app's timers run
-    REQUEST = 1  # the next request (fresh or idle): --idle-timeout, or the drain's grace
+    REQUEST = 1  # the next request (fresh or idle): --idle-timeout
     HEAD = 2  # the rest of a request head: --header-timeout for the whole head
     BODY = 3  # more of a request body: --body-timeout between reads
     LINGER = 4  # after our last response, reading and discarding: then close
+    GRACE = 5  # a fresh connection's first request, once the drain reached it: a short grace
 
 
 # As plain ints for the per-request code: compiled, they are compared and used as an
@@ -69,6 +70,7 @@ WAIT_REQUEST: Final = 1
 WAIT_HEAD: Final = 2
 WAIT_BODY: Final = 3
 WAIT_LINGER: Final = 4
+WAIT_GRACE: Final = 5
 
 
 class Refusal(enum.IntEnum):
@@ -242,6 +244,6 @@ class ExchangeQueue:
             return WAIT_NOTHING  # a client we do not read cannot be slow
         if self.parsing is not None:
             return WAIT_HEAD if self.collector is not None else WAIT_BODY
-        if state is FRESH or state is IDLE:
-            return WAIT_REQUEST
+        if state is FRESH or state is IDLE:  # idle ones close when the drain reaches them
+            return WAIT_GRACE if machine.drain_reached else WAIT_REQUEST
         return WAIT_NOTHING

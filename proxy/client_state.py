@@ -171,10 +171,6 @@ class ClientMachine:
             self.paused_by &= ~reason
 
     @property
-    def reading_paused(self) -> bool:
-        return self.paused_by != 0
-
-    @property
     def busy(self) -> bool:
         """A request is being read, forwarded or answered."""
         return bool((_BUSY >> self.state) & 1)

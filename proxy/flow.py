@@ -60,10 +60,3 @@ class ReadGate:
     @property
     def reasons(self) -> int:
         return self._reasons
-
-    def open(self) -> None:
-        """Read whatever comes (a closing connection discards it): forget every reason."""
-        if self._reasons:
-            self._reasons = 0
-            if self.transport is not None:
-                self.transport.resume_reading()

@@ -126,3 +126,10 @@ def test_bytes_after_a_forwarded_upgrade_are_held_up_to_a_bound() -> None:
     assert not q.hold(b"x" * 1000)
     assert q.hold(b"y" * 64 * 1024), "past the bound: reading pauses"
     assert q.take_held() == b"x" * 1000 + b"y" * 64 * 1024 and q.held is None
+
+
+def test_a_fresh_connection_waits_for_its_first_request_only_a_grace_once_drained() -> None:
+    q = queue()
+    assert q.read_wait() == ReadWait.REQUEST
+    q.machine.drain()
+    assert q.read_wait() == ReadWait.GRACE
