@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import h2.config
@@ -14,7 +14,16 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
-from hyperframe.frame import DataFrame, Frame, HeadersFrame, PingFrame, SettingsFrame
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    SettingsFrame,
+)
+
+from helpers import eventually
 
 IO_TIMEOUT_S = 5.0
 BIG_BODY = b"b" * (10 * 2**20)  # the answer to /big
@@ -213,3 +222,20 @@ class H2Client:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def goaways(client: H2Client) -> list[tuple[int, int]]:
+    """(last stream id, error code) of every GOAWAY received."""
+    return [(f.last_stream_id, f.error_code) for f in client.of_type("GoAwayFrame")
+            if isinstance(f, GoAwayFrame)]
+
+
+async def slow_stream_across_the_drain(client: H2Client, app: H2App,
+                                       trigger: Callable[[], None]) -> int:
+    """Open ``/slow``, start the drain (``trigger``) once the app has it, and read until the
+    drain's two GOAWAYs came (the announcement and the final one); returns the stream."""
+    stream = client.request("/slow")
+    await eventually(lambda: len(app.requests) == 1)
+    trigger()
+    await client.read_until(lambda c: len(goaways(c)) == 2)
+    return stream

@@ -12,11 +12,10 @@ import contextlib
 import shutil
 
 import pytest
-from h2_peers import H2Client, h2_app
+from h2_peers import H2Client, goaways, h2_app, slow_stream_across_the_drain
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
-    GoAwayFrame,
     HeadersFrame,
     PingFrame,
     RstStreamFrame,
@@ -30,11 +29,6 @@ from helpers import eventually, running_proxy, sample, scripted_app
 MAX_STREAM_ID = 2**31 - 1
 ENHANCE_YOUR_CALM, FRAME_SIZE_ERROR, PROTOCOL_ERROR, REFUSED_STREAM = 0xB, 0x6, 0x1, 0x7
 
-
-def goaways(client: H2Client) -> list[tuple[int, int]]:
-    """(last stream id, error code) of every GOAWAY received."""
-    return [(f.last_stream_id, f.error_code) for f in client.of_type("GoAwayFrame")
-            if isinstance(f, GoAwayFrame)]
 
 
 def test_the_app_receives_exactly_the_bytes_the_client_sent(run: Run[None]) -> None:
@@ -172,10 +166,8 @@ def test_the_drain_sends_goaway_then_pings_then_the_real_last_stream(run: Run[No
         async with h2_app(delay_s=0.5) as app, running_proxy(
                 f"127.0.0.1:{app.port}", "--propagation-window", "5") as proxy:
             client = await H2Client.open(proxy.port)
-            first = client.request("/slow")
-            await eventually(lambda: len(app.requests) == 1)
-            proxy.coordinator.trigger("test")
-            await client.read_until(lambda c: len(goaways(c)) == 2)
+            first = await slow_stream_across_the_drain(
+                client, app, lambda: proxy.coordinator.trigger("test"))
             assert goaways(client) == [(MAX_STREAM_ID, 0), (first, 0)]
             pings = [f for f in client.of_type("PingFrame") if "ACK" not in f.flags]
             assert len(pings) == 2, "two PING rounds between the two GOAWAYs"
@@ -200,10 +192,8 @@ def test_a_client_that_never_answers_the_ping_still_gets_the_final_goaway(
             client = await H2Client.open(proxy.port)
             await client.read_until(lambda c: bool(c.of_type("SettingsFrame")))
             client.answer_pings = False
-            first = client.request("/slow")
-            await eventually(lambda: len(app.requests) == 1)
-            proxy.coordinator.trigger("test")
-            await client.read_until(lambda c: len(goaways(c)) == 2)
+            first = await slow_stream_across_the_drain(
+                client, app, lambda: proxy.coordinator.trigger("test"))
             assert goaways(client) == [(MAX_STREAM_ID, 0), (first, 0)]
             await client.read_to_eof()
             assert first in client.responses()

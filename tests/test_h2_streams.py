@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import asyncio
 
-from h2_peers import ANSWER_AND_RESET, H2Client, h2_app
-from hyperframe.frame import DataFrame, GoAwayFrame, RstStreamFrame, WindowUpdateFrame
+from h2_peers import ANSWER_AND_RESET, H2Client, goaways, h2_app, slow_stream_across_the_drain
+from hyperframe.frame import DataFrame, RstStreamFrame, WindowUpdateFrame
 
 from conftest import Run
 from helpers import Client, eventually, running_proxy, sample
 
 REFUSED_STREAM = 0x7
 
-
-def goaways(client: H2Client) -> list[tuple[int, int]]:
-    return [(f.last_stream_id, f.error_code) for f in client.of_type("GoAwayFrame")
-            if isinstance(f, GoAwayFrame)]
 
 
 def resets(client: H2Client) -> list[tuple[int, int]]:
@@ -55,10 +51,8 @@ def test_data_on_a_refused_stream_gives_its_connection_window_back(run: Run[None
         async with h2_app(delay_s=0.5) as app, running_proxy(
                 f"127.0.0.1:{app.port}", "--propagation-window", "5") as proxy:
             client = await H2Client.open(proxy.port)
-            first = client.request("/slow")
-            await eventually(lambda: len(app.requests) == 1)
-            proxy.coordinator.trigger("test")
-            await client.read_until(lambda c: len(goaways(c)) == 2)
+            first = await slow_stream_across_the_drain(
+                client, app, lambda: proxy.coordinator.trigger("test"))
             refused = first + 2  # opened by a client that had not read the GOAWAYs yet
             upload = DataFrame(refused, data=b"x" * 16_000).serialize()
             client.send_raw(client.raw_headers(refused, end_stream=False) + upload * 3)
