@@ -404,8 +404,10 @@ class Http1Model(RuleBasedStateMachine):
         """The client stops reading what we write (its socket fills), or reads it all."""
         self.client_full = not self.client_full
         self.client_side.buffered = 65536 if self.client_full else 0
-        client = self.h.client
-        self.act(client.pause_writing if self.client_full else client.resume_writing)
+        # The transport's protocol: after a 101 it is the tunnel's end, not the connection.
+        protocol = self.client_side.protocol
+        assert isinstance(protocol, asyncio.BaseProtocol)
+        self.act(protocol.pause_writing if self.client_full else protocol.resume_writing)
 
     # -- the app ----------------------------------------------------------------------------
     def app_can_send(self, app: AppSide | None) -> bool:
