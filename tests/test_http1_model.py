@@ -521,11 +521,15 @@ class Http1Model(RuleBasedStateMachine):
 
     def upgrade_refused(self) -> None:
         """An Upgrade answered with a final response: the bytes held behind it are HTTP
-        and are parsed now."""
+        and are parsed now, up to the next Upgrade among them, behind which the rest is
+        held again."""
         live = [r for r in self.requests if not r.void]
         if live[len(self.responses) - 1].kind == "upgrade":
             for request in self.requests:
-                request.held = False
+                if request.held:
+                    request.held = False
+                    if request.kind == "upgrade":
+                        break
 
     def send_next_request(self) -> None:
         """Tell the client-side parser of the next request the client began, so it reads
