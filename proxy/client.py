@@ -102,6 +102,7 @@ class ClientConnection(SharedReadProtocol):
         self._read_deadline = Deadline(self._loop, self._read_timed_out,
                                        min(settings.header_timeout_s, settings.idle_timeout_s))
         self._waiting = WAIT_NOTHING  # what the read timer is armed for (a ReadWait)
+        self._idle_rank = 0  # when it last went idle (ProxyContext.connection_idle)
         self._write_deadline = Deadline(self._loop, self._write_timed_out,
                                         settings.body_timeout_s)
         self._out: list[bytes] = []  # response bytes batched into one write per app read
@@ -444,7 +445,8 @@ class ClientConnection(SharedReadProtocol):
         elif after is THEN_PARSE_HELD:  # the app refused the Upgrade: still HTTP
             self._parse(self.exchanges.take_held())
         elif after is THEN_AWAIT_REQUEST:
-            self.ctx.connection_idle()  # room for a client waiting at --max-connections
+            # Room for a client waiting at --max-connections, and our place among the idle.
+            self._idle_rank = self.ctx.connection_idle()
 
     def _finish(self, exchange: Exchange, status: int, answered: bool = True) -> None:
         """The exchange is over: a response of ``status``, or not ``answered`` at all (cut
@@ -549,10 +551,11 @@ class ClientConnection(SharedReadProtocol):
         if self._connect_task is not None:
             self._connect_task.cancel()
 
-    def idle_since(self) -> float | None:
-        """tracker.Reclaimable: when it went idle (its idle deadline, set then, less a
-        timeout that is the same for every connection), None when not idle."""
-        return self._read_deadline.when if self.machine.state is IDLE else None
+    def idle_rank(self) -> int | None:
+        """tracker.Reclaimable: when it went idle, as a rank (a count, not a clock: uvloop's
+        clock has whole milliseconds, and connections go idle within one), None when not
+        idle."""
+        return self._idle_rank if self.machine.state is IDLE else None
 
     def reclaim(self) -> bool:
         """tracker.Reclaimable: clients wait at --max-connections; close if still idle."""

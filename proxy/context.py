@@ -72,6 +72,7 @@ class ProxyContext:
         # At --max-connections with clients waiting, every new client may close an idle one.
         self.capacity_warnings = RepeatedWarning(capacity_log, "idle connections closed")
         self._room_wanted = False  # a client waits, and no connection was idle to make room
+        self._went_idle = 0  # connections gone idle so far: each one's rank, for reclaiming
         self.trimmer = Trimmer.from_libc()  # gives memory back once a load has passed
         self._trim_timer: asyncio.TimerHandle | None = None
         self.responses = self.metrics.responses
@@ -120,11 +121,14 @@ class ProxyContext:
             "max_connections", f"--max-connections {limit} reached with clients waiting: "
             "closed the least recently used idle keep-alive connection to make room")
 
-    def connection_idle(self) -> None:
-        """A keep-alive connection awaits its next request: room for a waiting client."""
+    def connection_idle(self) -> int:
+        """A keep-alive connection awaits its next request: room for a waiting client.
+        Returns its rank among idle connections (higher: more recently used)."""
+        self._went_idle += 1
         if self._room_wanted:
             self._room_wanted = False
             self.make_room()
+        return self._went_idle
 
     def _count_for_trimmer(self) -> None:
         """Tell the trimmer; if it puts a trim off, tell it again then (once)."""

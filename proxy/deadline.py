@@ -43,11 +43,6 @@ class Deadline:
         if self._timer is None:
             self._schedule(now)
 
-    @property
-    def when(self) -> float | None:
-        """The loop time the last ``set`` asked for, None when cleared."""
-        return self._when
-
     def clear(self) -> None:
         """No deadline; the running timer, if any, will find nothing to do."""
         self._when = None

@@ -45,8 +45,9 @@ class Drainable(Protocol):
 class Reclaimable(Protocol):
     """A connection that can be idle between requests (HTTP/1.1 keep-alive)."""
 
-    def idle_since(self) -> float | None:
-        """When it went idle, on a clock every connection shares; None when not idle."""
+    def idle_rank(self) -> int | None:
+        """When it went idle, as a rank every connection shares (higher: more recently);
+        None when not idle."""
 
     def reclaim(self) -> bool:
         """Room is needed: close now if still idle; False if it is busy again."""
@@ -111,13 +112,14 @@ class ConnectionTracker:
 
     def reclaim_idle(self) -> bool:
         """Close the least recently used idle connection; False when none is idle."""
-        idle: list[tuple[float, int, Reclaimable]] = []
+        idle: list[tuple[int, Reclaimable]] = []
         for connection in self._kind:
             if isinstance(connection, Reclaimable):
-                since = connection.idle_since()
-                if since is not None:
-                    idle.append((since, id(connection), connection))
-        return any(connection.reclaim() for _, _, connection in sorted(idle))
+                rank = connection.idle_rank()
+                if rank is not None:
+                    idle.append((rank, connection))
+        idle.sort(key=lambda ranked: ranked[0])
+        return any(connection.reclaim() for _, connection in idle)
 
     def remove(self, connection: Drainable) -> None:
         kind = self._kind.pop(connection, None)

@@ -6,13 +6,13 @@ from proxy.tracker import ConnectionTracker
 
 
 class Idler:
-    """A connection as the tracker sees it: idle since ``since`` (None: busy or fresh)."""
+    """A connection as the tracker sees it: idle with rank ``since`` (None: busy or fresh)."""
 
-    def __init__(self, since: float | None) -> None:
+    def __init__(self, since: int | None) -> None:
         self.since = since
         self.reclaimed = False
 
-    def idle_since(self) -> float | None:
+    def idle_rank(self) -> int | None:
         return self.since
 
     def reclaim(self) -> bool:
@@ -30,7 +30,7 @@ class Idler:
 
 def test_the_least_recently_idle_connection_is_reclaimed_first() -> None:
     t = ConnectionTracker()
-    a, b, c = Idler(3.0), Idler(1.0), Idler(2.0)  # b went idle first
+    a, b, c = Idler(3), Idler(1), Idler(2)  # b went idle first
     for connection in (a, b, c):
         t.add(connection)
     assert t.reclaim_idle() and b.reclaimed and not (a.reclaimed or c.reclaimed)
@@ -41,7 +41,7 @@ def test_the_least_recently_idle_connection_is_reclaimed_first() -> None:
 
 def test_busy_fresh_and_closed_connections_are_passed_over() -> None:
     t = ConnectionTracker()
-    busy, closed, idle = Idler(None), Idler(0.5), Idler(2.0)
+    busy, closed, idle = Idler(None), Idler(1), Idler(2)
     for connection in (busy, closed, idle):
         t.add(connection)
     t.remove(closed)
