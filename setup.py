@@ -34,7 +34,8 @@ HOT_MODULES = [
     "proxy/exchange.py", "proxy/http_policy.py", "proxy/http_response.py", "proxy/flow.py",
     "proxy/buffers.py", "proxy/deadline.py", "proxy/rotation.py", "proxy/stats.py",
     "proxy/transitions.py", "proxy/tunnel.py", "proxy/tcp.py",
-    "proxy/client_exchanges.py", "proxy/h2_frames.py", "proxy/h2_state.py",
+    "proxy/client_exchanges.py", "proxy/client_requests.py", "proxy/client_forwarding.py",
+    "proxy/h2_frames.py", "proxy/h2_state.py",
     "proxy/h2_streams.py", "proxy/h2_relay.py",
     "proxy/context.py", "proxy/limits.py",
 ]

@@ -48,8 +48,10 @@ from proxy.client_state import (
 )
 from proxy.exchange import Exchange
 from proxy.http_policy import HeadCollector
+from proxy.limits import RequestLimits
 
 MAX_HELD_BYTES: Final = 64 * 1024  # bytes past an Upgrade request, while the app decides
+LINGER_S: Final = 2.0  # after the last response: read and discard so the client gets it
 
 
 class ReadWait(enum.IntEnum):
@@ -63,8 +65,8 @@ class ReadWait(enum.IntEnum):
     GRACE = 5  # a fresh connection's first request, once the drain reached it: a short grace
 
 
-# As plain ints for the per-request code: compiled, they are compared and used as an
-# index (``RequestLimits.read_wait_s``) with no object in between.
+# As plain ints for the per-request code: compiled, they are compared with no object in
+# between.
 WAIT_NOTHING: Final = 0
 WAIT_REQUEST: Final = 1
 WAIT_HEAD: Final = 2
@@ -234,8 +236,8 @@ class ExchangeQueue:
 
     # -- the read timer ---------------------------------------------------------------------------
     def read_wait(self) -> int:
-        """What the read timer waits for now, a ``ReadWait`` value (its length is the
-        limits': ``RequestLimits.read_wait_s``)."""
+        """What the read timer waits for now, a ``ReadWait`` value (how long:
+        ``read_timeout_s``)."""
         machine = self.machine
         state = machine.state
         if state is CLOSING:
@@ -247,3 +249,14 @@ class ExchangeQueue:
         if state is FRESH or state is IDLE:  # idle ones close when the drain reaches them
             return WAIT_GRACE if machine.drain_reached else WAIT_REQUEST
         return WAIT_NOTHING
+
+
+def read_timeout_s(wait: int, limits: RequestLimits, grace_s: float) -> float:
+    """How long the read timer waits for ``wait`` (a ``ReadWait`` other than NOTHING)."""
+    if wait == WAIT_HEAD:
+        return limits.header_timeout_s
+    if wait == WAIT_REQUEST:
+        return limits.idle_timeout_s
+    if wait == WAIT_BODY:
+        return limits.body_timeout_s
+    return grace_s if wait == WAIT_GRACE else LINGER_S

@@ -174,9 +174,24 @@ class ProxyContext:
         self.timeline.undo(now)
         self.draining = False
 
-    def response_extras(self, exchange: Exchange, duration_s: float, client_ip: bytes) -> None:
-        """What a completed response adds while draining, or with the access log on (the
-        per-request code counts the response itself in ``responses``)."""
+    def exchange_finished(self, exchange: Exchange, status: int, answered: bool,
+                          client_ip: bytes) -> None:
+        """An exchange is over: a response of ``status``, or not ``answered`` at all (cut
+        by the drain, or dropped behind a closing response): then no response is counted."""
+        if exchange.finished:
+            return
+        exchange.finished = True
+        exchange.status = status
+        self.requests_in_flight -= 1
+        if not answered or (exchange.request is None and status in (0, 499)):
+            return  # nothing was answered (the client may have gone away mid-head)
+        duration = time.monotonic() - exchange.started_at
+        self.responses.observe(status, duration)
+        if self.draining or self.access_log:
+            self._response_extras(exchange, duration, client_ip)
+
+    def _response_extras(self, exchange: Exchange, duration_s: float, client_ip: bytes) -> None:
+        """What a completed response adds while draining, or with the access log on."""
         if self.draining:
             self.timeline.served_while_draining += 1
             self.metrics.served_while_draining.inc()
