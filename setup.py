@@ -37,7 +37,7 @@ HOT_MODULES = [
     "proxy/client_exchanges.py", "proxy/client_requests.py", "proxy/client_forwarding.py",
     "proxy/h2_frames.py", "proxy/h2_state.py",
     "proxy/h2_streams.py", "proxy/h2_relay.py",
-    "proxy/context.py", "proxy/limits.py",
+    "proxy/context.py", "proxy/http_context.py", "proxy/app_connect.py", "proxy/limits.py",
 ]
 OPT_OUT = "DRAIN_PROXY_NO_EXTENSIONS"
 REQUIRED = "DRAIN_PROXY_REQUIRE_EXTENSIONS"

@@ -28,12 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout's code, whether or not the package is installed
 
-from proxy.cli import loop_factory  # noqa: E402
 from proxy.rollout import report  # noqa: E402
 from proxy.rollout.demo import ProgressPrinter  # noqa: E402
 from proxy.rollout.external import ExternalSidecar  # noqa: E402
 from proxy.rollout.pods import Setup, SetupKind  # noqa: E402
 from proxy.rollout.scenario import RolloutConfig, run_rollout  # noqa: E402
+from proxy.server import loop_factory  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import peers  # noqa: E402

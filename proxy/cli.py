@@ -9,26 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from proxy import logs
-from proxy.server import StartupError, run
+from proxy.server import StartupError, loop_factory, run
 from proxy.settings import SettingsError, parse_settings, refuse_placeholders
-
-
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop when asked for or (``auto``) when importable, else asyncio's own loop."""
-    if choice == "asyncio":
-        return asyncio.new_event_loop
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise SettingsError("--loop: invalid value 'uvloop'; uvloop is not installed, "
-                                "allowed: auto or asyncio (any case)") from None
-        return asyncio.new_event_loop
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def main(argv: Sequence[str] | None = None) -> int:

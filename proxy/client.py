@@ -50,10 +50,10 @@ from proxy.client_state import (
     THEN_PARSE_HELD,
     ClientMachine,
 )
-from proxy.context import ProxyContext
 from proxy.deadline import Deadline
 from proxy.exchange import Exchange
 from proxy.h2_relay import H2Connection
+from proxy.http_context import HttpContext
 from proxy.http_policy import Headers, HttpError, Peer
 from proxy.tracker import Kind
 from proxy.tunnel import Tunnel, reset, splice
@@ -65,7 +65,7 @@ log = logging.getLogger("drain_proxy.client")
 class ClientConnection(SharedReadProtocol):
     """One downstream connection, answering its requests strictly in order."""
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: HttpContext) -> None:
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -77,7 +77,7 @@ class ClientConnection(SharedReadProtocol):
         self._read_deadline = Deadline(self._loop, self._read_timed_out,
                                        min(settings.header_timeout_s, settings.idle_timeout_s))
         self._waiting = WAIT_NOTHING  # what the read timer is armed for (a ReadWait)
-        self._idle_rank = 0  # when it last went idle (ProxyContext.connection_idle)
+        self._idle_rank = 0  # when it last went idle (HttpContext.connection_idle)
         self._write_deadline = Deadline(self._loop, self._write_timed_out,
                                         settings.body_timeout_s)
         self._peer_eof = False

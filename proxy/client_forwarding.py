@@ -16,11 +16,12 @@ import time
 from typing import Protocol
 
 from proxy import flow, http_response
+from proxy.app_connect import UpstreamFailure
 from proxy.client_exchanges import ExchangeQueue
-from proxy.context import ProxyContext
 from proxy.exchange import Exchange
+from proxy.http_context import HttpContext
 from proxy.http_policy import Framing, Headers
-from proxy.upstream import UpstreamConnection, UpstreamFailure
+from proxy.upstream import UpstreamConnection
 from proxy.upstream_state import may_retry
 
 
@@ -51,7 +52,7 @@ class Forwarder:
 
     __slots__ = ("_connect_task", "_loop", "_out", "_write_paused", "client", "ctx", "exchanges")
 
-    def __init__(self, client: ClientSide, exchanges: ExchangeQueue, ctx: ProxyContext,
+    def __init__(self, client: ClientSide, exchanges: ExchangeQueue, ctx: HttpContext,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.client = client
         self.exchanges = exchanges

@@ -18,8 +18,8 @@ import httptools
 
 from proxy import flow, http_policy, http_response
 from proxy.client_exchanges import ExchangeQueue
-from proxy.context import ProxyContext
 from proxy.h2_frames import PREFACE
+from proxy.http_context import HttpContext
 from proxy.http_policy import Framing, HeadCollector, HttpError, Peer
 
 _METHOD_LIKE: Final = re.compile(rb"[A-Z][A-Z0-9_-]* ")
@@ -41,7 +41,7 @@ def refusal(error: httptools.HttpParserError, data: memoryview | bytes) -> HttpE
 class RequestReader:
     """The llhttp parser of one client connection and its callbacks."""
 
-    def __init__(self, exchanges: ExchangeQueue, ctx: ProxyContext, peer: Peer) -> None:
+    def __init__(self, exchanges: ExchangeQueue, ctx: HttpContext, peer: Peer) -> None:
         self.exchanges = exchanges
         self.ctx = ctx
         self.peer = peer

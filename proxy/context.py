@@ -7,33 +7,34 @@ run several proxies in one process and nothing lives in import-time globals.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from proxy.exchange import Exchange
-from proxy.http_policy import Peer
+from proxy.app_connect import UpstreamFailure
 from proxy.lifecycle import DrainTimeline, Phase, first_request_grace_s
 from proxy.limits import RequestLimits
 from proxy.listener import Listener, Pause
-from proxy.logs import RepeatedWarning, fields
+from proxy.logs import RepeatedWarning
 from proxy.memory import Trimmer
 from proxy.metrics import Metrics
 from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
 from proxy.stats import ResponseStats
 from proxy.tracker import ConnectionTracker, Drainable, Kind
-from proxy.tunnel import Tunnel
-from proxy.upstream import UpstreamFailure, UpstreamPool
-
-if TYPE_CHECKING:
-    from proxy.h2_relay import H2Connection  # it imports this module
 
 log = logging.getLogger("drain_proxy.upstream")
 capacity_log = logging.getLogger("drain_proxy.capacity")
-access_log = logging.getLogger("drain_proxy.access")
+
+
+class Http2Connection(Protocol):
+    """What the drain and the metrics need of an HTTP/2 connection (``h2_relay``)."""
+
+    @property
+    def active_streams(self) -> int: ...
+
+    def goaway(self, reason: str) -> None: ...
 
 
 @dataclass
@@ -44,7 +45,6 @@ class ProxyContext:
     metrics: Metrics
     timeline: DrainTimeline
     rotation: RotationPolicy
-    pool: UpstreamPool
     listener: Listener | None = None
     connections: ConnectionTracker = field(default_factory=ConnectionTracker)
     requests_in_flight: int = 0  # from a request's first byte to its response's last
@@ -54,19 +54,12 @@ class ProxyContext:
     access_log: bool = False
     responses: ResponseStats = field(init=False)
     # HTTP/2 connections, told at the drain trigger to start their GOAWAY sequence.
-    h2_connections: set[H2Connection] = field(default_factory=set)
-
-    @property
-    def upstream_authority(self) -> bytes:
-        """Host for requests that arrive without one (HTTP/1.0)."""
-        return self._upstream_authority
+    h2_connections: set[Http2Connection] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self._upstream_authority = str(self.settings.upstream).encode()
-        self.limits: RequestLimits = self.pool.limits  # one copy, built with the pool
+        self.limits = RequestLimits(self.settings)  # read by every request: a compiled copy
         self.first_request_grace_s: float = first_request_grace_s(self.settings.header_timeout_s)
         self.access_log = self.settings.access_log
-        self._peers: dict[str, Peer] = {}
         # A dead app fails every request alike: one line, then a summary per interval.
         self.upstream_warnings = RepeatedWarning(log, "upstream errors")
         # At --max-connections with clients waiting, every new client may close an idle one.
@@ -140,28 +133,6 @@ class ProxyContext:
             self._trim_timer = asyncio.get_running_loop().call_later(
                 max(0.0, due - time.monotonic()), again)
 
-    def peer(self, address: object) -> Peer:
-        """Who is on the other end of an accepted connection (its address is a tuple for
-        TCP), as the header policy needs to know.  Once per connection, remembered per
-        address: a client that opens a connection per request pays the lookup once."""
-        host = address[0] if isinstance(address, tuple) else "unix"
-        peer = self._peers.get(host)
-        if peer is None:
-            if len(self._peers) >= 4096:
-                self._peers.clear()  # bounded: a scan of many addresses cannot grow it
-            peer = self._peers[host] = Peer(host.encode(), self._trusts(host),
-                                            self.settings.allow_underscores_in_headers)
-        return peer
-
-    def _trusts(self, host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False  # a unix socket peer
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d
-        return any(ip in network for network in self.settings.trusted_proxies)
-
     def begin_drain(self, now: float) -> bool:
         """Start the drain's timeline; False when it had begun already."""
         if not self.timeline.trigger(now):
@@ -173,59 +144,6 @@ class ProxyContext:
         """Serve again: the drain was undone."""
         self.timeline.undo(now)
         self.draining = False
-
-    def exchange_finished(self, exchange: Exchange, status: int, answered: bool,
-                          client_ip: bytes) -> None:
-        """An exchange is over: a response of ``status``, or not ``answered`` at all (cut
-        by the drain, or dropped behind a closing response): then no response is counted."""
-        if exchange.finished:
-            return
-        exchange.finished = True
-        exchange.status = status
-        self.requests_in_flight -= 1
-        if not answered or (exchange.request is None and status in (0, 499)):
-            return  # nothing was answered (the client may have gone away mid-head)
-        duration = time.monotonic() - exchange.started_at
-        self.responses.observe(status, duration)
-        if self.draining or self.access_log:
-            self._response_extras(exchange, duration, client_ip)
-
-    def _response_extras(self, exchange: Exchange, duration_s: float, client_ip: bytes) -> None:
-        """What a completed response adds while draining, or with the access log on."""
-        if self.draining:
-            self.timeline.served_while_draining += 1
-            self.metrics.served_while_draining.inc()
-        if not self.access_log or exchange.request is None:
-            return
-        if exchange.status == 101:  # a tunnel starts: its line comes when it ends
-            exchange.upstream_s = time.monotonic() - exchange.dispatched_at
-            return
-        error: dict[str, object] = {"error": exchange.detail} if exchange.detail else {}
-        self._access_line(exchange, client_ip, exchange.sent_bytes, duration_s, error)
-
-    def tunnel_ended(self, exchange: Exchange, tunnel: Tunnel, reason: str,
-                     client_ip: bytes) -> None:
-        """The access log line of an Upgrade, once its tunnel is over: the bytes each way and
-        how long it lasted from the request, which a line at the 101 could not know."""
-        if self.access_log and exchange.request is not None:
-            duration = time.monotonic() - exchange.started_at
-            self._access_line(exchange, client_ip, tunnel.upstream.received, duration,
-                              {"bytes_from_client": tunnel.client.received,
-                               "tunnel_end": reason})
-
-    def _access_line(self, exchange: Exchange, client_ip: bytes, sent: int, duration_s: float,
-                     more: dict[str, object]) -> None:
-        request = exchange.request
-        assert request is not None
-        version = "HTTP/1.0" if request.http_10 else "HTTP/1.1"
-        access_log.info(
-            '%s "%s %s %s" %d %d %.6f %.6f', client_ip.decode(), request.method.decode(),
-            request.target.decode("latin-1"), version, exchange.status, sent,
-            duration_s, exchange.upstream_s,
-            extra=fields(client=client_ip.decode(), method=request.method.decode(),
-                         path=request.target.decode("latin-1"), status=exchange.status,
-                         bytes=sent, duration_s=round(duration_s, 6),
-                         upstream_s=round(exchange.upstream_s, 6), **more))
 
     def upstream_failed(self, failure: UpstreamFailure) -> None:
         label = failure.failure.label

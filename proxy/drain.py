@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from proxy.context import ProxyContext
+from proxy.http_context import HttpContext
 from proxy.lifecycle import Phase
 from proxy.listener import Listener, Pause
 from proxy.logs import fields
@@ -39,7 +39,7 @@ UNDO_MARGIN_S = 2.0
 class DrainCoordinator:
     """Owns the drain task; answers "is it over?" and "may the process exit?"."""
 
-    def __init__(self, ctx: ProxyContext, listener: Listener) -> None:
+    def __init__(self, ctx: HttpContext, listener: Listener) -> None:
         self._ctx = ctx
         self._listener = listener
         self._loop = asyncio.get_running_loop()

@@ -18,13 +18,12 @@ import logging
 from typing import Final, cast
 
 from proxy import flow, h2_frames
+from proxy.app_connect import Failure, UpstreamFailure, connect_to_app
 from proxy.buffers import SharedReadProtocol, limit_writes
 from proxy.context import ProxyContext
 from proxy.deadline import Deadline
 from proxy.h2_state import ANNOUNCED, FIRST_STREAM, NEXT_STREAM, H2Session
 from proxy.tunnel import reset
-from proxy.upstream import UpstreamFailure, connect_to_app
-from proxy.upstream_state import Failure
 
 log = logging.getLogger("drain_proxy.h2")
 

@@ -17,19 +17,18 @@ from collections.abc import Callable
 from proxy import __version__, build
 from proxy.admin import AdminApp, AdminServer
 from proxy.client import ClientConnection
-from proxy.context import ProxyContext
 from proxy.drain import DrainCoordinator
 from proxy.flags import Address
+from proxy.http_context import HttpContext
 from proxy.lifecycle import DrainTimeline
 from proxy.listener import Listener
 from proxy.logs import fields
 from proxy.metrics import Metrics
 from proxy.readiness import check_app
 from proxy.rotation import RotationPolicy
-from proxy.settings import Settings
+from proxy.settings import Settings, SettingsError
 from proxy.tcp import TcpSession
 from proxy.tracker import Kind
-from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("drain_proxy")
 
@@ -53,8 +52,8 @@ class ProxyServer:
                                   rng if rng is not None else random.Random())
         timeline = DrainTimeline(settings.propagation_window_s, settings.drain_timeout_s,
                                  settings.readiness_on_drain == "fail")
-        self.ctx = ProxyContext(settings=settings, metrics=self.metrics, timeline=timeline,
-                                rotation=rotation, pool=UpstreamPool(settings))
+        self.ctx = HttpContext(settings=settings, metrics=self.metrics, timeline=timeline,
+                               rotation=rotation)
         try:
             self.listener = Listener.bind(settings.listen, self._protocol_factory(),
                                           self.ctx.connections, self.ctx.make_room)
@@ -188,3 +187,18 @@ async def run(settings: Settings) -> int:
     code = coordinator.exit_code
     log.info("exiting with code %d", code)
     return code
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop when asked for or (``auto``) when importable, else asyncio's own loop."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SettingsError("--loop: invalid value 'uvloop'; uvloop is not installed, "
+                                "allowed: auto or asyncio (any case)") from None
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 
+from proxy.app_connect import UpstreamFailure, connect_to_app
 from proxy.context import ProxyContext
 from proxy.tracker import Kind
 from proxy.tunnel import Tunnel, TunnelEnd
-from proxy.upstream import UpstreamFailure, connect_to_app
 
 
 class _ClientEnd(TunnelEnd):

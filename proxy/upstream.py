@@ -25,6 +25,7 @@ from typing import Final, Protocol, cast
 
 import httptools
 
+from proxy.app_connect import Failure, UpstreamFailure, connect_to_app
 from proxy.buffers import SharedReadProtocol, limit_writes
 from proxy.deadline import Deadline
 from proxy.flow import APP_FULL, ReadGate
@@ -33,21 +34,10 @@ from proxy.http_response import ResponseHeads, ResponseTooLarge, app_response_fr
 from proxy.limits import RequestLimits
 from proxy.settings import Settings
 from proxy.tunnel import reset
-from proxy.upstream_state import AWAITING, IDLE, Failure, UpstreamMachine
+from proxy.upstream_state import AWAITING, IDLE, UpstreamMachine
 
 # Pooled idle connections beyond this are closed: they cost the app a socket each.
 MAX_IDLE_CONNECTIONS: Final = 256
-
-
-class UpstreamFailure(Exception):
-    """An exchange with the app failed: what happened, and what the retry rule needs."""
-
-    def __init__(self, failure: Failure, detail: str, reused: bool = False,
-                 response_bytes: bool = False) -> None:
-        super().__init__(detail)
-        self.failure = failure
-        self.reused = reused  # on a pooled connection
-        self.response_bytes = response_bytes  # after some byte of a response arrived
 
 
 class ResponseSink(Protocol):
@@ -364,31 +354,12 @@ class UpstreamConnection(SharedReadProtocol):
         self._read_deadline.set(idle_timeout_s)
 
 
-async def connect_to_app(settings: Settings, protocol: asyncio.BaseProtocol) -> None:
-    """Connect ``protocol`` to the app (TCP or unix socket) within the connect timeout;
-    UpstreamFailure REFUSED (502) or CONNECT_TIMEOUT (504).  Used by the pool and by
-    TCP mode."""
-    loop = asyncio.get_running_loop()
-    address = settings.upstream
-    try:
-        async with asyncio.timeout(settings.upstream_connect_timeout_s):
-            if address.unix_path is not None:
-                await loop.create_unix_connection(lambda: protocol, address.unix_path)
-            else:
-                await loop.create_connection(lambda: protocol, address.host, address.port)
-    except TimeoutError:
-        raise UpstreamFailure(Failure.CONNECT_TIMEOUT, "connecting to the app timed out") \
-            from None
-    except OSError as error:
-        raise UpstreamFailure(Failure.REFUSED, f"cannot connect to the app: {error}") from None
-
-
 class UpstreamPool:
     """Idle keep-alive connections to the app, and new connections when none is idle."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, limits: RequestLimits) -> None:
         self.settings = settings
-        self.limits = RequestLimits(settings)
+        self.limits = limits
         self._idle: list[UpstreamConnection] = []
         self._closed = False
 

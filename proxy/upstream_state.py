@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from proxy.app_connect import Failure
 from proxy.transitions import bit_masks, check_move
 
 
@@ -70,34 +71,6 @@ _ALLOWED: Final = bit_masks(TRANSITIONS)
 
 
 
-class Failure(enum.Enum):
-    """Why an exchange with the app failed."""
-
-    REFUSED = "refused"  # the connection could not be made
-    CONNECT_TIMEOUT = "connect_timeout"
-    CLOSED = "closed"  # EOF before the response was complete
-    RESET = "reset"  # RST
-    TIMEOUT = "timeout"  # no response head, or no response byte for too long
-    STALLED = "stalled"  # the app stopped reading the request body
-    PROTOCOL = "protocol"  # the app's response is not valid HTTP/1.1
-    TOO_LARGE = "too_large"  # a response head or trailers over --max-response-header-bytes
-
-    @property
-    def label(self) -> str:
-        """Its drain_proxy_upstream_errors_total reason."""
-        return _LABELS[self]
-
-    @property
-    def status(self) -> int:
-        """What the client is told when nothing of the response was sent yet."""
-        return 504 if _LABELS[self] == "timeout" else 502
-
-
-_LABELS: Final = {
-    Failure.REFUSED: "connect", Failure.CONNECT_TIMEOUT: "timeout", Failure.CLOSED: "reset",
-    Failure.RESET: "reset", Failure.TIMEOUT: "timeout", Failure.STALLED: "timeout",
-    Failure.PROTOCOL: "protocol", Failure.TOO_LARGE: "too_large",
-}
 RETRYABLE: Final = frozenset({Failure.CLOSED, Failure.RESET})
 
 

@@ -23,6 +23,8 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from proxy.h2_relay import H2Connection
+
 from conftest import Run
 from helpers import eventually, running_proxy, sample, scripted_app
 
@@ -299,6 +301,7 @@ def test_a_client_that_stops_reading_a_large_answer_costs_the_proxy_bounded_memo
                             + client.raw_headers(1, path="/big"))
             await eventually(lambda: len(app.requests) == 1)
             relay = next(iter(proxy.ctx.h2_connections))
+            assert isinstance(relay, H2Connection)
             await eventually(lambda: not relay._app.reading)  # the client's socket is full
             client_side = relay._client.transport
             assert client_side is not None

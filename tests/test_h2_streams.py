@@ -9,6 +9,8 @@ import asyncio
 from h2_peers import ANSWER_AND_RESET, H2Client, goaways, h2_app, slow_stream_across_the_drain
 from hyperframe.frame import DataFrame, RstStreamFrame, WindowUpdateFrame
 
+from proxy.h2_relay import H2Connection
+
 from conftest import Run
 from helpers import Client, eventually, running_proxy, sample
 
@@ -121,6 +123,7 @@ def test_a_stream_opened_after_the_ping_timer_by_a_busy_client_runs_once(
             await eventually(lambda: len(app.requests) == 1)
             proxy.coordinator.trigger("test")
             relay = next(iter(proxy.ctx.h2_connections))
+            assert isinstance(relay, H2Connection)
             await eventually(lambda: relay._ping_timer is not None)
             timer = relay._ping_timer
             assert timer is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from proxy.limits import RequestLimits
 from proxy.settings import parse_settings
 from proxy.upstream import UpstreamPool
 
@@ -23,7 +24,8 @@ def test_a_connect_cancelled_at_any_step_leaves_no_app_connection_open(run: Run[
 
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        pool = UpstreamPool(parse_settings(["--upstream", f"127.0.0.1:{port}"], {}))
+        settings = parse_settings(["--upstream", f"127.0.0.1:{port}"], {})
+        pool = UpstreamPool(settings, RequestLimits(settings))
         outcomes = set()
         # Cancel after 0, 1, 2... turns of the loop: before the connect, while it is under
         # way, once it is made but not yet handed back, and after that.

@@ -20,11 +20,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import NoReturn, TextIO
 
-from proxy.cli import loop_factory
 from proxy.rollout import report
 from proxy.rollout.pods import Setup
 from proxy.rollout.report import Progress, ScenarioResult
 from proxy.rollout.scenario import RolloutConfig, run_rollout
+from proxy.server import loop_factory
 from proxy.settings import SettingsError
 
 PLAIN_LINE_EVERY_S = 1.0  # progress lines when stderr is not a terminal

@@ -3,7 +3,7 @@
 As uvicorn's protocol tests do: ``FakeTransport`` stands in for a socket transport and
 records what the protocol did to it, so a test reaches every state in microseconds and
 checks it directly.  ``Harness`` is one client connection and the app connections it
-uses, wired through a real ``ProxyContext``.
+uses, wired through a real ``HttpContext``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 
 from proxy.client import ClientConnection
 from proxy.client_state import ClientState
-from proxy.context import ProxyContext
+from proxy.http_context import HttpContext
 from proxy.lifecycle import DrainTimeline
 from proxy.metrics import Metrics
 from proxy.rotation import RotationPolicy
 from proxy.settings import parse_settings
-from proxy.upstream import UpstreamConnection, UpstreamPool
+from proxy.upstream import UpstreamConnection
 
 Edge = tuple[Any, Any]
 
@@ -104,12 +104,12 @@ class Harness:
 
     def __init__(self, edges: set[Edge], *flags: str) -> None:
         settings = parse_settings(["--upstream", "127.0.0.1:9", *flags], {})
-        self.ctx = ProxyContext(
+        self.ctx = HttpContext(
             settings=settings, metrics=Metrics(),
             timeline=DrainTimeline(settings.propagation_window_s, settings.drain_timeout_s),
             rotation=RotationPolicy(settings.max_requests_per_connection,
                                     settings.max_connection_age_s, 0.0, random.Random(1)),
-            pool=UpstreamPool(settings))
+        )
         self.edges = edges
         self.client = ClientConnection(self.ctx)
         self.client_side = FakeTransport(self.client)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.app_connect import Failure
 from proxy.transitions import IllegalTransition
 from proxy.upstream_state import (
     TRANSITIONS,
-    Failure,
     UpstreamMachine,
     UpstreamState,
     may_retry,
