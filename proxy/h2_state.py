@@ -178,7 +178,7 @@ class H2Session:
     def unreachable_over(self) -> None:
         """End a connection answered with 502s: GOAWAY naming the last stream answered."""
         if self.state is not CLOSED:
-            self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), f.NO_ERROR,
+            self.to_client.append(f.goaway(self._last_served(), f.NO_ERROR,
                                            b"the app cannot be reached"))
             self.close_reason = "unreachable"
             self._move(CLOSED)
@@ -202,7 +202,7 @@ class H2Session:
         if self.waiting == NOT_WAITING:
             return
         self._app_preface_now()
-        self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), f.NO_ERROR))
+        self.to_client.append(f.goaway(self._last_served(), f.NO_ERROR))
         self.goaways.append("idle_timeout")
         self.close_reason = "idle_timeout"
         self._move(CLOSED)
@@ -564,12 +564,16 @@ class H2Session:
     def _fail(self, error: int, reason: str, detail: bytes) -> None:
         """End the connection now: GOAWAY with the error to the client, nothing more."""
         self._app_preface_now()
-        self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), error,
-                                       detail))
+        self.to_client.append(f.goaway(self._last_served(), error, detail))
         self.goaways.append(reason)
         self.close_reason = reason
         self.failed = True
         self._move(CLOSED)
+
+    def _last_served(self) -> int:
+        """What a GOAWAY ending the connection at once names: the last stream the app
+        got, or a lower one if the app's own GOAWAY said so."""
+        return min(self._last_stream, self.table.admitted)
 
     def _inject(self, frames: bytes) -> None:
         """Our own frames for the client.  The server's first frame must be its SETTINGS,
