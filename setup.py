@@ -35,7 +35,7 @@ HOT_MODULES = [
     "proxy/buffers.py", "proxy/deadline.py", "proxy/rotation.py", "proxy/stats.py",
     "proxy/transitions.py", "proxy/tunnel.py", "proxy/tcp.py",
     "proxy/client_exchanges.py", "proxy/client_requests.py", "proxy/client_forwarding.py",
-    "proxy/h2_frames.py", "proxy/h2_state.py",
+    "proxy/h2_frames.py", "proxy/h2_state.py", "proxy/h2_goaway.py",
     "proxy/h2_streams.py", "proxy/h2_relay.py",
     "proxy/context.py", "proxy/http_context.py", "proxy/app_connect.py", "proxy/limits.py",
 ]

@@ -1,5 +1,5 @@
-"""One HTTP/2 connection relayed frame by frame: stream lifetimes and the GOAWAY
-sequence.  Sans-IO: bytes in, bytes out, the clock passed in.
+"""One HTTP/2 connection relayed frame by frame: stream lifetimes, and the states of the
+GOAWAY sequence.  Sans-IO: bytes in, bytes out, the clock passed in.
 
 Each client connection gets its own app connection, and the frames of both
 directions are relayed unchanged, so the app reads exactly the client's header blocks
@@ -14,19 +14,8 @@ Ending a connection without failing a stream is the sequence gRPC servers use:
       |                                                   ^                        ^
       +------------ drain of a connection without streams +---- a timeout, an error+
 
-``ANNOUNCED``: GOAWAY with the largest stream id (the client stops opening streams
-but nothing it already sent is refused), SETTINGS shrinking the client's HPACK table
-to 0, and a PING, and a second PING once the first comes back.  ``FINAL``: once the
-second PING comes back, the client has seen the GOAWAY and every stream it opened
-before is here, so the real last stream id is known; streams up to it run to
-completion, later ones are refused (REFUSED_STREAM: not processed, the client may retry
-them elsewhere) and never reach the app, not even their header blocks: the cleared
-table (``_clear_table``) is what lets the app's HPACK context do without them.  The
-PING timer moves on without the PINGs' ACKs but never without the SETTINGS' ACK
-while streams are open: a stream a client opens before that ACK is served, and the
-final GOAWAY, sent at the ACK, names it.  A GOAWAY asked for before the connection's
-first stream waits for it: a GOAWAY before any stream makes a gRPC client fail its
-call rather than move on.  A connection that opens no stream within the header
+What ``ANNOUNCED`` and ``FINAL`` send, and when the sequence moves on, is
+``h2_goaway``'s to decide.  A connection that opens no stream within the header
 timeout, or none for the idle timeout, gets GOAWAY(NO_ERROR) and is closed
 (``waiting``).
 A protocol violation or abuse ends the connection at once: GOAWAY with the error,
@@ -39,6 +28,7 @@ import enum
 from typing import Final
 
 from proxy import h2_frames as f
+from proxy.h2_goaway import GoawaySequence, is_our_ping
 from proxy.h2_streams import APP_DONE, CLIENT_DONE, NEW, REFUSED, RESET, StreamTable
 from proxy.transitions import bit_masks, check_move
 
@@ -63,12 +53,6 @@ TRANSITIONS: Final[dict[H2State, frozenset[H2State]]] = {
 }
 _ALLOWED: Final = bit_masks(TRANSITIONS)
 
-# Our two PINGs' payloads, which tell their ACKs from those of the app's PINGs.  Two
-# rounds, not one: a client may already have queued a new stream when it reads our
-# GOAWAY, and gRPC's C core writes its PING ACK *before* the streams queued in the same
-# write.  Those streams always arrive before the second round's ACK.
-FIRST_PING: Final = b"drainpx1"
-SECOND_PING: Final = b"drainpx2"
 # Rapid reset (CVE-2023-44487): a stream opened and reset costs the client two frames
 # and the app a request.  A token bucket per connection: this many resets at once,
 # refilled at this rate; past it the connection ends with ENHANCE_YOUR_CALM.
@@ -106,16 +90,8 @@ class H2Session:
         self._budget = request_budget  # streams before rotation; 0: unlimited
         self._max_block = max_header_block  # the client's header blocks
         self._max_app_block = max_app_block  # the app's: --max-response-header-bytes
-        self._last_stream = f.MAX_STREAM_ID  # no GOAWAY to the client may raise this
-        self._deferred = ""  # a GOAWAY asked for before the first stream
-        self._reason = ""  # why our GOAWAY sequence started
+        self._goaway = GoawaySequence()
         self._credit = 0  # flow-control credit of client DATA dropped here, owed back
-        # The client's HPACK table, cleared at the first GOAWAY (``_clear_table``).
-        self._app_settings = 0  # the app's SETTINGS frames relayed to the client
-        self._clear_at = 0  # which SETTINGS the client acknowledges is ours (0: none sent)
-        self._client_acks = 0
-        self._table_cleared = False
-        self._final_due = False  # the final GOAWAY waits for the table to be cleared
         self._early: list[bytes] = []  # our frames for the client, before the app's SETTINGS
         self._unreachable = False  # the proxy answers the client itself (app_unreachable)
         self._client = _Direction(is_client=True)
@@ -135,20 +111,18 @@ class H2Session:
         if self.state is not OPEN:
             return
         if self.streams_total == 0:
-            self._deferred = self._deferred or reason
+            self._goaway.defer(reason)
             return
-        self._reason = reason
+        self._goaway.start(reason)
         self._move(ANNOUNCED)
-        self._inject(f.goaway(self._last_stream, f.NO_ERROR))
-        self._clear_table()  # before the PING: its ACK comes before the PING's
-        self._inject(f.ping(FIRST_PING))
+        self._goaway.announce(self._app.settings_seen, self._ours())
         self.goaways.append(reason)
 
     def drain_idle(self) -> None:
         """The listener closed: a connection that never had a stream ends now (there is
         no call of it to fail); one that had streams goes on with its sequence."""
         if self.state is OPEN and self.streams_total == 0:
-            self._reason = "drain"
+            self._goaway.start("drain")
             self._final(0)
             self.goaways.append("drain")
         else:
@@ -178,7 +152,7 @@ class H2Session:
     def unreachable_over(self) -> None:
         """End a connection answered with 502s: GOAWAY naming the last stream answered."""
         if self.state is not CLOSED:
-            self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), f.NO_ERROR,
+            self.to_client.append(f.goaway(self._last_served(), f.NO_ERROR,
                                            b"the app cannot be reached"))
             self.close_reason = "unreachable"
             self._move(CLOSED)
@@ -202,7 +176,7 @@ class H2Session:
         if self.waiting == NOT_WAITING:
             return
         self._app_preface_now()
-        self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), f.NO_ERROR))
+        self.to_client.append(f.goaway(self._last_served(), f.NO_ERROR))
         self.goaways.append("idle_timeout")
         self.close_reason = "idle_timeout"
         self._move(CLOSED)
@@ -318,11 +292,9 @@ class H2Session:
                 self.to_client.append(f.frame(f.PING, f.ACK, 0, bytes(self._payload(side))))
             elif flags & f.ACK:
                 opaque = bytes(self._payload(side))
-                if opaque in (FIRST_PING, SECOND_PING):
-                    self._skip(side, self.to_app)  # our own PING: the app never sent it
-                    if self.state is ANNOUNCED and opaque == FIRST_PING:
-                        self._inject(f.ping(SECOND_PING))
-                    elif self.state is ANNOUNCED:
+                if is_our_ping(opaque):
+                    self._skip(side, self.to_app)  # the app never sent it
+                    if self.state is ANNOUNCED and self._goaway.ping_acked(opaque, self._ours()):
                         self._final(self.table.admitted)
         elif kind == f.GOAWAY:
             if length < 8:
@@ -349,11 +321,9 @@ class H2Session:
             if length:
                 self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"SETTINGS ACK with a payload")
                 return
-            self._client_acks += 1  # SETTINGS are acknowledged in the order they were sent
-            if self._client_acks == self._clear_at:
+            if self._goaway.settings_acked():
                 self._skip(side, self.to_app)  # ours: the app never sent it
-                self._table_cleared = True
-                if self._final_due:
+                if self._goaway.final_due:
                     self._final(self.table.admitted)
             return
         if length % 6:
@@ -438,7 +408,7 @@ class H2Session:
             self.opened += 1
             self._bad_gateway(stream)
             return
-        if self.state is FINAL and stream > self._last_stream:
+        if self.state is FINAL and stream > self._goaway.last_stream:
             # Not for the app, not even its header block (the client's table is cleared:
             # FINAL waits for that), so REFUSED_STREAM's "not processed" is true.
             self.table.refuse(stream)
@@ -451,8 +421,8 @@ class H2Session:
         self.opened += 1
         if self._budget and self.streams_total >= self._budget:
             self.goaway("max_requests")
-        elif self._deferred:
-            self.goaway(self._deferred)
+        elif self._goaway.deferred:
+            self.goaway(self._goaway.deferred)
 
     # -- the app's frames -----------------------------------------------------------------
     def _app_frame(self, side: _Direction, length: int, kind: int, flags: int,
@@ -460,13 +430,10 @@ class H2Session:
         """The app is trusted to speak HTTP/2; what is read here is what the stream
         lifetimes and our own frames depend on."""
         if kind == f.SETTINGS and not flags & f.ACK and length % 6 == 0:
-            self._app_settings += 1
             advertised = self._cap_frame_size(side)  # before the frame is relayed
             if advertised is not None:
                 self._client.max_frame = min(advertised, MAX_FRAME_CAP)
-            if self._clear_at:  # the client's table stays cleared (``_clear_table``)
-                f.lower_setting(side.buffer, side.position + f.HEADER_SIZE, side.end,
-                                f.SETTINGS_HEADER_TABLE_SIZE, 0)
+            self._goaway.app_settings(side.buffer, side.position + f.HEADER_SIZE, side.end)
         if not side.settings_seen:  # the app's SETTINGS: ours may follow them now
             side.settings_seen = True
             start, side.position = side.position, side.end
@@ -498,7 +465,7 @@ class H2Session:
     def _app_goaway(self, last_stream: int) -> None:
         """The app is going away itself: streams above its last id will not be answered
         (the client retries them), and no GOAWAY of ours may name a higher id."""
-        self._last_stream = min(self._last_stream, last_stream)
+        self._goaway.app_goaway(last_stream)
         for stream in self.table.above(last_stream):
             self._stream_reset(stream)
 
@@ -514,26 +481,10 @@ class H2Session:
     def _stream_over(self) -> None:
         self.ended += 1
         if self.state is FINAL and not self.table:
-            self.close_reason = self._reason
+            self.close_reason = self._goaway.reason
             self._move(CLOSED)
-        elif self._final_due and not self.table:
+        elif self._goaway.final_due and not self.table:
             self._final(self.table.admitted)  # no stream left to forward a block for
-
-    def _clear_table(self) -> None:
-        """Ask the client to shrink its HPACK table to 0 (SETTINGS_HEADER_TABLE_SIZE).
-
-        The app must see every header block the client encodes with its dynamic table,
-        or the two tables drift apart and the app fails the connection; so a stream
-        the proxy refuses would still have to reach the app, which would then run it.
-        Once the client has acknowledged this, its later blocks neither add to the
-        table nor refer to it (RFC 7541 section 4.2), so a block can be dropped and the
-        app's table, however stale, is never consulted.  The ACK is told from those of
-        the app's SETTINGS by its place: a peer acknowledges SETTINGS in order."""
-        if self._app.settings_seen:
-            self._clear_at = self._app_settings + 1
-        else:
-            self._clear_at = 2  # held in ``_early``, right after the app's first SETTINGS
-        self._inject(f.settings(f.SETTINGS_HEADER_TABLE_SIZE, 0))
 
     def _count_reset(self) -> None:
         now = self._now
@@ -545,39 +496,37 @@ class H2Session:
             self._fail(f.ENHANCE_YOUR_CALM, "abuse", b"too many stream resets")
 
     def _final(self, last_stream: int) -> None:
-        """The final GOAWAY.  Streams opened after it are refused, their header blocks
-        dropped: with streams still to run, it waits until the client's HPACK table
-        is cleared (``_clear_table``); until then new streams are still served."""
-        if self.table and not self._table_cleared:
-            self._final_due = True
+        """The final GOAWAY, once the sequence lets it go (``GoawaySequence.final``)."""
+        if not self._goaway.final(last_stream, bool(self.table), self._ours()):
             return
-        self._final_due = False
-        self._last_stream = min(self._last_stream, last_stream)
-        self._inject(f.goaway(self._last_stream, f.NO_ERROR))
         self._move(FINAL)
-        for stream in self.table.above(self._last_stream):
+        for stream in self.table.above(self._goaway.last_stream):
             self._stream_reset(stream)  # the client retries those: nothing to wait for
         if not self.table:
-            self.close_reason = self._reason
+            self.close_reason = self._goaway.reason
             self._move(CLOSED)
 
     def _fail(self, error: int, reason: str, detail: bytes) -> None:
         """End the connection now: GOAWAY with the error to the client, nothing more."""
         self._app_preface_now()
-        self.to_client.append(f.goaway(min(self._last_stream, self.table.admitted), error,
-                                       detail))
+        self.to_client.append(f.goaway(self._last_served(), error, detail))
         self.goaways.append(reason)
         self.close_reason = reason
         self.failed = True
         self._move(CLOSED)
 
+    def _last_served(self) -> int:
+        """What a GOAWAY ending the connection at once names: the last stream the app
+        got, or a lower one if the app's own GOAWAY said so."""
+        return min(self._goaway.last_stream, self.table.admitted)
+
     def _inject(self, frames: bytes) -> None:
-        """Our own frames for the client.  The server's first frame must be its SETTINGS,
-        which come from the app: until they have gone out, ours wait."""
-        if self._app.settings_seen:
-            self.to_client.append(frames)
-        else:
-            self._early.append(frames)
+        self._ours().append(frames)
+
+    def _ours(self) -> list[bytes]:
+        """Where our own frames for the client go.  The server's first frame must be its
+        SETTINGS, which come from the app: until they have gone out, ours wait."""
+        return self.to_client if self._app.settings_seen else self._early
 
     def _app_preface_now(self) -> None:
         """Ending the connection before the app's SETTINGS came: send empty ones of ours,

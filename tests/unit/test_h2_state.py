@@ -19,14 +19,13 @@ from hyperframe.frame import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.h2_goaway import FIRST_PING, SECOND_PING
 from proxy.h2_state import (
-    FIRST_PING,
     FIRST_STREAM,
     MAX_FRAME_CAP,
     NEXT_STREAM,
     NOT_WAITING,
     RESET_BURST,
-    SECOND_PING,
     TRANSITIONS,
     H2Session,
     H2State,
