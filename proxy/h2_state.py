@@ -53,11 +53,11 @@ TRANSITIONS: Final[dict[H2State, frozenset[H2State]]] = {
 }
 _ALLOWED: Final = bit_masks(TRANSITIONS)
 
+# The largest frame either peer may send through the proxy (_cap_frame_size).
+MAX_FRAME_CAP: Final = 65_536
 # Rapid reset (CVE-2023-44487): a stream opened and reset costs the client two frames
 # and the app a request.  A token bucket per connection: this many resets at once,
 # refilled at this rate; past it the connection ends with ENHANCE_YOUR_CALM.
-# The largest frame either peer may send through the proxy (_cap_frame_size).
-MAX_FRAME_CAP: Final = 65_536
 RESET_BURST: Final = 200
 RESET_RATE_PER_S: Final = 100.0
 # The frames on a refused stream that are dropped, not relayed (CONTINUATION and
@@ -502,7 +502,8 @@ class H2Session:
         self._move(FINAL)
         for stream in self.table.above(self._goaway.last_stream):
             self._stream_reset(stream)  # the client retries those: nothing to wait for
-        if not self.table:
+        # Resetting the last open stream closed the connection already (_stream_over).
+        if not self.table and self.state is not CLOSED:
             self.close_reason = self._goaway.reason
             self._move(CLOSED)
 

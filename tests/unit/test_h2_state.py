@@ -395,3 +395,19 @@ def test_any_split_of_the_bytes_relays_the_same_frames(cuts: list[int]) -> None:
     pieces.from_client(stream[position:], 0.0)
     assert b"".join(pieces.to_app) == b"".join(whole.to_app) == stream
     assert pieces.table.open == whole.table.open == {1: 1, 3: 0}  # 1: its request is complete
+
+
+def test_the_final_goaway_resetting_the_last_open_stream_closes_the_connection_once() -> None:
+    """The app's GOAWAY named stream 1; the client opened stream 3 before reading it.  At
+    the final GOAWAY stream 3 is reset, which ends the last stream: the connection closes
+    (once: a second close raised IllegalTransition out of the relay)."""
+    s = session()
+    s.from_client(request(1, end_stream=False), 0.0)
+    s.from_app(GoAwayFrame(0, last_stream_id=1).serialize(), 0.0)
+    s.from_client(request(3, end_stream=False), 0.0)
+    s.goaway("drain")
+    s.from_app(response(1), 0.0)
+    s.from_client(DataFrame(1, data=b"body", flags={"END_STREAM"}).serialize(), 0.0)
+    s.from_client(both_acks(), 0.0)
+    assert s.state is S.CLOSED and s.close_reason == "drain" and not s.failed
+    assert (1, 0) in goaways(out(s.to_client))
