@@ -114,3 +114,41 @@ def lower_setting(buffer: bytearray, start: int, end: int, identifier: int,
 
 def u32(payload: bytes | bytearray | memoryview, offset: int = 0) -> int:
     return int(struct.unpack_from(">I", payload, offset)[0])
+
+
+class FrameStream:
+    """The frames one side sends, as the session scans them: the unparsed tail of what
+    it sent, the frame being looked at (``position`` to ``end``), the run of frames
+    before it still to be relayed unchanged (from ``run``), and a header block being
+    held until it is complete."""
+
+    __slots__ = ("block", "block_flags", "block_size", "block_stream", "buffer", "end",
+                 "is_client", "max_frame", "position", "run", "settings_seen")
+
+    def __init__(self, is_client: bool) -> None:
+        self.is_client = is_client
+        self.buffer = bytearray()
+        self.position = self.end = self.run = 0
+        self.max_frame = DEFAULT_MAX_FRAME_SIZE  # until the receiver's SETTINGS say more
+        self.settings_seen = False
+        self.block: list[bytes] = []
+        self.block_stream = 0
+        self.block_flags = 0
+        self.block_size = 0
+
+    def flush(self, out: list[bytes]) -> None:
+        """Queue the frames since the last flush, up to the frame being looked at."""
+        if self.position > self.run:
+            out.append(bytes(self.buffer[self.run:self.position]))
+        self.run = self.position
+
+    def skip(self, out: list[bytes]) -> None:
+        """The frame being looked at is not relayed as it stands (dropped, or held)."""
+        self.flush(out)
+        self.run = self.end
+
+    def current(self) -> bytes:
+        return bytes(self.buffer[self.position:self.end])
+
+    def payload(self) -> memoryview:
+        return memoryview(self.buffer)[self.position + HEADER_SIZE:self.end]

@@ -94,8 +94,8 @@ class H2Session:
         self._credit = 0  # flow-control credit of client DATA dropped here, owed back
         self._early: list[bytes] = []  # our frames for the client, before the app's SETTINGS
         self._unreachable = False  # the proxy answers the client itself (app_unreachable)
-        self._client = _Direction(is_client=True)
-        self._app = _Direction(is_client=False)
+        self._client = f.FrameStream(is_client=True)
+        self._app = f.FrameStream(is_client=False)
         self._reset_tokens = float(RESET_BURST)
         self._reset_at = self._now = now
 
@@ -197,7 +197,7 @@ class H2Session:
         return len(self.table)
 
     # -- relaying ---------------------------------------------------------------------------
-    def _relay(self, side: _Direction, data: bytes | memoryview, out: list[bytes],
+    def _relay(self, side: f.FrameStream, data: bytes | memoryview, out: list[bytes],
                now: float) -> None:
         if self.state is CLOSED:
             return
@@ -228,31 +228,14 @@ class H2Session:
                 break  # nothing after it does
             position = end
         side.position = position
-        self._flush(side, out)
+        side.flush(out)
         del buffer[:position]
         if self._credit and not self.closed:
             self._inject(f.window_update(0, self._credit))
         self._credit = 0
 
-    def _flush(self, side: _Direction, out: list[bytes]) -> None:
-        """Queue the frames since the last flush, up to the frame being looked at."""
-        if side.position > side.run:
-            out.append(bytes(side.buffer[side.run:side.position]))
-        side.run = side.position
-
-    def _skip(self, side: _Direction, out: list[bytes]) -> None:
-        """The frame being looked at is not relayed as it stands (dropped, or held)."""
-        self._flush(side, out)
-        side.run = side.end
-
-    def _current(self, side: _Direction) -> bytes:
-        return bytes(side.buffer[side.position:side.end])
-
-    def _payload(self, side: _Direction) -> memoryview:
-        return memoryview(side.buffer)[side.position + f.HEADER_SIZE:side.end]
-
     # -- the client's frames ------------------------------------------------------------------
-    def _client_frame(self, side: _Direction, length: int, kind: int, flags: int,
+    def _client_frame(self, side: f.FrameStream, length: int, kind: int, flags: int,
                       stream: int) -> None:
         if not side.settings_seen:
             if kind != f.SETTINGS or flags & f.ACK:
@@ -289,11 +272,11 @@ class H2Session:
                 self.to_client.append(f.frame(f.SETTINGS, f.ACK, 0))
         elif kind == f.PING:
             if self._unreachable and not flags & f.ACK:
-                self.to_client.append(f.frame(f.PING, f.ACK, 0, bytes(self._payload(side))))
+                self.to_client.append(f.frame(f.PING, f.ACK, 0, bytes(side.payload())))
             elif flags & f.ACK:
-                opaque = bytes(self._payload(side))
+                opaque = bytes(side.payload())
                 if is_our_ping(opaque):
-                    self._skip(side, self.to_app)  # the app never sent it
+                    side.skip(self.to_app)  # the app never sent it
                     if self.state is ANNOUNCED and self._goaway.ping_acked(opaque, self._ours()):
                         self._final(self.table.admitted)
         elif kind == f.GOAWAY:
@@ -307,22 +290,22 @@ class H2Session:
     def _refused(self, stream: int) -> bool:
         return self.table.kind(stream) == REFUSED
 
-    def _drop_refused(self, side: _Direction, length: int, kind: int) -> None:
+    def _drop_refused(self, side: f.FrameStream, length: int, kind: int) -> None:
         """A frame on a stream the app never saw: not for the app, where a frame on a
         stream it does not know is a connection error.  Its DATA's credit is owed back."""
-        self._skip(side, self.to_app)
+        side.skip(self.to_app)
         if kind == f.DATA:
             self._credit += length  # all of it counts against the window, padding too
         elif kind == f.RST_STREAM:
             self._count_reset()
 
-    def _client_settings(self, side: _Direction, length: int, flags: int) -> None:
+    def _client_settings(self, side: f.FrameStream, length: int, flags: int) -> None:
         if flags & f.ACK:
             if length:
                 self._fail(f.FRAME_SIZE_ERROR, "protocol_error", b"SETTINGS ACK with a payload")
                 return
             if self._goaway.settings_acked():
-                self._skip(side, self.to_app)  # ours: the app never sent it
+                side.skip(self.to_app)  # ours: the app never sent it
                 if self._goaway.final_due:
                     self._final(self.table.admitted)
             return
@@ -337,7 +320,7 @@ class H2Session:
             return
         self._app.max_frame = min(advertised, MAX_FRAME_CAP)  # the app may send this now
 
-    def _cap_frame_size(self, side: _Direction) -> int | None:
+    def _cap_frame_size(self, side: f.FrameStream) -> int | None:
         """The SETTINGS_MAX_FRAME_SIZE the SETTINGS frame being looked at advertises (None:
         none), lowered in place to ``MAX_FRAME_CAP``.  The proxy holds a frame until it is
         complete, so a peer allowing 16 MiB frames would have it hold 16 MiB per
@@ -345,16 +328,16 @@ class H2Session:
         return f.lower_setting(side.buffer, side.position + f.HEADER_SIZE, side.end,
                                f.SETTINGS_MAX_FRAME_SIZE, MAX_FRAME_CAP)
 
-    def _start_block(self, side: _Direction, length: int, flags: int, stream: int) -> None:
+    def _start_block(self, side: f.FrameStream, length: int, flags: int, stream: int) -> None:
         """A HEADERS (or, from the app, PUSH_PROMISE) frame: hold it until END_HEADERS."""
         side.block_stream, side.block_flags = stream, flags
         side.block_size = length
-        side.block = [self._current(side)]
-        self._skip(side, self.to_app if side.is_client else self.to_client)
+        side.block = [side.current()]
+        side.skip(self.to_app if side.is_client else self.to_client)
         if not self._block_too_large(side) and flags & f.END_HEADERS:
             self._end_block(side)
 
-    def _continue_block(self, side: _Direction, length: int, kind: int, flags: int,
+    def _continue_block(self, side: f.FrameStream, length: int, kind: int, flags: int,
                         stream: int) -> None:
         if kind != f.CONTINUATION or stream != side.block_stream:
             if side.is_client:
@@ -362,13 +345,13 @@ class H2Session:
             else:
                 self.app_failed()
             return
-        side.block.append(self._current(side))
+        side.block.append(side.current())
         side.block_size += length
-        self._skip(side, self.to_app if side.is_client else self.to_client)
+        side.skip(self.to_app if side.is_client else self.to_client)
         if not self._block_too_large(side) and flags & f.END_HEADERS:
             self._end_block(side)
 
-    def _block_too_large(self, side: _Direction) -> bool:
+    def _block_too_large(self, side: f.FrameStream) -> bool:
         """A header block held past its limit (a CONTINUATION flood) ends the connection:
         a client's as abuse; the app's as its failure, the client reset (a block dropped
         would leave the client's HPACK context out of step, so the connection cannot go
@@ -381,7 +364,7 @@ class H2Session:
             return True
         return False
 
-    def _end_block(self, side: _Direction) -> None:
+    def _end_block(self, side: f.FrameStream) -> None:
         block, stream, flags = side.block, side.block_stream, side.block_flags
         side.block, side.block_stream = [], 0
         if not side.is_client:
@@ -425,7 +408,7 @@ class H2Session:
             self.goaway(self._goaway.deferred)
 
     # -- the app's frames -----------------------------------------------------------------
-    def _app_frame(self, side: _Direction, length: int, kind: int, flags: int,
+    def _app_frame(self, side: f.FrameStream, length: int, kind: int, flags: int,
                    stream: int) -> None:
         """The app is trusted to speak HTTP/2; what is read here is what the stream
         lifetimes and our own frames depend on."""
@@ -437,7 +420,7 @@ class H2Session:
         if not side.settings_seen:  # the app's SETTINGS: ours may follow them now
             side.settings_seen = True
             start, side.position = side.position, side.end
-            self._flush(side, self.to_client)
+            side.flush(self.to_client)
             side.position = start
             self.to_client.extend(self._early)
             self._early.clear()
@@ -451,7 +434,7 @@ class H2Session:
         elif kind == f.RST_STREAM:
             self._stream_reset(stream)
         elif kind == f.GOAWAY and length >= 8:
-            self._app_goaway(f.u32(self._payload(side)) & f.MAX_STREAM_ID)
+            self._app_goaway(f.u32(side.payload()) & f.MAX_STREAM_ID)
 
     def _app_headers(self, stream: int, flags: int, first: bytes) -> None:
         if flags >> 8 == f.PUSH_PROMISE:  # a stream the app opens; the client never sends
@@ -541,21 +524,3 @@ class H2Session:
     def _move(self, state: H2State) -> None:
         check_move(_ALLOWED, "HTTP/2 connection", self.state, state)
         self.state = state
-
-
-class _Direction:
-    """The frames one side sends: the unparsed tail and a header block being held."""
-
-    __slots__ = ("block", "block_flags", "block_size", "block_stream", "buffer", "end",
-                 "is_client", "max_frame", "position", "run", "settings_seen")
-
-    def __init__(self, is_client: bool) -> None:
-        self.is_client = is_client
-        self.buffer = bytearray()
-        self.position = self.end = self.run = 0  # the frame being looked at; the relayed run
-        self.max_frame = f.DEFAULT_MAX_FRAME_SIZE  # until the receiver's SETTINGS say more
-        self.settings_seen = False
-        self.block: list[bytes] = []
-        self.block_stream = 0
-        self.block_flags = 0
-        self.block_size = 0
