@@ -30,14 +30,17 @@ from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError
 
 # The per-request path; the rest (settings, admin, drain, metrics) runs rarely.
 HOT_MODULES = [
-    "proxy/client.py", "proxy/client_state.py", "proxy/upstream.py", "proxy/upstream_state.py",
-    "proxy/exchange.py", "proxy/http_policy.py", "proxy/http_response.py", "proxy/flow.py",
-    "proxy/buffers.py", "proxy/deadline.py", "proxy/rotation.py", "proxy/stats.py",
-    "proxy/transitions.py", "proxy/tunnel.py", "proxy/tcp.py",
-    "proxy/client_exchanges.py", "proxy/client_requests.py", "proxy/client_forwarding.py",
-    "proxy/h2_frames.py", "proxy/h2_state.py", "proxy/h2_goaway.py",
-    "proxy/h2_streams.py", "proxy/h2_relay.py",
-    "proxy/context.py", "proxy/http_context.py", "proxy/app_connect.py", "proxy/limits.py",
+    "proxy/http1/client.py", "proxy/http1/client_state.py", "proxy/http1/client_exchanges.py",
+    "proxy/http1/client_requests.py", "proxy/http1/client_forwarding.py",
+    "proxy/http1/exchange.py", "proxy/http1/http_policy.py", "proxy/http1/http_response.py",
+    "proxy/http1/upstream.py", "proxy/http1/upstream_state.py", "proxy/http1/context.py",
+    "proxy/http2/frames.py", "proxy/http2/session.py", "proxy/http2/goaway.py",
+    "proxy/http2/streams.py", "proxy/http2/relay.py",
+    "proxy/tcp/tunnel.py", "proxy/tcp/relay.py",
+    "proxy/context.py", "proxy/drain/deadline.py", "proxy/drain/rotation.py",
+    "proxy/telemetry/stats.py",
+    "proxy/app_connect.py", "proxy/limits.py", "proxy/flow.py", "proxy/buffers.py",
+    "proxy/transitions.py",
 ]
 OPT_OUT = "DRAIN_PROXY_NO_EXTENSIONS"
 REQUIRED = "DRAIN_PROXY_REQUIRE_EXTENSIONS"

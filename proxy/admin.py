@@ -30,8 +30,8 @@ import h11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.context import ProxyContext
-from proxy.drain import DrainCoordinator
-from proxy.http_policy import Headers
+from proxy.coordinator import DrainCoordinator
+from proxy.http1.http_policy import Headers
 
 log = logging.getLogger("drain_proxy.admin")
 READ_TIMEOUT_S = 30.0  # an admin client that sends nothing for this long is dropped

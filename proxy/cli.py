@@ -11,9 +11,9 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from proxy import logs
 from proxy.server import StartupError, loop_factory, run
 from proxy.settings import SettingsError, parse_settings, refuse_placeholders
+from proxy.telemetry import logs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,23 +13,23 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.app_connect import UpstreamFailure
-from proxy.lifecycle import DrainTimeline, Phase, first_request_grace_s
+from proxy.drain.lifecycle import DrainTimeline, Phase, first_request_grace_s
+from proxy.drain.listener import Listener, Pause
+from proxy.drain.rotation import RotationPolicy
+from proxy.drain.tracker import ConnectionTracker, Drainable, Kind
 from proxy.limits import RequestLimits
-from proxy.listener import Listener, Pause
-from proxy.logs import RepeatedWarning
-from proxy.memory import Trimmer
-from proxy.metrics import Metrics
-from proxy.rotation import RotationPolicy
 from proxy.settings import Settings
-from proxy.stats import ResponseStats
-from proxy.tracker import ConnectionTracker, Drainable, Kind
+from proxy.telemetry.logs import RepeatedWarning
+from proxy.telemetry.memory import Trimmer
+from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.stats import ResponseStats
 
 log = logging.getLogger("drain_proxy.upstream")
 capacity_log = logging.getLogger("drain_proxy.capacity")
 
 
 class Http2Connection(Protocol):
-    """What the drain and the metrics need of an HTTP/2 connection (``h2_relay``)."""
+    """What the drain and the metrics need of an HTTP/2 connection (``http2.relay``)."""
 
     @property
     def active_streams(self) -> int: ...

@@ -16,19 +16,19 @@ from collections.abc import Callable
 
 from proxy import __version__, build
 from proxy.admin import AdminApp, AdminServer
-from proxy.client import ClientConnection
-from proxy.drain import DrainCoordinator
+from proxy.coordinator import DrainCoordinator
+from proxy.drain.lifecycle import DrainTimeline
+from proxy.drain.listener import Listener
+from proxy.drain.rotation import RotationPolicy
+from proxy.drain.tracker import Kind
 from proxy.flags import Address
-from proxy.http_context import HttpContext
-from proxy.lifecycle import DrainTimeline
-from proxy.listener import Listener
-from proxy.logs import fields
-from proxy.metrics import Metrics
+from proxy.http1.client import ClientConnection
+from proxy.http1.context import HttpContext
 from proxy.readiness import check_app
-from proxy.rotation import RotationPolicy
 from proxy.settings import Settings, SettingsError
-from proxy.tcp import TcpSession
-from proxy.tracker import Kind
+from proxy.tcp.relay import TcpSession
+from proxy.telemetry.logs import fields
+from proxy.telemetry.metrics import Metrics
 
 log = logging.getLogger("drain_proxy")
 

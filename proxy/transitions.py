@@ -1,7 +1,7 @@
 """What the state machines share: the error for a forbidden change, their tables as bit
 masks, and the one check of a change against them.  Sans-IO.
 
-Each machine (``lifecycle``, ``client_state``, ``upstream_state``, ``h2_state``) writes
+Each machine (``lifecycle``, ``client_state``, ``upstream_state``, ``http2.session``) writes
 its table as ``{state: frozenset(allowed next states)}``, the form a reader checks
 against the docs.  The per-request machines check it as one bit mask per state, indexed
 by the state (an IntEnum), which costs a tuple index and a shift instead of two hashes,

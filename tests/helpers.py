@@ -22,9 +22,9 @@ from typing import Self
 import h11
 import httptools
 
-from proxy.metrics import Metrics
 from proxy.server import ProxyServer
 from proxy.settings import parse_settings
+from proxy.telemetry.metrics import Metrics
 
 Header = tuple[bytes, bytes]
 Reply = tuple[int, list[tuple[str, str]], bytes]

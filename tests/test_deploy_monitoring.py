@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import Metrics
+from proxy.telemetry.metrics import Metrics
 
 from support.deploy import DASHBOARD, LAYOUTS, POD_MONITOR, PROMETHEUS_RULE
 from support.kustomize import Doc, load_documents

@@ -11,8 +11,8 @@ import logging
 
 import pytest
 
-from proxy.drain import DrainCoordinator
-from proxy.lifecycle import Phase
+from proxy.coordinator import DrainCoordinator
+from proxy.drain.lifecycle import Phase
 from proxy.server import ProxyServer
 
 from conftest import Run

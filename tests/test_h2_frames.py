@@ -23,7 +23,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from proxy.h2_relay import H2Connection
+from proxy.http2.relay import H2Connection
 
 from conftest import Run
 from helpers import eventually, running_proxy, sample, scripted_app

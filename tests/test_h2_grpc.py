@@ -1,6 +1,6 @@
 """gRPC through the HTTP port: a real grpcio server and client, HTTP/2 prior knowledge.
 
-The proxy relays frames (proxy.h2_state); these tests check what a gRPC user sees:
+The proxy relays frames (proxy.http2.session); these tests check what a gRPC user sees:
 every call kind works, a call in flight across a drain completes, rotation makes the
 channel reconnect without a failed call.
 """

@@ -9,7 +9,7 @@ import asyncio
 from h2_peers import ANSWER_AND_RESET, H2Client, goaways, h2_app, slow_stream_across_the_drain
 from hyperframe.frame import DataFrame, RstStreamFrame, WindowUpdateFrame
 
-from proxy.h2_relay import H2Connection
+from proxy.http2.relay import H2Connection
 
 from conftest import Run
 from helpers import Client, eventually, running_proxy, sample

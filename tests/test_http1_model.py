@@ -39,11 +39,11 @@ from hypothesis.stateful import (
 )
 from prometheus_client import Counter
 
-from proxy.client import ClientConnection
-from proxy.client_state import ClientState
-from proxy.h2_frames import PREFACE
-from proxy.upstream import UpstreamConnection
-from proxy.upstream_state import UpstreamState
+from proxy.http1.client import ClientConnection
+from proxy.http1.client_state import ClientState
+from proxy.http1.upstream import UpstreamConnection
+from proxy.http1.upstream_state import UpstreamState
+from proxy.http2.frames import PREFACE
 
 from support.fake_transports import FakeTransport, Harness
 from support.virtual_clock import VirtualClockLoop
@@ -750,7 +750,7 @@ def test_the_apps_timeout_after_the_clients_reset() -> None:
 def test_an_app_we_stopped_reading_is_not_timed_out() -> None:
     """A request dispatched while the client's socket is full: we do not read the app
     (its answer could not go anywhere), so its --upstream-timeout must not run ("a paused
-    app is not a slow app", proxy.upstream).  _attach paused the app connection, then
+    app is not a slow app", proxy.http1.upstream).  _attach paused the app connection, then
     request_sent armed the timer anyway: 504 after --upstream-timeout, though the client
     had --body-timeout (here 5 s) to read on."""
     loop = VirtualClockLoop()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from proxy.drain.listener import Listener, Pause
+from proxy.drain.tracker import ConnectionTracker
 from proxy.flags import Address
-from proxy.listener import Listener, Pause
-from proxy.tracker import ConnectionTracker
 
 from conftest import Run
 from helpers import CHILD_CWD, Client, app_and_proxy, child_env, eventually

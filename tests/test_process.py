@@ -372,7 +372,7 @@ def test_slow_readers_cost_at_most_64_kib_each_and_memory_comes_back(
         run: Run[None], loop_kind: str) -> None:
     """1000 clients that read none of their 10 MiB: the proxy holds at most one read and
     flushes no more until the client takes it (proxy.buffers); once they close, the freed
-    memory goes back to the system (proxy.memory).  It was about 224 KiB each (uvloop),
+    memory goes back to the system (proxy.telemetry.memory).  It was about 224 KiB each (uvloop),
     and the RSS stayed at its peak afterwards."""
 
     async def scenario() -> None:

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from proxy import client_state, upstream_state
-from proxy.client_state import ClientState
-from proxy.h2_frames import PREFACE
-from proxy.tracker import Kind
-from proxy.upstream_state import UpstreamState
+from proxy.drain.tracker import Kind
+from proxy.http1 import client_state, upstream_state
+from proxy.http1.client_state import ClientState
+from proxy.http1.upstream_state import UpstreamState
+from proxy.http2.frames import PREFACE
 
 from conftest import Run
 from helpers import eventually

@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from proxy.tunnel import reset
+from proxy.tcp.tunnel import reset
 
 from conftest import Run
 from helpers import (

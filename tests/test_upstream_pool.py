@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from proxy.http1.upstream import UpstreamPool
 from proxy.limits import RequestLimits
 from proxy.settings import parse_settings
-from proxy.upstream import UpstreamPool
 
 from conftest import Run
 from helpers import IO_TIMEOUT_S

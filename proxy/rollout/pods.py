@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.lifecycle import Phase
+from proxy.drain.lifecycle import Phase
 from proxy.rollout.app import App
 from proxy.rollout.external import ExternalSidecar, SidecarProcess
 from proxy.server import ProxyServer

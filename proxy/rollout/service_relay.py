@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 
 from proxy.rollout.endpoints import Endpoints, NoEndpoints
-from proxy.tunnel import reset
+from proxy.tcp.tunnel import reset
 
 
 class ServiceRelay:

@@ -23,8 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from proxy.lifecycle import Phase
-from proxy.listener import _handshakes_under_way
+from proxy.drain.lifecycle import Phase
+from proxy.drain.listener import _handshakes_under_way
 
 from held_handshakes import nft, wait_for
 

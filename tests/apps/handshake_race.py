@@ -20,9 +20,9 @@ import socket
 import subprocess
 import sys
 
+from proxy.drain.listener import Listener, _handshakes_under_way
+from proxy.drain.tracker import ConnectionTracker
 from proxy.flags import Address
-from proxy.listener import Listener, _handshakes_under_way
-from proxy.tracker import ConnectionTracker
 
 from held_handshakes import nft, wait_for
 

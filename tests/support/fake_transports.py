@@ -13,14 +13,14 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from proxy.client import ClientConnection
-from proxy.client_state import ClientState
-from proxy.http_context import HttpContext
-from proxy.lifecycle import DrainTimeline
-from proxy.metrics import Metrics
-from proxy.rotation import RotationPolicy
+from proxy.drain.lifecycle import DrainTimeline
+from proxy.drain.rotation import RotationPolicy
+from proxy.http1.client import ClientConnection
+from proxy.http1.client_state import ClientState
+from proxy.http1.context import HttpContext
+from proxy.http1.upstream import UpstreamConnection
 from proxy.settings import parse_settings
-from proxy.upstream import UpstreamConnection
+from proxy.telemetry.metrics import Metrics
 
 Edge = tuple[Any, Any]
 

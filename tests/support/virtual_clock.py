@@ -1,6 +1,6 @@
 """An asyncio event loop whose clock moves only when the test moves it.
 
-The proxy's timers (``proxy.deadline``) schedule with ``loop.call_at`` and read
+The proxy's timers (``proxy.drain.deadline``) schedule with ``loop.call_at`` and read
 ``loop.time``; on this loop both see a virtual clock, so a test makes a header or idle
 timeout fire by advancing the clock, with no real waiting and no flakiness.  Nothing
 may wait on the loop for a timer (the selector would then sleep for real): the test

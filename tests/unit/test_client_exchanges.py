@@ -1,6 +1,6 @@
 # mypy: disable-error-code="comparison-overlap"
 # (these tests assert a state, fire an event, then assert the next one; mypy would narrow)
-"""Unit tests for proxy.client_exchanges: which exchange is where, whose a refusal is, what
+"""Unit tests for proxy.http1.client_exchanges: which exchange is where, whose a refusal is, what
 the read timer means and what the client's EOF means, with no sockets."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 
 from proxy import flow
-from proxy.client_exchanges import AfterEof, ExchangeQueue, ReadWait, Refusal
-from proxy.client_state import AfterResponse, ClientMachine, ClientState
-from proxy.http_policy import ForwardRequest, Framing, HeadCollector
+from proxy.http1.client_exchanges import AfterEof, ExchangeQueue, ReadWait, Refusal
+from proxy.http1.client_state import AfterResponse, ClientMachine, ClientState
+from proxy.http1.http_policy import ForwardRequest, Framing, HeadCollector
 
 S = ClientState
 

@@ -1,7 +1,7 @@
 # mypy: disable-error-code="comparison-overlap"
 # (these tests assert a state, fire an event, then assert the next state; mypy would
 # narrow the first assertion and call the second one impossible)
-"""Unit tests for proxy.client_state: the transition table, the events and the keep-alive
+"""Unit tests for proxy.http1.client_state: the transition table, the events and the keep-alive
 decision, with no sockets (the adapter is tested through fake transports in
 test_client_protocol.py)."""
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from proxy import flow
-from proxy.client_state import (
+from proxy.http1.client_state import (
     TRANSITIONS,
     AfterResponse,
     ClientMachine,
@@ -35,7 +35,7 @@ def machine(state: ClientState = S.FRESH, budget: int = 0,
 def test_every_state_has_a_row_and_closed_is_final() -> None:
     assert set(TRANSITIONS) == set(ClientState)
     assert TRANSITIONS[S.CLOSED] == frozenset()
-    assert TRANSITIONS[S.HTTP2] == frozenset(), "handed over to h2_relay for good"
+    assert TRANSITIONS[S.HTTP2] == frozenset(), "handed over to http2.relay for good"
     assert all(S.CLOSED in targets for state, targets in TRANSITIONS.items()
                if state not in (S.CLOSED, S.HTTP2)), "a connection can be lost in any state"
 

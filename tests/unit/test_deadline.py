@@ -1,4 +1,4 @@
-"""Unit tests for proxy.deadline on a real event loop (asyncio, and uvloop when installed).
+"""Unit tests for proxy.drain.deadline on a real event loop (asyncio, and uvloop when installed).
 
 Nothing sleeps: the tests await an ``asyncio.Event`` that the callback (or a
 probe timer scheduled past the deadline) sets, bounded by ``wait_for``.  Times are
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from proxy.deadline import Deadline
+from proxy.drain.deadline import Deadline
 
 SHORT = 0.02
 LONG = 5.0

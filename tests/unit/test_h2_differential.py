@@ -48,8 +48,8 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from proxy.h2_state import H2Session
-from proxy.h2_streams import REFUSED
+from proxy.http2.session import H2Session
+from proxy.http2.streams import REFUSED
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "app")]

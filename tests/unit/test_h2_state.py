@@ -1,6 +1,6 @@
 # mypy: disable-error-code="comparison-overlap"
 # (these tests assert a state, fire an event, then assert the next state)
-"""Unit tests for proxy.h2_state: every transition of the GOAWAY sequence, the stream
+"""Unit tests for proxy.http2.session: every transition of the GOAWAY sequence, the stream
 lifetimes it depends on, and the hostile input it stops, with no sockets.  Frames are
 built with ``hyperframe``, not with the proxy's own frame code."""
 
@@ -19,8 +19,8 @@ from hyperframe.frame import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.h2_goaway import FIRST_PING, SECOND_PING
-from proxy.h2_state import (
+from proxy.http2.goaway import FIRST_PING, SECOND_PING
+from proxy.http2.session import (
     FIRST_STREAM,
     MAX_FRAME_CAP,
     NEXT_STREAM,

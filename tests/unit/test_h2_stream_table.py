@@ -1,5 +1,5 @@
 # mypy: disable-error-code="comparison-overlap"
-"""Unit tests for the stream table behind proxy.h2_state: frames on streams that are
+"""Unit tests for the stream table behind proxy.http2.session: frames on streams that are
 over (reset by either side, dropped by the app's GOAWAY, refused by the proxy) are
 recognised, never taken for a protocol violation, and the flow-control credit of what
 the proxy drops is given back.  Frames are built with ``hyperframe``."""
@@ -16,8 +16,8 @@ from hyperframe.frame import (
 )
 from test_h2_state import S, both_acks, out, request, response, session
 
-from proxy.h2_state import H2Session
-from proxy.h2_streams import MAX_RESET_MEMORY
+from proxy.http2.session import H2Session
+from proxy.http2.streams import MAX_RESET_MEMORY
 
 NO_ERROR, CANCEL = 0x0, 0x8
 TRAILERS = b"\x40\x01x\x01y"  # "x: y" as a literal with indexing: it changes the HPACK table

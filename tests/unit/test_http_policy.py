@@ -1,5 +1,5 @@
-"""Unit tests for proxy.http_policy and proxy.http_response; every head built is also parsed
-back with h11."""
+"""Unit tests for proxy.http1.http_policy and proxy.http1.http_response; every head built
+is also parsed back with h11."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import h11
 import pytest
 
-from proxy.http_policy import (
+from proxy.http1.http_policy import (
     ForwardRequest,
     Framing,
     HeadCollector,
@@ -17,7 +17,7 @@ from proxy.http_policy import (
     Peer,
     check_request,
 )
-from proxy.http_response import (
+from proxy.http1.http_response import (
     LAST_CHUNK,
     app_response_framing,
     build_response_head,
@@ -430,7 +430,7 @@ def test_a_name_remembered_for_one_peer_follows_the_next_peers_policy() -> None:
 def test_many_distinct_names_and_hosts_do_not_grow_memory_without_bound() -> None:
     """A client that sends a new name or Host on every request (a scan, an attack) cannot
     grow the remembered kinds and hosts past their bound, and is still checked right."""
-    from proxy import http_policy
+    from proxy.http1 import http_policy
 
     for n in range(5000):
         request = forward([(b"Host", b"h%d.test" % n), (b"X-Scan-%d" % n, b"1"),

@@ -1,4 +1,4 @@
-"""Unit tests for proxy.lifecycle: the phase table and what each phase implies.
+"""Unit tests for proxy.drain.lifecycle: the phase table and what each phase implies.
 
 The clock is whatever number the test passes in; nothing here sleeps.
 """
@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from proxy.lifecycle import TRANSITIONS, DrainTimeline, Phase, first_request_grace_s
+from proxy.drain.lifecycle import TRANSITIONS, DrainTimeline, Phase, first_request_grace_s
 from proxy.transitions import IllegalTransition
 
 S, P, D, X = Phase.SERVING, Phase.PROPAGATING, Phase.DRAINING, Phase.DRAINED

@@ -1,4 +1,4 @@
-"""Unit tests for proxy.memory: when freed memory is handed back to the system."""
+"""Unit tests for proxy.telemetry.memory: when freed memory is handed back to the system."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from proxy.memory import MIN_INTERVAL_S, MIN_PEAK, Trimmer
+from proxy.telemetry.memory import MIN_INTERVAL_S, MIN_PEAK, Trimmer
 
 
 class Calls:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from proxy.metrics import Metrics
-from proxy.stats import DURATION_BUCKETS
+from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.stats import DURATION_BUCKETS
 
 
 def test_response_stats_export_counts_by_code_and_a_cumulative_histogram() -> None:

@@ -18,8 +18,8 @@ import httptools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import http_policy, http_response
-from proxy.http_policy import Framing, HeadCollector, HttpError
+from proxy.http1 import http_policy, http_response
+from proxy.http1.http_policy import Framing, HeadCollector, HttpError
 
 SEEDS = [
     b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",

@@ -7,8 +7,8 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.client_requests import PrefaceSniffer
-from proxy.h2_frames import PREFACE
+from proxy.http1.client_requests import PrefaceSniffer
+from proxy.http2.frames import PREFACE
 
 
 def _feed(reads: list[bytes]) -> tuple[PrefaceSniffer, list[bytes]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httptools
 import pytest
 
-from proxy.http_response import ResponseHeads, ResponseTooLarge
+from proxy.http1.http_response import ResponseHeads, ResponseTooLarge
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Long: " + b"v" * 200
         + b"\r\nContent-Length: 2\r\n\r\n")

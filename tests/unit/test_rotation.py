@@ -1,4 +1,4 @@
-"""Unit tests for proxy.rotation: jittered budgets and when a connection is due to rotate."""
+"""Unit tests for proxy.drain.rotation: jittered budgets and when a connection is due to rotate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from proxy.rotation import RotationPolicy, rotation_reason
+from proxy.drain.rotation import RotationPolicy, rotation_reason
 
 DRAWS = 1000
 

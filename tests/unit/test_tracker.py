@@ -1,8 +1,9 @@
-"""Unit tests for proxy.tracker's reclaim: which connection makes room at --max-connections."""
+"""Unit tests for proxy.drain.tracker's reclaim: which connection makes room at
+--max-connections."""
 
 from __future__ import annotations
 
-from proxy.tracker import ConnectionTracker
+from proxy.drain.tracker import ConnectionTracker
 
 
 class Idler:

@@ -7,10 +7,10 @@ import enum
 
 import pytest
 
-from proxy.client_state import ClientMachine
-from proxy.h2_state import H2Session, H2State
+from proxy.http1.client_state import ClientMachine
+from proxy.http1.upstream_state import UpstreamMachine
+from proxy.http2.session import H2Session, H2State
 from proxy.transitions import IllegalTransition, bit_masks, check_move
-from proxy.upstream_state import UpstreamMachine
 
 
 class Light(enum.IntEnum):

@@ -1,7 +1,7 @@
 # mypy: disable-error-code="comparison-overlap"
 # (these tests assert a state, fire an event, then assert the next state; mypy would
 # narrow the first assertion and call the second one impossible)
-"""Unit tests for proxy.upstream_state: when an app connection may be pooled, and when a
+"""Unit tests for proxy.http1.upstream_state: when an app connection may be pooled, and when a
 failed exchange may be retried."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 
 from proxy.app_connect import Failure
-from proxy.transitions import IllegalTransition
-from proxy.upstream_state import (
+from proxy.http1.upstream_state import (
     TRANSITIONS,
     UpstreamMachine,
     UpstreamState,
     may_retry,
 )
+from proxy.transitions import IllegalTransition
 
 U = UpstreamState
 

@@ -15,7 +15,7 @@ Ending a connection without failing a stream is the sequence gRPC servers use:
       +------------ drain of a connection without streams +---- a timeout, an error+
 
 What ``ANNOUNCED`` and ``FINAL`` send, and when the sequence moves on, is
-``h2_goaway``'s to decide.  A connection that opens no stream within the header
+``http2.goaway``'s to decide.  A connection that opens no stream within the header
 timeout, or none for the idle timeout, gets GOAWAY(NO_ERROR) and is closed
 (``waiting``).
 A protocol violation or abuse ends the connection at once: GOAWAY with the error,
@@ -27,9 +27,9 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from proxy import h2_frames as f
-from proxy.h2_goaway import GoawaySequence, is_our_ping
-from proxy.h2_streams import APP_DONE, CLIENT_DONE, NEW, REFUSED, RESET, StreamTable
+from proxy.http2 import frames as f
+from proxy.http2.goaway import GoawaySequence, is_our_ping
+from proxy.http2.streams import APP_DONE, CLIENT_DONE, NEW, REFUSED, RESET, StreamTable
 from proxy.transitions import bit_masks, check_move
 
 

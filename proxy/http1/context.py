@@ -13,11 +13,11 @@ import logging
 import time
 
 from proxy.context import ProxyContext
-from proxy.exchange import Exchange
-from proxy.http_policy import Peer
-from proxy.logs import fields
-from proxy.tunnel import Tunnel
-from proxy.upstream import UpstreamPool
+from proxy.http1.exchange import Exchange
+from proxy.http1.http_policy import Peer
+from proxy.http1.upstream import UpstreamPool
+from proxy.tcp.tunnel import Tunnel
+from proxy.telemetry.logs import fields
 
 access_log = logging.getLogger("drain_proxy.access")
 

@@ -1,8 +1,8 @@
 """Runs the drain timeline of ``lifecycle`` against the real listener and connections.
 
-The sequence and its reasons are in ``proxy.lifecycle``; this module executes it in
+The sequence and its reasons are in ``proxy.drain.lifecycle``; this module executes it in
 that order.  Completion is observed, not sampled: the drain is over when the
-connection tracker has no connection left (``proxy.tracker``), awaited in a loop
+connection tracker has no connection left (``proxy.drain.tracker``), awaited in a loop
 with the deadline, so a request that starts after another one ended is waited for
 too.  Nothing polls.  We never rely on ``asyncio.Server.wait_closed()``: on Python
 3.11.7 it waits for every open connection and uvloop behaves differently again.
@@ -24,11 +24,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from proxy.http_context import HttpContext
-from proxy.lifecycle import Phase
-from proxy.listener import Listener, Pause
-from proxy.logs import fields
-from proxy.tracker import Kind
+from proxy.drain.lifecycle import Phase
+from proxy.drain.listener import Listener, Pause
+from proxy.drain.tracker import Kind
+from proxy.http1.context import HttpContext
+from proxy.telemetry.logs import fields
 
 log = logging.getLogger("drain_proxy.drain")
 # A pod termination sends SIGTERM within its grace period of the preStop's /drain; this

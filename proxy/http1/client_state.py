@@ -12,10 +12,10 @@ after it are neither HTTP nor tunnel data, so they are held unparsed
 (``TUNNELLED``).  A connection that must end after its last response half-closes
 and reads on, discarding, so that the client sees that response instead of a reset
 (``CLOSING``).  A connection whose first bytes are the HTTP/2 preface is handed
-over to ``proxy.h2_relay`` (``HTTP2``).
+over to ``proxy.http2.relay`` (``HTTP2``).
 
 Every state change goes through ``TRANSITIONS``; anything else raises
-``IllegalTransition``, a bug by definition.  The asyncio adapter (``proxy.client``)
+``IllegalTransition``, a bug by definition.  The asyncio adapter (``proxy.http1.client``)
 reports events and carries out what the methods here return.
 
 The drain reads the state too (``ClientMachine.drain``): ``IDLE`` connections are
@@ -28,7 +28,7 @@ timeout.
 
 Whether a response ends the connection (``Connection: close``) is decided once, in
 ``ClientMachine.close_decision``: the client's wish, the framing, an early answer,
-the drain and keep-alive rotation (see ``proxy.rotation``).
+the drain and keep-alive rotation (see ``proxy.drain.rotation``).
 
 Why the connection is not being read is the machine's too (``paused_by``, the reasons
 of ``proxy.flow``), and each reason has an owner that takes it away when it goes: the
@@ -45,8 +45,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from proxy.drain.rotation import rotation_reason
 from proxy.flow import APP_FULL, CONNECTING, PIPELINE
-from proxy.rotation import rotation_reason
 from proxy.transitions import bit_masks, check_move
 
 
@@ -66,7 +66,7 @@ class ClientState(enum.IntEnum):
     TUNNELLED = 5  # the app switched protocols: a byte relay
     CLOSING = 6  # the last response is written: half-closed, discarding input
     CLOSED = 7
-    HTTP2 = 8  # began with the HTTP/2 preface: handed over to h2_relay
+    HTTP2 = 8  # began with the HTTP/2 preface: handed over to http2.relay
 
 
 # The members as module constants for the per-request code: reading ``ClientState.IDLE``
@@ -90,7 +90,7 @@ TRANSITIONS: Final[dict[ClientState, frozenset[ClientState]]] = {
     TUNNELLED: frozenset({CLOSED}),
     CLOSING: frozenset({CLOSED}),
     CLOSED: frozenset(),
-    HTTP2: frozenset(),  # final: h2_relay owns the connection from then on
+    HTTP2: frozenset(),  # final: http2.relay owns the connection from then on
 }
 # The same table as one bit mask of allowed targets per state, indexed by the state.
 _ALLOWED: Final = bit_masks(TRANSITIONS)
@@ -197,7 +197,7 @@ class ClientMachine:
         self._move(UPGRADE_PENDING)
 
     def http2(self) -> None:
-        """The connection began with the HTTP/2 preface: ``h2_relay`` takes it over."""
+        """The connection began with the HTTP/2 preface: ``http2.relay`` takes it over."""
         self._move(HTTP2)
 
     def switched(self) -> None:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from proxy.http_policy import (
+from proxy.http1.http_policy import (
     FRAMING_ALIASES,
     HOP_BY_HOP,
     NAME_MEMO_BYTES,

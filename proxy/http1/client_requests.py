@@ -16,11 +16,12 @@ from typing import Final
 
 import httptools
 
-from proxy import flow, http_policy, http_response
-from proxy.client_exchanges import ExchangeQueue
-from proxy.h2_frames import PREFACE
-from proxy.http_context import HttpContext
-from proxy.http_policy import Framing, HeadCollector, HttpError, Peer
+from proxy import flow
+from proxy.http1 import http_policy, http_response
+from proxy.http1.client_exchanges import ExchangeQueue
+from proxy.http1.context import HttpContext
+from proxy.http1.http_policy import Framing, HeadCollector, HttpError, Peer
+from proxy.http2.frames import PREFACE
 
 _METHOD_LIKE: Final = re.compile(rb"[A-Z][A-Z0-9_-]* ")
 

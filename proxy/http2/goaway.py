@@ -1,5 +1,5 @@
 """The GOAWAY sequence that ends an HTTP/2 connection without failing a stream: what it
-knows, and which of our frames each step takes.  Sans-IO: ``h2_state.H2Session`` keeps
+knows, and which of our frames each step takes.  Sans-IO: ``session.H2Session`` keeps
 the connection's state and its streams, asks at each event, and sends the frames
 appended to the list it passes.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from proxy import h2_frames as f
+from proxy.http2 import frames as f
 
 # Our two PINGs' payloads, which tell their ACKs from those of the app's PINGs.  Two
 # rounds, not one: a client may already have queued a new stream when it reads our

@@ -17,7 +17,7 @@ HTTP nor tunnel data until the app decides.  The same exchange may be ``parsing`
 ``active`` (a request being answered while its body still arrives).
 
 Every event that moves an exchange goes through ``ExchangeQueue``, which also moves the
-connection's ``ClientMachine``; the asyncio adapter (``proxy.client``) feeds llhttp's
+connection's ``ClientMachine``; the asyncio adapter (``proxy.http1.client``) feeds llhttp's
 events, counts requests in flight, and carries out what it is told.  Three decisions
 live here because they depend on which exchange is where:
 
@@ -38,7 +38,7 @@ import enum
 from collections import deque
 from typing import Final
 
-from proxy.client_state import (
+from proxy.http1.client_state import (
     CLOSING,
     FRESH,
     IDLE,
@@ -46,8 +46,8 @@ from proxy.client_state import (
     AfterResponse,
     ClientMachine,
 )
-from proxy.exchange import Exchange
-from proxy.http_policy import HeadCollector
+from proxy.http1.exchange import Exchange
+from proxy.http1.http_policy import HeadCollector
 from proxy.limits import RequestLimits
 
 MAX_HELD_BYTES: Final = 64 * 1024  # bytes past an Upgrade request, while the app decides

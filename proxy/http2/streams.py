@@ -21,7 +21,7 @@ ever saw the stream:
 Refused streams need no memory: they are exactly the client's stream ids above the
 last one handed to the app.  Reset streams are remembered, the most recent
 ``MAX_RESET_MEMORY`` of them: a frame can only be in flight for one round trip after
-the reset, and the reset rate per connection is limited (``h2_state``).
+the reset, and the reset rate per connection is limited (``http2.session``).
 """
 
 from __future__ import annotations

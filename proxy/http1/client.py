@@ -24,9 +24,12 @@ import asyncio
 import logging
 from typing import cast
 
-from proxy import flow, http_response
+from proxy import flow
 from proxy.buffers import SharedReadProtocol, limit_writes
-from proxy.client_exchanges import (
+from proxy.drain.deadline import Deadline
+from proxy.drain.tracker import Kind
+from proxy.http1 import http_response
+from proxy.http1.client_exchanges import (
     EOF_ANSWER_OUTSTANDING,
     EOF_REFUSE_BODY,
     REFUSE_NOW,
@@ -37,9 +40,9 @@ from proxy.client_exchanges import (
     ExchangeQueue,
     read_timeout_s,
 )
-from proxy.client_forwarding import Forwarder
-from proxy.client_requests import PrefaceSniffer, RequestReader
-from proxy.client_state import (
+from proxy.http1.client_forwarding import Forwarder
+from proxy.http1.client_requests import PrefaceSniffer, RequestReader
+from proxy.http1.client_state import (
     CLOSING,
     DRAIN_CLOSE_NOW,
     DRAIN_GRACE,
@@ -50,14 +53,12 @@ from proxy.client_state import (
     THEN_PARSE_HELD,
     ClientMachine,
 )
-from proxy.deadline import Deadline
-from proxy.exchange import Exchange
-from proxy.h2_relay import H2Connection
-from proxy.http_context import HttpContext
-from proxy.http_policy import Headers, HttpError, Peer
-from proxy.tracker import Kind
-from proxy.tunnel import Tunnel, reset, splice
-from proxy.upstream import UpstreamConnection
+from proxy.http1.context import HttpContext
+from proxy.http1.exchange import Exchange
+from proxy.http1.http_policy import Headers, HttpError, Peer
+from proxy.http1.upstream import UpstreamConnection
+from proxy.http2.relay import H2Connection
+from proxy.tcp.tunnel import Tunnel, reset, splice
 
 log = logging.getLogger("drain_proxy.client")
 
@@ -115,7 +116,7 @@ class ClientConnection(SharedReadProtocol):
         self._parse(data)
 
     def _hand_over_to_http2(self, after_preface: bytes) -> None:
-        """The connection opened with the HTTP/2 preface: ``h2_relay`` takes it over."""
+        """The connection opened with the HTTP/2 preface: ``http2.relay`` takes it over."""
         transport = self.transport
         assert transport is not None
         self._stop()

@@ -27,14 +27,14 @@ import httptools
 
 from proxy.app_connect import Failure, UpstreamFailure, connect_to_app
 from proxy.buffers import SharedReadProtocol, limit_writes
-from proxy.deadline import Deadline
+from proxy.drain.deadline import Deadline
 from proxy.flow import APP_FULL, ReadGate
-from proxy.http_policy import Framing, Headers, HttpError
-from proxy.http_response import ResponseHeads, ResponseTooLarge, app_response_framing
+from proxy.http1.http_policy import Framing, Headers, HttpError
+from proxy.http1.http_response import ResponseHeads, ResponseTooLarge, app_response_framing
+from proxy.http1.upstream_state import AWAITING, IDLE, UpstreamMachine
 from proxy.limits import RequestLimits
 from proxy.settings import Settings
-from proxy.tunnel import reset
-from proxy.upstream_state import AWAITING, IDLE, UpstreamMachine
+from proxy.tcp.tunnel import reset
 
 # Pooled idle connections beyond this are closed: they cost the app a socket each.
 MAX_IDLE_CONNECTIONS: Final = 256

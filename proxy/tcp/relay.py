@@ -18,8 +18,8 @@ import asyncio
 
 from proxy.app_connect import UpstreamFailure, connect_to_app
 from proxy.context import ProxyContext
-from proxy.tracker import Kind
-from proxy.tunnel import Tunnel, TunnelEnd
+from proxy.drain.tracker import Kind
+from proxy.tcp.tunnel import Tunnel, TunnelEnd
 
 
 class _ClientEnd(TunnelEnd):

@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from proxy.http_policy import ForwardRequest, HeadCollector
-from proxy.upstream import UpstreamConnection
+from proxy.http1.http_policy import ForwardRequest, HeadCollector
+from proxy.http1.upstream import UpstreamConnection
 
 MAX_PENDING_BODY_BYTES: Final = 256 * 1024  # a few socket reads; beyond it, backpressure
 MAX_REPLAY_BYTES: Final = 64 * 1024  # requests larger than this are not retried

@@ -15,14 +15,15 @@ import asyncio
 import time
 from typing import Protocol
 
-from proxy import flow, http_response
+from proxy import flow
 from proxy.app_connect import UpstreamFailure
-from proxy.client_exchanges import ExchangeQueue
-from proxy.exchange import Exchange
-from proxy.http_context import HttpContext
-from proxy.http_policy import Framing, Headers
-from proxy.upstream import UpstreamConnection
-from proxy.upstream_state import may_retry
+from proxy.http1 import http_response
+from proxy.http1.client_exchanges import ExchangeQueue
+from proxy.http1.context import HttpContext
+from proxy.http1.exchange import Exchange
+from proxy.http1.http_policy import Framing, Headers
+from proxy.http1.upstream import UpstreamConnection
+from proxy.http1.upstream_state import may_retry
 
 
 class ClientSide(Protocol):

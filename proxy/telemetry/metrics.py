@@ -23,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.stats import DURATION_BUCKETS, ResponseStats
+from proxy.telemetry.stats import DURATION_BUCKETS, ResponseStats
 
 PHASES = ("serving", "propagating", "draining", "drained")
 CLOSE_REASONS = (
@@ -31,7 +31,7 @@ CLOSE_REASONS = (
     "drain_deadline", "error",
 )
 UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "too_large")
-# Why the proxy sent an HTTP/2 client a GOAWAY (proxy.h2_state).
+# Why the proxy sent an HTTP/2 client a GOAWAY (proxy.http2.session).
 GOAWAY_REASONS = ("drain", "max_requests", "max_age", "idle_timeout", "abuse", "protocol_error")
 
 disable_created_metrics()  # type: ignore[no-untyped-call]

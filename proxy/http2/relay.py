@@ -1,4 +1,4 @@
-"""HTTP/2 client connections: the asyncio side of ``h2_state``.
+"""HTTP/2 client connections: the asyncio side of ``http2.session``.
 
 The HTTP port serves HTTP/1.1 and, when a connection opens with the HTTP/2 preface
 (prior knowledge, as gRPC and h2load do), hands that connection over to an
@@ -17,13 +17,14 @@ import asyncio
 import logging
 from typing import Final, cast
 
-from proxy import flow, h2_frames
+from proxy import flow
 from proxy.app_connect import Failure, UpstreamFailure, connect_to_app
 from proxy.buffers import SharedReadProtocol, limit_writes
 from proxy.context import ProxyContext
-from proxy.deadline import Deadline
-from proxy.h2_state import ANNOUNCED, FIRST_STREAM, NEXT_STREAM, H2Session
-from proxy.tunnel import reset
+from proxy.drain.deadline import Deadline
+from proxy.http2 import frames
+from proxy.http2.session import ANNOUNCED, FIRST_STREAM, NEXT_STREAM, H2Session
+from proxy.tcp.tunnel import reset
 
 log = logging.getLogger("drain_proxy.h2")
 
@@ -88,7 +89,7 @@ class H2Connection:
         self._client = _Side(self, from_client=True)
         self._client.transport = self._client.gate.transport = client
         self._app = _Side(self, from_client=False)
-        self._pending: list[bytes] = [h2_frames.PREFACE]  # for the app, until connected
+        self._pending: list[bytes] = [frames.PREFACE]  # for the app, until connected
         self._pending_size = 0
         self._connected = False
         self.finished = False  # both connections closed (or closing)
@@ -106,7 +107,7 @@ class H2Connection:
         ctx.h2_connections.add(self)
         ctx.metrics.h2_connections.inc()
         if ctx.draining:
-            self.session.goaway("drain")  # after its first stream (h2_state)
+            self.session.goaway("drain")  # after its first stream (http2.session)
         self._connecting = self._loop.create_task(self._connect())
 
     def start(self, first_bytes: bytes) -> None:
@@ -229,14 +230,14 @@ class H2Connection:
         self.session.timed_out()
         self._after()
 
-    def _to_app(self, frames: list[bytes]) -> None:
+    def _to_app(self, out: list[bytes]) -> None:
         if self._connected:
             app = self._app.transport
             if app is not None:
-                app.write(b"".join(frames))
+                app.write(b"".join(out))
             return
-        self._pending.extend(frames)
-        self._pending_size += sum(len(chunk) for chunk in frames)
+        self._pending.extend(out)
+        self._pending_size += sum(len(chunk) for chunk in out)
         if self._pending_size > MAX_PENDING_BYTES:
             self._client.gate.set(flow.CONNECTING, True)  # until the app connection is made
 

@@ -1,0 +1,2 @@
+"""What the drain and rotation are made of: the timeline, the listener, the tracked
+connections, timers."""

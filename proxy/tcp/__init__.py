@@ -1,0 +1,1 @@
+"""Raw bytes: TCP mode, and the tunnels of Upgrades."""

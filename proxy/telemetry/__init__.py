@@ -1,0 +1,1 @@
+"""Metrics, logs, response statistics and memory: the floor everything reports to."""
