@@ -97,6 +97,12 @@ class Inside:
     shells: list[str] = field(default_factory=list)
 
 
+def _module_name(site: Path, extension: Path) -> str:
+    """``proxy.http1.client`` for ``proxy/http1/client.cpython-311-x86_64-linux-gnu.so``."""
+    relative = extension.relative_to(site)
+    return ".".join((*relative.parent.parts, relative.name.split(".", 1)[0]))
+
+
 def look_inside(root: Path) -> Inside:
     """Inspect a mounted image root."""
     # /bin and /sbin are links to /usr/bin and /usr/sbin on bookworm: list each file once.
@@ -112,7 +118,7 @@ def look_inside(root: Path) -> Inside:
         compilers=sorted(b for b in binaries if COMPILERS.match(b.rsplit("/", 1)[1])),
         venv_pip=sorted(venv_pip),
         base_pip=sorted(b for b in binaries if re.match(r"pip[\d.]*$", b.rsplit("/", 1)[1])),
-        compiled_modules={path.name.split(".", 1)[0] for path in (site / "proxy").glob("*.so")},
+        compiled_modules={_module_name(site, path) for path in (site / "proxy").rglob("*.so")},
         interpreter=os.readlink(interpreter) if interpreter.is_symlink() else "not a symlink",
         interpreter_target=resolve_inside(root, f"/{VENV}/bin/python"),
         venv_bytes=tree_bytes(root / VENV),
