@@ -38,10 +38,9 @@ from proxy.http1.client_exchanges import (
     WAIT_LINGER,
     WAIT_NOTHING,
     ExchangeQueue,
-    read_timeout_s,
 )
 from proxy.http1.client_forwarding import Forwarder
-from proxy.http1.client_requests import PrefaceSniffer, RequestReader
+from proxy.http1.client_requests import PrefaceSniffer, ReadTimer, RequestReader
 from proxy.http1.client_state import (
     CLOSING,
     DRAIN_CLOSE_NOW,
@@ -74,13 +73,10 @@ class ClientConnection(SharedReadProtocol):
         self.machine = ClientMachine(rotation.request_budget(), rotation.expiry(self._loop.time()))
         self.exchanges = ExchangeQueue(self.machine)
         self._gate = flow.ReadGate()
-        settings = ctx.settings
-        self._read_deadline = Deadline(self._loop, self._read_timed_out,
-                                       min(settings.header_timeout_s, settings.idle_timeout_s))
-        self._waiting = WAIT_NOTHING  # what the read timer is armed for (a ReadWait)
+        self._read_timer = ReadTimer(self._loop, self.exchanges, ctx, self._read_timed_out)
         self._idle_rank = 0  # when it last went idle (HttpContext.connection_idle)
         self._write_deadline = Deadline(self._loop, self._write_timed_out,
-                                        settings.body_timeout_s)
+                                        ctx.limits.body_timeout_s)
         self._peer_eof = False
         self._tunnel: Tunnel | None = None
         self._peer = Peer(b"")
@@ -93,7 +89,7 @@ class ClientConnection(SharedReadProtocol):
         self.transport = self._gate.transport = cast(asyncio.Transport, transport)
         self._peer = self._reader.peer = self.ctx.peer(transport.get_extra_info("peername"))
         limit_writes(self.transport)
-        self._arm_read_timer()
+        self._read_timer.arm()
         self.ctx.register(self, self._loop.time())  # after: a drain under way sets the grace
 
     def data_received(self, data: memoryview | bytes) -> None:
@@ -133,7 +129,7 @@ class ClientConnection(SharedReadProtocol):
             self._finish(dropped, 0, answered=False)
         if after is EOF_REFUSE_BODY:  # its body can never end
             self._reject(HttpError(400, "the request ended before its body"))
-        self._arm_read_timer()
+        self._read_timer.arm()
         # Half-closed with a request outstanding: still answer it.  Otherwise close.
         return not self.machine.ending and (
             after is EOF_ANSWER_OUTSTANDING or after is EOF_REFUSE_BODY)
@@ -273,7 +269,7 @@ class ClientConnection(SharedReadProtocol):
             transport.close()  # flushes; connection_lost follows
             return
         transport.write_eof()
-        self._arm_read_timer()  # the linger
+        self._read_timer.arm()  # the linger
         # The drain need not wait out the linger, only the flush of what we wrote: with
         # both limits at 0, resume_writing tells us when the buffer is empty.
         if transport.get_write_buffer_size():
@@ -304,8 +300,7 @@ class ClientConnection(SharedReadProtocol):
         return unfinished
 
     def _stop(self) -> None:
-        self._read_deadline.cancel()
-        self._waiting = WAIT_NOTHING
+        self._read_timer.stop()
         self._write_deadline.cancel()
         self._forwarder.stop()
 
@@ -331,7 +326,7 @@ class ClientConnection(SharedReadProtocol):
         if step is DRAIN_CLOSE_NOW and self.transport is not None:
             self.transport.close()
         elif step is DRAIN_GRACE:
-            self._arm_read_timer()  # the grace, now shorter than the idle timeout
+            self._read_timer.arm()  # the grace, now shorter than the idle timeout
 
     def cut(self) -> int:
         """The deadline: abort what is still running; return the requests cut."""
@@ -350,24 +345,8 @@ class ClientConnection(SharedReadProtocol):
         return len(unfinished)
 
     # -- timers and flow control ----------------------------------------------------------------
-    def _arm_read_timer(self, progress: bool = False) -> None:
-        """Arm the read timer for what the exchanges wait for, when that changed, or when a
-        read brought a new head or body bytes (a head's timer runs for the whole head
-        however it trickles; a body's restarts on progress)."""
-        wait = self.exchanges.read_wait()
-        if wait == self._waiting and not (progress and wait in (WAIT_HEAD, WAIT_BODY)):
-            return
-        self._waiting = wait
-        if wait == WAIT_NOTHING:
-            self._read_deadline.clear()
-        else:
-            self._read_deadline.set(read_timeout_s(wait, self.ctx.limits,
-                                                   self.ctx.first_request_grace_s))
-
-    def _read_timed_out(self) -> None:
-        """The read timer fired; what it meant is what it was armed for."""
-        wait = self._waiting
-        self._waiting = WAIT_NOTHING
+    def _read_timed_out(self, wait: int) -> None:
+        """The read timer ran out while armed for ``wait``: that is what it meant."""
         if wait == WAIT_HEAD:
             self._reject(HttpError(408, "request head not received in time"))
         elif wait == WAIT_BODY:
@@ -394,4 +373,4 @@ class ClientConnection(SharedReadProtocol):
         paused (a client we do not read cannot be slow) and starts again once it resumes."""
         if self._gate.reasons != self.machine.paused_by:
             self._gate.apply(self.machine.paused_by)
-        self._arm_read_timer(progress)
+        self._read_timer.arm(progress)

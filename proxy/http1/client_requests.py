@@ -11,14 +11,23 @@ after an Upgrade, re-arm the read timer) is decided after the read, by
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Callable
 from typing import Final
 
 import httptools
 
 from proxy import flow
+from proxy.drain.deadline import Deadline
 from proxy.http1 import http_policy, http_response
-from proxy.http1.client_exchanges import ExchangeQueue
+from proxy.http1.client_exchanges import (
+    WAIT_BODY,
+    WAIT_HEAD,
+    WAIT_NOTHING,
+    ExchangeQueue,
+    read_timeout_s,
+)
 from proxy.http1.context import HttpContext
 from proxy.http1.http_policy import Framing, HeadCollector, HttpError, Peer
 from proxy.http2.frames import PREFACE
@@ -157,3 +166,43 @@ class PrefaceSniffer:
         else:
             self._seen, self.http2, self.after_preface = b"", True, bytes(seen[size:])
         return None
+
+
+class ReadTimer:
+    """The client connection's read timer: armed for what its exchanges wait for
+    (``ExchangeQueue.read_wait``), for as long as ``read_timeout_s`` gives that wait.  When
+    it runs out, ``expired`` gets the wait it was armed for: that is what it meant."""
+
+    __slots__ = ("_deadline", "_exchanges", "_expired", "_grace_s", "_limits", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, exchanges: ExchangeQueue,
+                 ctx: HttpContext, expired: Callable[[int], None]) -> None:
+        self._exchanges = exchanges
+        self._limits = ctx.limits
+        self._grace_s = ctx.first_request_grace_s
+        self._expired = expired
+        self.waiting = WAIT_NOTHING  # what it is armed for (a ReadWait)
+        limits = ctx.limits
+        self._deadline = Deadline(loop, self._ran_out,
+                                  min(limits.header_timeout_s, limits.idle_timeout_s))
+
+    def arm(self, progress: bool = False) -> None:
+        """Arm it for what the exchanges wait for, when that changed, or when a read
+        brought a new head or body bytes (a head's timer runs for the whole head however
+        it trickles; a body's restarts on progress)."""
+        wait = self._exchanges.read_wait()
+        if wait == self.waiting and not (progress and wait in (WAIT_HEAD, WAIT_BODY)):
+            return
+        self.waiting = wait
+        if wait == WAIT_NOTHING:
+            self._deadline.clear()
+        else:
+            self._deadline.set(read_timeout_s(wait, self._limits, self._grace_s))
+
+    def stop(self) -> None:
+        self._deadline.cancel()
+        self.waiting = WAIT_NOTHING
+
+    def _ran_out(self) -> None:
+        wait, self.waiting = self.waiting, WAIT_NOTHING
+        self._expired(wait)
