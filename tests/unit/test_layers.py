@@ -22,7 +22,7 @@ PACKAGE = Path(proxy.__file__).parent
 # Top to bottom.  The package root (``proxy/__init__.py``: the version) is below them all.
 FLOORS: list[tuple[str, ...]] = [
     ("proxy.__main__", "proxy.cli"),
-    ("proxy.rollout",),
+    ("proxy.rollout", "proxy.adopt"),
     ("proxy.server", "proxy.admin", "proxy.readiness", "proxy.coordinator"),
     ("proxy.http1",),
     ("proxy.http2",),

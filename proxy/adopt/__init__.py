@@ -1,0 +1,1 @@
+"""Adopting the sidecar: ``drain-proxy inject`` and ``drain-proxy check`` over manifests."""
