@@ -49,5 +49,6 @@ def resolve(service: Obj, port: Obj, target: Workload) -> Route:
             number = declared.get("containerPort")
             return Route(service, port, target, number if isinstance(number, int) else None,
                          container, declared, by_name)
-    number = None if by_name or wanted is None else int(wanted)
+    number = int(wanted) if isinstance(wanted, int) or (
+        isinstance(wanted, str) and wanted.isdigit()) else None
     return Route(service, port, target, number, None, None, by_name)
