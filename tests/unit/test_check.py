@@ -178,3 +178,25 @@ def test_unreadable_input_is_exit_code_2_and_one_line(
     err = capsys.readouterr().err
     assert code == 2 and out == ""
     assert says in err and err.count("\n") == 1, err
+
+
+def proxy_with(lines: str) -> str:
+    """good.yaml with ``lines`` added to the proxy container (indented as its keys)."""
+    return (MANIFESTS / "good.yaml").read_text().replace(
+        "        env:\n", "".join(f"        {line}\n" for line in lines.splitlines())
+        + "        env:\n")
+
+
+def test_a_drain_proxy_command_counts_with_its_args_and_the_token_file_is_not_read() -> None:
+    text = proxy_with("command: [/usr/local/bin/drain-proxy, --drain-timeout, '40']\n"
+                      "args: [--drain-token-file, /nowhere/token]")
+    assert [(f.id, f.message.split(" = ")[-1][:4]) for f in findings_in(text)] == [
+        ("grace-too-short", "52 s")]
+
+
+def test_a_shell_command_or_env_from_is_reported_not_guessed() -> None:
+    text = proxy_with("command: [/bin/sh, -c, 'exec drain-proxy --drain-timeout 40']\n"
+                      "envFrom: [{configMapRef: {name: proxy}}]")
+    (finding,) = findings_in(text)
+    assert finding.id == "settings-unknown" and finding.severity == INFO
+    assert "'/bin/sh'" in finding.message and "envFrom" in finding.message
