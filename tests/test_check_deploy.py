@@ -99,3 +99,16 @@ def test_the_process_exits_2_on_unreadable_input(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stdout == ""
     assert re.match(rf"drain-proxy check: error: {re.escape(str(broken))}:[45]: ", result.stderr)
     assert result.stderr.count("\n") == 1
+
+
+def test_the_sidecar_never_loads_ruamel_and_check_without_it_names_the_extra() -> None:
+    loads = subprocess.run(
+        [sys.executable, "-c", "import sys, proxy.cli; print('ruamel' in sys.modules)"],
+        capture_output=True, text=True, timeout=30, env=child_env(), cwd=CHILD_CWD, check=False)
+    assert loads.stdout == "False\n", loads.stderr
+    without = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['ruamel'] = sys.modules['ruamel.yaml'] "
+         "= None; from proxy.cli import main; sys.exit(main(['check']))"],
+        capture_output=True, text=True, timeout=30, env=child_env(), cwd=CHILD_CWD, check=False)
+    assert without.returncode == 2 and "install drain-proxy[adopt]" in without.stderr
+    assert without.stderr.count("\n") == 1
