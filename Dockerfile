@@ -19,9 +19,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml setup.py README.md LICENSE ./
 COPY proxy ./proxy
-RUN pip wheel --wheel-dir /wheels . \
+# The adopt extra (ruamel.yaml) is for `drain-proxy check`, `inject` and `webhook`, which run
+# from this image too; the sidecar itself never imports it.
+RUN pip wheel --wheel-dir /wheels ".[adopt]" \
  && python -m venv /opt/drain-proxy \
- && /opt/drain-proxy/bin/pip install --no-index --find-links=/wheels drain-proxy \
+ && /opt/drain-proxy/bin/pip install --no-index --find-links=/wheels "drain-proxy[adopt]" \
  && /opt/drain-proxy/bin/pip uninstall --yes pip setuptools
 
 FROM python:3.11-slim-bookworm

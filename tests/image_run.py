@@ -90,6 +90,7 @@ class Inside:
     venv_pip: list[str]
     base_pip: list[str]
     compiled_modules: set[str]
+    packages: set[str]  # the top-level names in the virtualenv's site-packages
     interpreter: str
     interpreter_target: Path | None
     venv_bytes: int
@@ -119,6 +120,7 @@ def look_inside(root: Path) -> Inside:
         venv_pip=sorted(venv_pip),
         base_pip=sorted(b for b in binaries if re.match(r"pip[\d.]*$", b.rsplit("/", 1)[1])),
         compiled_modules={_module_name(site, path) for path in (site / "proxy").rglob("*.so")},
+        packages={path.name for path in site.iterdir()},
         interpreter=os.readlink(interpreter) if interpreter.is_symlink() else "not a symlink",
         interpreter_target=resolve_inside(root, f"/{VENV}/bin/python"),
         venv_bytes=tree_bytes(root / VENV),
