@@ -64,7 +64,8 @@ return it inside ``Mutated``.  The mutator must:
   re-sent to it (``reinvocationPolicy``, a second webhook entry) must come out unchanged;
 * otherwise wire the sidecar exactly as ``drain-proxy inject`` wires a pod template (the
   proxy container, the app's preStop, the drain token, the grace period), and then take
-  over the named port the Services target with ``take_over_named_port``: a webhook sees
+  over the named port the Services target (``service_port_name(pod)``) with
+  ``take_over_named_port`` (proxy/adopt/named_port.py): a webhook sees
   the Pod, never the Service, so the proxy must answer on the port *name* the Service's
   ``targetPort`` names, and the app's probes that named it must still reach the app;
 * return ``Problems`` (one line each, no trailing period needed) instead of raising for a

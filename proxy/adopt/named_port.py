@@ -26,10 +26,20 @@ _PORT_NAME = re.compile(r"^(?=.*[a-z])(?!-)(?!.*--)[a-z0-9-]{1,15}(?<!-)$")
 _PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 _HOOKS = ("postStart", "preStop")
 _HANDLERS = ("httpGet", "tcpSocket")  # grpc takes a number only
+PORT_ANNOTATION = "drain-proxy/port"
+DEFAULT_PORT_NAME = "http"
 
 
 class TakeoverProblem(Exception):
     """Why the port cannot be taken over: one line."""
+
+
+def service_port_name(pod: Pod) -> str:
+    """The port name the pod's Services target, so the one to take over: the annotation
+    ``drain-proxy/port``, or ``http``."""
+    metadata = pod.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    return str(annotations.get(PORT_ANNOTATION, DEFAULT_PORT_NAME))
 
 
 def app_port_name(name: str) -> str:

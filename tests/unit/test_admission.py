@@ -56,6 +56,18 @@ def test_only_pod_creates_are_mutated(operation: str, kind: str) -> None:
     assert decision.result is Result.NOT_SELECTED and "patch" not in decision.review["response"]
 
 
+def test_the_annotated_port_name_is_the_one_taken_over() -> None:
+    pod = app_pod(ENABLED | {"drain-proxy/port": "web"})
+    pod["spec"]["containers"][0]["ports"][0]["name"] = "web"
+    pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = "web"
+    sent = review(pod)
+    after = patched(pod, response_of(json.dumps(decide(sent, stand_in_wiring).review).encode(),
+                                     sent))
+    app, proxy = after["spec"]["containers"]
+    assert resolve_port(proxy, "web") == 8000 and app["ports"][0]["name"] == "app-web"
+    assert resolve_port(app, app["readinessProbe"]["httpGet"]["port"]) == 8080
+
+
 def test_a_pod_it_cannot_wire_is_allowed_unchanged_with_a_warning() -> None:
     pod = app_pod(ENABLED)
     pod["spec"]["containers"][0]["ports"][0]["name"] = "web"  # no port named http

@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from proxy.adopt.named_port import TakeoverProblem, app_port_name, take_over_named_port
+from proxy.adopt.named_port import (
+    TakeoverProblem,
+    app_port_name,
+    service_port_name,
+    take_over_named_port,
+)
 
 from support.deploy import resolve_port
 
@@ -80,3 +85,10 @@ def test_an_invalid_new_name_is_refused() -> None:
     with pytest.raises(TakeoverProblem, match="not a valid port name"):
         take_over_named_port(pod(), app="web", proxy="drain-proxy", name="http",
                              proxy_port=8000, renamed="App_HTTP")
+
+
+def test_the_name_taken_over_is_the_annotated_one_or_http() -> None:
+    assert service_port_name(pod()) == "http"
+    annotated = pod()
+    annotated["metadata"]["annotations"] = {"drain-proxy/port": "web"}
+    assert service_port_name(annotated) == "web"
