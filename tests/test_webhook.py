@@ -103,7 +103,7 @@ def test_an_annotated_pod_is_injected_over_tls(run: Run[None], tmp_path: Path) -
         async with webhook(tmp_path) as hook:
             pod = app_pod(ENABLED)
             sent = review(pod)
-            answer = await https(hook.port, hook.context, "POST", "/mutate", sent)
+            answer = await https(hook.port, hook.context, "POST", "/mutate?timeout=5s", sent)
             assert answer.status == 200 and answer.headers[b"content-type"] == b"application/json"
             after = patched(pod, response_of(answer.body, sent))
             for version in SCHEMA_VERSIONS:
@@ -120,10 +120,11 @@ def test_an_unannotated_pod_is_allowed_with_no_patch(run: Run[None], tmp_path: P
     async def scenario() -> None:
         async with webhook(tmp_path) as hook:
             sent = review(app_pod())
-            answer = await https(hook.port, hook.context, "POST", "/mutate", sent)
+            answer = await https(hook.port, hook.context, "POST", "/mutate?timeout=5s", sent)
             assert answer.status == 200
             assert set(response_of(answer.body, sent)) == {"uid", "allowed"}
-            namespace = await https(hook.port, hook.context, "POST", "/mutate/namespace", sent)
+            namespace = await https(hook.port, hook.context, "POST",
+                                    "/mutate/namespace?timeout=5s", sent)
             assert "patch" in response_of(namespace.body, sent)
 
     run(scenario())
@@ -141,7 +142,7 @@ def test_bad_bodies_get_400_and_the_server_goes_on(run: Run[None], tmp_path: Pat
                                 b" " * (MAX_BODY + 1))
             assert large.status == 413
             sent = review(app_pod(ENABLED))
-            good = await https(hook.port, hook.context, "POST", "/mutate", sent)
+            good = await https(hook.port, hook.context, "POST", "/mutate?timeout=5s", sent)
             assert "patch" in response_of(good.body, sent)
             metrics = (await https(hook.port, hook.context, "GET", "/metrics")).body.decode()
             assert _sample(metrics, "bad_request") == 2 and _sample(metrics, "injected") == 1
@@ -186,10 +187,14 @@ def test_a_renewed_certificate_is_served_without_a_restart(run: Run[None],
             renewed = await https(hook.port, both, "GET", "/healthz")
             assert renewed.status == 200 and renewed.peer_certificate == der(second_cert)
             # A pair that does not match (a renewal seen half-written) keeps the last good one.
-            third_cert, _ = make_certificate(tmp_path, "third")
+            third_cert, third_key = make_certificate(tmp_path, "third")
             replace_file(third_cert, hook.cert)
-            kept = await https(hook.port, both, "GET", "/healthz")
-            assert kept.status == 200 and kept.peer_certificate == der(second_cert)
+            for _ in range(2):
+                kept = await https(hook.port, both, "GET", "/healthz")
+                assert kept.status == 200 and kept.peer_certificate == der(second_cert)
+            replace_file(third_key, hook.key)  # the renewal completes
+            third = await https(hook.port, client_context(third_cert), "GET", "/healthz")
+            assert third.peer_certificate == der(third_cert)
 
     run(scenario())
 
@@ -269,7 +274,7 @@ def test_the_command_serves_and_stops_on_sigterm(
         health = await https(port, context, "GET", "/healthz")
         assert health.status == 200
         sent = review(app_pod(ENABLED))
-        answer = await https(port, context, "POST", "/mutate", sent)
+        answer = await https(port, context, "POST", "/mutate?timeout=5s", sent)
         response: dict[str, Any] = response_of(answer.body, sent)
         return response
 

@@ -64,6 +64,7 @@ class CertificateFiles:
     def __init__(self, cert: Path, key: Path) -> None:
         self._cert, self._key = cert, key
         self._stamp: tuple[tuple[int, ...], ...] | None = None
+        self._refused: tuple[tuple[int, ...], ...] | None = None  # files that did not load
         self._context: ssl.SSLContext | None = None
 
     def context(self) -> ssl.SSLContext:
@@ -73,13 +74,14 @@ class CertificateFiles:
             stamp = tuple(_stamp(path) for path in (self._cert, self._key))
         except OSError as error:
             return self._keep(f"cannot read {error.filename}: {error.strerror}")
-        if stamp == self._stamp and self._context is not None:
-            return self._context
+        if self._context is not None and stamp in (self._stamp, self._refused):
+            return self._context  # unchanged, or changed and refused already (said once)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             context.load_cert_chain(self._cert, self._key)
         except (OSError, ssl.SSLError) as error:
+            self._refused = stamp
             return self._keep(f"cannot load {self._cert} with {self._key}: {error}")
         if self._context is not None:
             log.info("certificate files changed: loaded them again")
