@@ -167,6 +167,29 @@ def test_health_metrics_and_other_paths(run: Run[None], tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_a_client_without_tls_or_http_does_not_stop_the_server(run: Run[None],
+                                                               tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with webhook(tmp_path) as hook:
+            reader, writer = await asyncio.open_connection("127.0.0.1", hook.port)
+            writer.write(b"POST /mutate HTTP/1.1\r\nHost: x\r\n\r\n")  # no TLS
+            async with asyncio.timeout(TIMEOUT_S):
+                await reader.read()  # the server ends the connection
+            writer.close()
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", hook.port, ssl=hook.context, server_hostname="127.0.0.1")
+            writer.write(b"POST /mutate HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+            async with asyncio.timeout(TIMEOUT_S):
+                answer = await reader.read()
+            writer.transport.abort()
+            assert answer.startswith(b"HTTP/1.1 400 ")
+            sent = review(app_pod(ENABLED))
+            good = await https(hook.port, hook.context, "POST", "/mutate?timeout=5s", sent)
+            assert "patch" in response_of(good.body, sent)
+
+    run(scenario())
+
+
 def _sample(metrics: str, result: str) -> float:
     found = re.search(rf'^drain_proxy_webhook_admissions_total{{result="{result}"}} (\S+)$',
                       metrics, re.MULTILINE)
