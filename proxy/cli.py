@@ -1,15 +1,16 @@
 """The ``drain-proxy`` command: settings, logging, event loop, run.
 
 ``drain-proxy demo`` (only as the first argument) runs the rollout simulation
-instead, and ``drain-proxy check`` checks Kubernetes manifests; anything else is the
-proxy's flags, and a stray positional is still an error there.
+instead; ``check`` checks Kubernetes manifests and ``webhook`` serves the injection webhook
+(``proxy.adopt``); anything else is the proxy's flags, and a stray positional is still an
+error there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from proxy.server import StartupError, loop_factory, run
 from proxy.settings import SettingsError, parse_settings, refuse_placeholders
@@ -23,15 +24,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.rollout.demo import main as demo
 
         return demo(args[1:])
-    if args[:1] == ["check"]:
-        # Imported here: the sidecar itself never loads ruamel.yaml, an extra's dependency.
+    if args[:1] in (["check"], ["webhook"]):
         try:
-            from proxy.adopt.check import main as check
-        except ModuleNotFoundError as error:
-            print(f"drain-proxy check: error: {error}; install drain-proxy[adopt]",
+            command = _adopt_command(args[0])
+        except ModuleNotFoundError as error:  # the adopt extra is not installed
+            print(f"drain-proxy {args[0]}: error: {error}; install drain-proxy[adopt]",
                   file=sys.stderr)
             return 2
-        return check(args[1:])
+        return command(args[1:])
     try:
         settings = parse_settings(args)
         refuse_placeholders(settings)
@@ -46,3 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except StartupError as error:
             print(f"drain-proxy: error: {error}", file=sys.stderr)
             return 2
+
+
+def _adopt_command(name: str) -> Callable[[Sequence[str]], int]:
+    """Imported only when asked for: the sidecar never loads the adopt extra's dependencies
+    (ruamel.yaml, jsonpatch)."""
+    if name == "check":
+        from proxy.adopt.check import main as check
+
+        return check
+    from proxy.adopt.webhook import main as webhook
+
+    return webhook

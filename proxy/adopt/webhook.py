@@ -1,0 +1,326 @@
+"""``drain-proxy webhook``: the mutating admission webhook, over TLS, served with h11.
+
+* ``POST /mutate``            a pod annotated ``drain-proxy/inject: enabled`` is injected.
+* ``POST /mutate/namespace``  the entry for namespaces labelled ``drain-proxy/inject:
+  enabled``: every pod is injected unless annotated ``drain-proxy/inject: disabled``.
+  (A webhook path takes no query string, so the entry says which rule it is by its path.)
+* ``GET /healthz``            200 while the event loop turns.
+* ``GET /metrics``            Prometheus text: ``drain_proxy_webhook_admissions_total{result}``.
+
+The API server sends a few requests per second at most: asyncio streams and h11's strict
+state machine, as on the proxy's admin port, are plenty.  The certificate files are checked
+on every new connection and read again when they changed (cert-manager renews them in the
+mounted Secret), so a renewal needs no restart; a pair that does not load (a renewal seen
+half-written) keeps the previous one in use until the next connection looks again.  The
+check runs in the listening context's SNI callback, which OpenSSL calls on every handshake
+(with or without a server name) and which may swap the connection's context: it works the
+same on asyncio and uvloop, where upgrading an accepted stream with ``start_tls`` does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import h11
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from proxy.adopt.admission import BadReview, MutationResult, Mutator, Pod, Problems, Result, decide
+
+log = logging.getLogger("drain_proxy.webhook")
+MAX_BODY = 3 * 1024 * 1024  # the API server's own limit on a request body
+READ_TIMEOUT_S = 30.0  # a client that sends nothing for this long is dropped
+HANDSHAKE_TIMEOUT_S = 10.0
+MUTATE_PATHS = {"/mutate": False, "/mutate/namespace": True}  # path -> namespace_enabled
+
+
+def not_wired(pod: Pod) -> MutationResult:
+    """The mutator until the pod wiring of ``drain-proxy inject`` is plugged in here: every
+    pod is allowed unchanged, and whoever creates it is told why."""
+    return Problems(("this build of drain-proxy has no pod wiring yet",))
+
+
+MUTATOR: Mutator = not_wired
+
+
+class CertificateError(Exception):
+    """The certificate and key cannot be loaded: one line."""
+
+
+class CertificateFiles:
+    """The server's TLS context, loaded again when its files change (inode, size, mtime)."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self._cert, self._key = cert, key
+        self._stamp: tuple[tuple[int, ...], ...] | None = None
+        self._refused: tuple[tuple[int, ...], ...] | None = None  # files that did not load
+        self._context: ssl.SSLContext | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """The context for a new connection.  Raises ``CertificateError`` only when no pair
+        has loaded yet."""
+        try:
+            stamp = tuple(_stamp(path) for path in (self._cert, self._key))
+        except OSError as error:
+            return self._keep(f"cannot read {error.filename}: {error.strerror}")
+        if self._context is not None and stamp in (self._stamp, self._refused):
+            return self._context  # unchanged, or changed and refused already (said once)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self._cert, self._key)
+        except (OSError, ssl.SSLError) as error:
+            self._refused = stamp
+            return self._keep(f"cannot load {self._cert} with {self._key}: {error}")
+        if self._context is not None:
+            log.info("certificate files changed: loaded them again")
+        self._context, self._stamp = context, stamp
+        return context
+
+    def listening_context(self) -> ssl.SSLContext:
+        """The context to listen with: each handshake gets the context of the moment."""
+        context = self.context()
+
+        def current(connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+                    listening: ssl.SSLContext) -> None:
+            connection.context = self.context()
+
+        context.sni_callback = current
+        return context
+
+    def _keep(self, problem: str) -> ssl.SSLContext:
+        if self._context is None:
+            raise CertificateError(problem)
+        log.warning("%s; keeping the certificate loaded before", problem)
+        return self._context
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    status = os.stat(path)  # follows the symlinks a mounted Secret swaps on renewal
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+class Metrics:
+    """The webhook's own registry: admissions by what they came to."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.admissions = Counter("drain_proxy_webhook_admissions",
+                                  "AdmissionReview requests answered, by result.", ["result"],
+                                  registry=self.registry)
+        for result in Result:
+            self.admissions.labels(result.value)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    content_type: str
+    body: bytes
+
+
+def _text(status: int, text: str) -> Reply:
+    return Reply(status, "text/plain", text.encode() + b"\n")
+
+
+class WebhookApp:
+    """Routes the webhook's requests to the admission decision, health and metrics."""
+
+    def __init__(self, mutator: Mutator, metrics: Metrics) -> None:
+        self._mutator = mutator
+        self._metrics = metrics
+
+    def route(self, method: bytes, target: bytes, body: bytes) -> Reply:
+        path = urlsplit(target.decode("ascii", "replace")).path
+        allowed = {"/healthz": (b"GET", b"HEAD"), "/metrics": (b"GET", b"HEAD"),
+                   **{mutate: (b"POST",) for mutate in MUTATE_PATHS}}
+        if path not in allowed:
+            return _text(404, f"not found; try {' '.join(sorted(allowed))}")
+        if method not in allowed[path]:
+            return _text(405, f"method not allowed; {path} takes "
+                              f"{', '.join(m.decode() for m in allowed[path])}")
+        if path == "/healthz":
+            return _text(200, "ok")
+        if path == "/metrics":
+            return Reply(200, CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry))
+        try:
+            decision = decide(body, self._mutator, namespace_enabled=MUTATE_PATHS[path])
+        except BadReview as error:
+            self._metrics.admissions.labels(Result.BAD_REQUEST.value).inc()
+            log.warning("refused a request to %s: %s", path, error)
+            return _text(400, f"bad request: {error}")
+        self._metrics.admissions.labels(decision.result.value).inc()
+        return Reply(200, "application/json", json.dumps(decision.review).encode())
+
+
+class TooLarge(Exception):
+    """A request body over ``MAX_BODY``."""
+
+
+class WebhookServer:
+    """Serves ``WebhookApp`` over TLS with h11, keep-alive included."""
+
+    def __init__(self, app: WebhookApp, certificates: CertificateFiles) -> None:
+        self._app = app
+        self._certificates = certificates
+        self._server: asyncio.Server | None = None
+        self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(
+            self._handle, host, port, ssl=self._certificates.listening_context(),
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self, grace_s: float = 1.0) -> None:
+        """Stop listening; give requests in hand a moment, then close what is left."""
+        if self._server is not None:
+            self._server.close()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=grace_s)
+        for writer in list(self._handlers.values()):
+            writer.close()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=grace_s)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers[task] = writer
+        try:
+            connection = h11.Connection(h11.SERVER)
+            while await self._serve_one(connection, reader, writer):
+                connection.start_next_cycle()
+        except (OSError, TimeoutError, ssl.SSLError, h11.ProtocolError) as error:
+            log.debug("webhook connection ended: %s", error)
+        finally:
+            self._handlers.pop(task, None)
+            writer.close()
+
+    async def _serve_one(self, connection: h11.Connection, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> bool:
+        try:
+            received = await _next_request(connection, reader)
+        except h11.RemoteProtocolError as error:
+            await _send(connection, writer, b"", _text(400, f"bad request: {error}"))
+            return False
+        except TooLarge:
+            await _send(connection, writer, b"",
+                        _text(413, f"request body over {MAX_BODY} bytes"))
+            return False
+        if received is None:
+            return False
+        request, body = received
+        await _send(connection, writer, request.method,
+                    self._app.route(request.method, request.target, body))
+        return connection.our_state is h11.DONE and connection.their_state is h11.DONE
+
+
+async def _next_request(connection: h11.Connection,
+                        reader: asyncio.StreamReader) -> tuple[h11.Request, bytes] | None:
+    """One whole request and its body, or None when the client left.  Raises ``TooLarge``."""
+    request: h11.Request | None = None
+    body = bytearray()
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                connection.receive_data(await reader.read(65536))
+        elif isinstance(event, h11.Request):
+            request = event
+            length = dict(event.headers).get(b"content-length")
+            if length is not None and int(length) > MAX_BODY:
+                raise TooLarge
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_BODY:
+                raise TooLarge
+        elif isinstance(event, h11.EndOfMessage):
+            assert request is not None
+            return request, bytes(body)
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
+
+
+async def _send(connection: h11.Connection, writer: asyncio.StreamWriter, method: bytes,
+                reply: Reply) -> None:
+    headers = [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body)))]
+    if reply.status >= 400 and connection.their_state is not h11.DONE:
+        headers.append(("Connection", "close"))  # the rest of the request is not read
+    writer.write(connection.send(h11.Response(
+        status_code=reply.status, headers=headers, reason=HTTPStatus(reply.status).phrase)))
+    if method != b"HEAD":
+        writer.write(connection.send(h11.Data(data=reply.body)))
+    writer.write(connection.send(h11.EndOfMessage()))
+    await writer.drain()
+
+
+class UsageError(Exception):
+    """A bad flag: one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with one-line errors: the caller prints them and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = _Parser(prog="drain-proxy webhook", description="The injection webhook.")
+    parser.add_argument("--listen", type=_listen, required=True, metavar="HOST:PORT")
+    parser.add_argument("--tls-cert", type=Path, required=True, metavar="FILE")
+    parser.add_argument("--tls-key", type=Path, required=True, metavar="FILE")
+    return parser.parse_args(argv)
+
+
+async def serve(host: str, port: int, certificates: CertificateFiles, mutator: Mutator) -> None:
+    """Serve until SIGTERM or SIGINT, then let requests in hand finish."""
+    server = WebhookServer(WebhookApp(mutator, Metrics()), certificates)
+    bound = await server.start(host, port)
+    log.info("drain-proxy webhook listening on %s:%d", host, bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.close()
+    log.info("drain-proxy webhook stopped")
+
+
+def main(argv: Sequence[str]) -> int:
+    try:
+        args = parse_args(argv)
+        certificates = CertificateFiles(args.tls_cert, args.tls_key)
+        certificates.context()
+    except (UsageError, CertificateError) as error:
+        print(f"drain-proxy webhook: error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    host, port = args.listen
+    try:
+        asyncio.run(serve(host, port, certificates, MUTATOR))
+    except OSError as error:
+        print(f"drain-proxy webhook: error: cannot listen on {host}:{port}: {error.strerror}",
+              file=sys.stderr)
+        return 2
+    return 0
