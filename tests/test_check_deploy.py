@@ -46,7 +46,8 @@ def resource_files() -> list[Path]:
 
 
 def test_the_deploy_files_are_all_covered() -> None:
-    assert len(renderable()) == 5  # base, both overlays, the component example, prometheus
+    # base, both overlays, the component example, prometheus, the webhook and its cert-manager
+    assert len(renderable()) == 7
     assert KUBERNETES / "overlays" / "native-sidecar" in renderable()
     assert len(resource_files()) >= 10
 

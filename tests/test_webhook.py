@@ -260,7 +260,7 @@ def test_bad_flags_are_one_line_and_exit_2(flags: tuple[str, ...], problem: str,
 def started(certificate: tuple[Path, Path]) -> Iterator[tuple[subprocess.Popen[str], int]]:
     cert, key = certificate
     process = subprocess.Popen(_command("--listen", "127.0.0.1:0", "--tls-cert", str(cert),
-                                        "--tls-key", str(key)),
+                                        "--tls-key", str(key), "--shutdown-delay", "60"),
                                stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     assert process.stderr is not None
@@ -290,12 +290,19 @@ def started(certificate: tuple[Path, Path]) -> Iterator[tuple[subprocess.Popen[s
 
 def test_the_command_serves_and_stops_on_sigterm(
         started: tuple[subprocess.Popen[str], int], certificate: tuple[Path, Path]) -> None:
+    """SIGTERM: not ready at once, still answering admissions through the shutdown delay
+    (the endpoints are still sending here), gone at the second signal."""
     process, port = started
     context = client_context(certificate[0])
 
     async def scenario() -> dict[str, Any]:
         health = await https(port, context, "GET", "/healthz")
         assert health.status == 200
+        assert (await https(port, context, "GET", "/readyz")).status == 200
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + TIMEOUT_S
+        while (await https(port, context, "GET", "/readyz")).status != 503:
+            assert time.monotonic() < deadline, "still ready after SIGTERM"
         sent = review(app_pod(ENABLED))
         answer = await https(port, context, "POST", "/mutate?timeout=5s", sent)
         response: dict[str, Any] = response_of(answer.body, sent)

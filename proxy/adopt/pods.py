@@ -66,11 +66,38 @@ def items(value: Any) -> list[Mapping[str, Any]]:
         value, Sequence) and not isinstance(value, str) else []
 
 
+# Commands the drain-proxy image also runs that are not the sidecar (the injection
+# webhook's Deployment runs the same image with ``webhook``).
+TOOL_COMMANDS = frozenset({"check", "demo", "inject", "webhook"})
+
+
 def is_proxy(container: Obj) -> bool:
-    """The sidecar: named drain-proxy, or run from an image whose name says drain-proxy."""
+    """The sidecar: named drain-proxy, or run from an image whose name says drain-proxy,
+    unless it runs one of the image's other commands."""
     image = str(container.get("image") or "").split("@")[0]
     last = image.rsplit("/", 1)[-1].split(":")[0]
+    words = _subcommand(container)
+    if words[:1] and words[0] in TOOL_COMMANDS:
+        return False
     return container.get("name") == PROXY_NAME or PROXY_NAME in last
+
+
+def runs_webhook(container: Obj) -> bool:
+    """``drain-proxy webhook``, which keeps answering through its own shutdown delay."""
+    return _subcommand(container)[:1] == ["webhook"]
+
+
+def _subcommand(container: Obj) -> list[str]:
+    """The words after ``drain-proxy`` the container starts with (the image's entry point
+    is drain-proxy: ``args`` alone are its words)."""
+    argv = [str(word) for word in [*items_or_words(container.get("command")),
+                                   *items_or_words(container.get("args"))]]
+    return argv[1:] if argv[:1] == [PROXY_NAME] else argv
+
+
+def items_or_words(value: Any) -> list[Any]:
+    """A container's ``command`` or ``args``: a list of words, or nothing."""
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from proxy.adopt.cluster import Inventory
 from proxy.adopt.findings import ERROR, INFO, WARNING, Finding
-from proxy.adopt.pods import Obj, Ref, Sidecar, Workload, items, mapping, ref
+from proxy.adopt.pods import Obj, Ref, Sidecar, Workload, items, mapping, ref, runs_webhook
 from proxy.adopt.routes import Route, routes
 from proxy.settings import PLACEHOLDER_TOKEN_PREFIX, SettingsError, refuse_placeholders
 
@@ -126,7 +126,8 @@ def no_drain(inventory: Inventory, options: Options) -> Iterator[Said]:
     for target in inventory.workloads:
         if target.sidecar is not None or not inventory.services_of(target):
             continue
-        if any(mapping(mapping(c.get("lifecycle")).get("preStop")) for c in target.apps):
+        if any(mapping(mapping(c.get("lifecycle")).get("preStop")) or runs_webhook(c)
+               for c in target.apps):
             continue
         yield (ERROR, target.ref,
                "behind a Service, with no drain-proxy sidecar and no preStop hook: its pods "

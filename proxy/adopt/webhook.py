@@ -4,7 +4,8 @@
 * ``POST /mutate/namespace``  the entry for namespaces labelled ``drain-proxy/inject:
   enabled``: every pod is injected unless annotated ``drain-proxy/inject: disabled``.
   (A webhook path takes no query string, so the entry says which rule it is by its path.)
-* ``GET /healthz``            200 while the event loop turns.
+* ``GET /healthz``            200 while the event loop turns (liveness).
+* ``GET /readyz``             200, then 503 from SIGTERM on (readiness).
 * ``GET /metrics``            Prometheus text: ``drain_proxy_webhook_admissions_total{result}``.
 
 The API server sends a few requests per second at most: asyncio streams and h11's strict
@@ -15,12 +16,18 @@ half-written) keeps the previous one in use until the next connection looks agai
 check runs in the listening context's SNI callback, which OpenSSL calls on every handshake
 (with or without a server name) and which may swap the connection's context: it works the
 same on asyncio and uvloop, where upgrading an accepted stream with ``start_tls`` does not.
+
+On SIGTERM it does what drain-proxy does for an app: readiness fails at once, and it goes on
+answering for ``--shutdown-delay`` while the endpoints stop sending here.  A webhook that
+stopped at once would have the API server's calls in that window refused, and with
+``failurePolicy: Ignore`` those pods would start without the sidecar, unnoticed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +49,9 @@ log = logging.getLogger("drain_proxy.webhook")
 MAX_BODY = 3 * 1024 * 1024  # the API server's own limit on a request body
 READ_TIMEOUT_S = 30.0  # a client that sends nothing for this long is dropped
 HANDSHAKE_TIMEOUT_S = 10.0
+# After SIGTERM: long enough for the endpoints to stop sending here (kube-proxy, the API
+# server's own endpoint watch), well within the default 30 s grace period.
+SHUTDOWN_DELAY_S = 5.0
 MUTATE_PATHS = {"/mutate": False, "/mutate/namespace": True}  # path -> namespace_enabled
 
 
@@ -140,10 +150,12 @@ class WebhookApp:
     def __init__(self, mutator: Mutator, metrics: Metrics) -> None:
         self._mutator = mutator
         self._metrics = metrics
+        self.stopping = False  # SIGTERM came: not ready, still answering
 
     def route(self, method: bytes, target: bytes, body: bytes) -> Reply:
         path = urlsplit(target.decode("ascii", "replace")).path
-        allowed = {"/healthz": (b"GET", b"HEAD"), "/metrics": (b"GET", b"HEAD"),
+        allowed = {"/healthz": (b"GET", b"HEAD"), "/readyz": (b"GET", b"HEAD"),
+                   "/metrics": (b"GET", b"HEAD"),
                    **{mutate: (b"POST",) for mutate in MUTATE_PATHS}}
         if path not in allowed:
             return _text(404, f"not found; try {' '.join(sorted(allowed))}")
@@ -152,6 +164,8 @@ class WebhookApp:
                               f"{', '.join(m.decode() for m in allowed[path])}")
         if path == "/healthz":
             return _text(200, "ok")
+        if path == "/readyz":
+            return _text(503, "stopping") if self.stopping else _text(200, "ready")
         if path == "/metrics":
             return Reply(200, CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry))
         try:
@@ -289,19 +303,41 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--listen", type=_listen, required=True, metavar="HOST:PORT")
     parser.add_argument("--tls-cert", type=Path, required=True, metavar="FILE")
     parser.add_argument("--tls-key", type=Path, required=True, metavar="FILE")
+    parser.add_argument("--shutdown-delay", type=_seconds, default=SHUTDOWN_DELAY_S,
+                        metavar="SECONDS",
+                        help="after SIGTERM, keep answering this long with readiness failed "
+                             f"(default {SHUTDOWN_DELAY_S:g})")
     return parser.parse_args(argv)
 
 
-async def serve(host: str, port: int, certificates: CertificateFiles, mutator: Mutator) -> None:
-    """Serve until SIGTERM or SIGINT, then let requests in hand finish."""
-    server = WebhookServer(WebhookApp(mutator, Metrics()), certificates)
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 300:
+        raise argparse.ArgumentTypeError(f"{value!r}: allowed: seconds from 0 to 300")
+    return seconds
+
+
+async def serve(host: str, port: int, certificates: CertificateFiles, mutator: Mutator,
+                shutdown_delay_s: float = SHUTDOWN_DELAY_S) -> None:
+    """Serve until SIGTERM or SIGINT; then, not ready, for ``shutdown_delay_s`` more (a
+    second signal cuts that short); then let requests in hand finish."""
+    app = WebhookApp(mutator, Metrics())
+    server = WebhookServer(app, certificates)
     bound = await server.start(host, port)
     log.info("drain-proxy webhook listening on %s:%d", host, bound)
-    stop = asyncio.Event()
+    signals = asyncio.Queue[int]()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(signum, signals.put_nowait, signum)
+    await signals.get()
+    app.stopping = True
+    log.info("drain-proxy webhook stopping: not ready, answering for %g s more",
+             shutdown_delay_s)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(signals.get(), shutdown_delay_s)
     await server.close()
     log.info("drain-proxy webhook stopped")
 
@@ -318,7 +354,7 @@ def main(argv: Sequence[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     host, port = args.listen
     try:
-        asyncio.run(serve(host, port, certificates, MUTATOR))
+        asyncio.run(serve(host, port, certificates, MUTATOR, args.shutdown_delay))
     except OSError as error:
         print(f"drain-proxy webhook: error: cannot listen on {host}:{port}: {error.strerror}",
               file=sys.stderr)
