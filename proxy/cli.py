@@ -1,8 +1,8 @@
 """The ``drain-proxy`` command: settings, logging, event loop, run.
 
 ``drain-proxy demo`` (only as the first argument) runs the rollout simulation
-instead; anything else is the proxy's flags, and a stray positional is still an
-error there.
+instead, and ``drain-proxy inject`` wires the proxy into Kubernetes manifests;
+anything else is the proxy's flags, and a stray positional is still an error there.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.rollout.demo import main as demo
 
         return demo(args[1:])
+    if args[:1] == ["inject"]:
+        # Imported here: the sidecar itself never loads ruamel.yaml.
+        from proxy.adopt.inject import main as inject
+
+        return inject(args[1:])
     try:
         settings = parse_settings(args)
         refuse_placeholders(settings)
