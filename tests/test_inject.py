@@ -378,3 +378,10 @@ def test_the_command_exits_2_on_input_it_cannot_read() -> None:
 def test_the_sidecar_itself_never_loads_ruamel() -> None:
     code = "import sys, proxy.cli; assert not [m for m in sys.modules if 'ruamel' in m]"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+def test_an_image_given_replaces_the_image_of_a_proxy_already_there() -> None:
+    out = inject_file(MANIFESTS / "already-injected.yaml", "--image", "registry.example.com/dp:2")
+    (deployment,) = [d for d in docs(out) if d["kind"] == "Deployment"]
+    proxy = proxy_of(deployment["spec"]["template"]["spec"])
+    assert proxy is not None and proxy["image"] == "registry.example.com/dp:2"

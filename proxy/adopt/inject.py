@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layout", choices=("native", "classic"), default="native",
                         help="native: the proxy in initContainers with restartPolicy: Always "
                         "(Kubernetes >= 1.29, the default); classic: a second container")
-    parser.add_argument("--image", default=sidecar.DEFAULT_IMAGE,
-                        help="the proxy's image (default %(default)s, a placeholder)")
+    parser.add_argument("--image", help=f"the proxy's image, also for a proxy already there "
+                        f"(default for a new one: {sidecar.DEFAULT_IMAGE}, a placeholder)")
     parser.add_argument("--app-container", metavar="NAME",
                         help="the container the proxy fronts, when a pod has several")
     parser.add_argument("--app-port", metavar="PORT",
@@ -78,7 +78,7 @@ def main(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None
     return 0
 
 
-def inject(documents: list[Document], choices: Choices, native: bool, image: str,
+def inject(documents: list[Document], choices: Choices, native: bool, image: str | None,
            token: str | None, say: Callable[[str], None]) -> list[str]:
     """Wire the documents in place (a new Secret appended when a token had to be made);
     the problems that stop the run, nothing changed, when there are any."""

@@ -28,10 +28,11 @@ class WiringError(Exception):
 @dataclass(frozen=True)
 class Options:
     """What the user chose for every pod: layout, image, token, and the proxy's mode
-    (None: not chosen, the proxy's default, http)."""
+    (None: not chosen, the proxy's default, http).  An image not chosen is the placeholder
+    for a new proxy, and leaves an existing proxy's image as it is."""
 
     native: bool = True
-    image: str = sidecar.DEFAULT_IMAGE
+    image: str | None = None
     token: str = ""
     mode: str | None = None
 
@@ -75,14 +76,16 @@ def wire_pod(metadata: Node, spec: Node, app: App, options: Options,
     found = find_proxy(spec)
     proxy: Node
     if found is None:
-        proxy = sidecar.container(options.image, options.native, app.port,
-                                  sidecar.KUBERNETES_DEFAULT_GRACE_S, options.mode)
+        proxy = sidecar.container(options.image or sidecar.DEFAULT_IMAGE, options.native,
+                                  app.port, sidecar.KUBERNETES_DEFAULT_GRACE_S, options.mode)
         key = "initContainers" if options.native else "containers"
         if spec.get(key) is None:
             spec[key] = []
         spec[key].append(proxy)
     else:
         proxy = found[0]
+        if options.image is not None and proxy.get("image") != options.image:
+            proxy["image"] = options.image
     settings = proxy_settings(proxy)
     grace = _fit_grace_period(spec, settings, say)
     _set_env(proxy, sidecar.UPSTREAM_ENV, f"127.0.0.1:{app.port}")

@@ -54,7 +54,7 @@ def test_an_existing_proxy_keeps_its_settings_and_the_grace_period_fits_them() -
     spec["terminationGracePeriodSeconds"] = 30
     spec["initContainers"] = [{"name": "drain-proxy", "image": "mine", "restartPolicy": "Always",
                                "env": [{"name": "DRAIN_PROXY_DRAIN_TIMEOUT", "value": "40"}]}]
-    said = _wire(metadata, spec, App("app", 8080))
+    said = _wire(metadata, spec, App("app", 8080), Options(token="t"))  # no image chosen
     assert spec["terminationGracePeriodSeconds"] == 52
     assert said == ["terminationGracePeriodSeconds raised from 30 to 52 (propagation window "
                     "10 s + drain timeout 40 s + 2 s)"]
