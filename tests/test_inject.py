@@ -385,3 +385,12 @@ def test_an_image_given_replaces_the_image_of_a_proxy_already_there() -> None:
     (deployment,) = [d for d in docs(out) if d["kind"] == "Deployment"]
     proxy = proxy_of(deployment["spec"]["template"]["spec"])
     assert proxy is not None and proxy["image"] == "registry.example.com/dp:2"
+
+
+def test_what_it_adds_goes_below_the_comments_that_follow_a_block() -> None:
+    out = inject_file(MANIFESTS / "trailing-comments.yaml")
+    lines = out.splitlines()
+    assert lines.index("            - containerPort: 8080  # the app") \
+        < lines.index("          lifecycle:") < lines.index("      # the volumes of the app") \
+        < lines.index("      volumes:") < lines.index("      initContainers:")
+    assert lines[lines.index("# the end of the file") + 1] == "---", "last in its document"

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn, TextIO
 
 from proxy.adopt import sidecar
-from proxy.adopt.manifests import Document, ManifestError, read, write
+from proxy.adopt.manifests import Document, ManifestError, put, read, write
 from proxy.adopt.targets import Choices, Node, Target, find_targets, name_of
 from proxy.adopt.wiring import Options, WiringError, wire_pod
 
@@ -116,7 +116,7 @@ def _wire(target: Target, options: Options, say: Callable[[str], None]) -> None:
              lambda line: say(f"{name_of(target.workload)}: {line}"))
     for service_port in target.service_ports:
         if service_port.get("targetPort") != sidecar.PROXY_PORT:
-            service_port["targetPort"] = sidecar.PROXY_PORT
+            put(service_port, "targetPort", sidecar.PROXY_PORT)
 
 
 def _token_secrets(objects: Sequence[Node]) -> list[Node]:
@@ -143,8 +143,8 @@ def _set_token(secret: Node, token: str) -> None:
     data = secret.get("data") or {}
     data.pop(sidecar.TOKEN_KEY, None)
     if secret.get("stringData") is None:
-        secret["stringData"] = {}
-    secret["stringData"][sidecar.TOKEN_KEY] = token
+        put(secret, "stringData", {})
+    put(secret["stringData"], sidecar.TOKEN_KEY, token)
 
 
 def _token_in(objects: Sequence[Node], targets: list[Target]) -> str | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adopt import sidecar
+from proxy.adopt.manifests import append, put
 from proxy.settings import Settings, SettingsError, parse_settings
 
 Node = MutableMapping[str, Any]
@@ -74,18 +75,15 @@ def wire_pod(metadata: Node, spec: Node, app: App, options: Options,
     if not named:
         raise WiringError(f"no container {app.container!r}; choose one with --app-container")
     found = find_proxy(spec)
-    proxy: Node
     if found is None:
-        proxy = sidecar.container(options.image or sidecar.DEFAULT_IMAGE, options.native,
-                                  app.port, sidecar.KUBERNETES_DEFAULT_GRACE_S, options.mode)
-        key = "initContainers" if options.native else "containers"
-        if spec.get(key) is None:
-            spec[key] = []
-        spec[key].append(proxy)
-    else:
-        proxy = found[0]
-        if options.image is not None and proxy.get("image") != options.image:
-            proxy["image"] = options.image
+        new = sidecar.container(options.image or sidecar.DEFAULT_IMAGE, options.native,
+                                app.port, sidecar.KUBERNETES_DEFAULT_GRACE_S, options.mode)
+        _add(spec, "initContainers" if options.native else "containers", new)
+        found = find_proxy(spec)  # the node it became, which can carry comments
+        assert found is not None
+    elif options.image is not None and found[0].get("image") != options.image:
+        found[0]["image"] = options.image
+    proxy = found[0]
     settings = proxy_settings(proxy)
     grace = _fit_grace_period(spec, settings, say)
     _set_env(proxy, sidecar.UPSTREAM_ENV, f"127.0.0.1:{app.port}")
@@ -93,15 +91,16 @@ def wire_pod(metadata: Node, spec: Node, app: App, options: Options,
     _set_env(proxy, sidecar.TOKEN_FILE_ENV, sidecar.TOKEN_FILE)
     if options.mode is not None:
         _set_env(proxy, sidecar.MODE_ENV, options.mode)
-    _ensure_named(_list(proxy, "volumeMounts"), sidecar.volume_mount())
-    _ensure_named(_list(spec, "volumes"), sidecar.volume())
+    _ensure_named(proxy, "volumeMounts", sidecar.volume_mount())
+    _ensure_named(spec, "volumes", sidecar.volume())
     _set_pre_stop(named[0], options.token, say)
     key, value = sidecar.POD_LABEL
     labels = metadata.get("labels")
     if labels is None:
-        metadata["labels"] = labels = {}
+        put(metadata, "labels", {})
+        labels = metadata["labels"]
     if labels.get(key) != value:
-        labels[key] = value
+        put(labels, key, value)
 
 
 def _fit_grace_period(spec: Node, settings: Settings, say: Callable[[str], None]) -> int:
@@ -112,7 +111,7 @@ def _fit_grace_period(spec: Node, settings: Settings, say: Callable[[str], None]
     needed = math.ceil(settings.drain_budget_s)
     if current >= needed:
         return current
-    spec["terminationGracePeriodSeconds"] = needed
+    put(spec, "terminationGracePeriodSeconds", needed)
     say(f"terminationGracePeriodSeconds raised from {current} to {needed} "
         f"(propagation window {settings.propagation_window_s:g} s + drain timeout "
         f"{max(settings.drain_timeout_s, settings.tunnel_drain_timeout_s):g} s + "
@@ -126,7 +125,7 @@ def _set_pre_stop(app: Node, token: str, say: Callable[[str], None]) -> None:
     hook = sidecar.pre_stop(token)
     lifecycle = app.get("lifecycle")
     if lifecycle is None:
-        app["lifecycle"] = {"preStop": hook}
+        put(app, "lifecycle", {"preStop": hook})
         return
     existing = lifecycle.get("preStop")
     if existing is not None and _plain(existing) == hook:
@@ -136,7 +135,7 @@ def _set_pre_stop(app: Node, token: str, say: Callable[[str], None]) -> None:
         say(f"container {app.get('name')!r}: its preStop ({what}) replaced by the call to "
             f"{sidecar.DRAIN_PATH}; move what it did into the app's SIGTERM handler, which "
             f"runs after the drain")
-    lifecycle["preStop"] = hook
+    put(lifecycle, "preStop", hook)
 
 
 def calls_drain(hook: Any) -> bool:
@@ -146,27 +145,27 @@ def calls_drain(hook: Any) -> bool:
 
 
 def _set_env(container: Node, name: str, value: str) -> None:
-    env = _list(container, "env")
-    for entry in env:
+    for entry in container.get("env") or []:
         if entry.get("name") == name:
             if entry.get("value") != value or "valueFrom" in entry:
                 entry.pop("valueFrom", None)
-                entry["value"] = value
+                put(entry, "value", value)
             return
-    env.append({"name": name, "value": value})
+    _add(container, "env", {"name": name, "value": value})
 
 
-def _list(node: Node, key: str) -> MutableSequence[Any]:
+def _add(node: Node, key: str, item: Any) -> None:
+    """Append to the list ``node[key]``, made with the item when there is none."""
     if node.get(key) is None:
-        node[key] = []
-    found: MutableSequence[Any] = node[key]
-    return found
+        put(node, key, [item])
+    else:
+        append(node[key], item)
 
 
-def _ensure_named(entries: MutableSequence[Any], wanted: dict[str, Any]) -> None:
+def _ensure_named(node: Node, key: str, wanted: dict[str, Any]) -> None:
     """Add ``wanted`` unless an entry of its name is there (the user's own is kept)."""
-    if not any(entry.get("name") == wanted["name"] for entry in entries):
-        entries.append(wanted)
+    if not any(entry.get("name") == wanted["name"] for entry in node.get(key) or []):
+        _add(node, key, wanted)
 
 
 def _plain(node: Any) -> Any:
