@@ -169,8 +169,8 @@ def test_a_short_grace_period_is_raised_and_told_to_the_proxy() -> None:
     assert spec["terminationGracePeriodSeconds"] == 27
     proxy = proxy_of(spec)
     assert proxy is not None and env_of(proxy)[sidecar.GRACE_ENV] == "27"
-    assert "StatefulSet/ledger (namespace payments): terminationGracePeriodSeconds raised " \
-           "from 10 to 27" in err
+    assert f"{MANIFESTS / 'statefulset.yaml'}:29: StatefulSet/ledger (namespace payments): " \
+           "terminationGracePeriodSeconds raised from 10 to 27" in err
     services = {d["metadata"]["name"]: d for d in docs(out) if d["kind"] == "Service"}
     assert all(s["spec"]["ports"][0]["targetPort"] == sidecar.PROXY_PORT
                for s in services.values())
@@ -203,7 +203,7 @@ def test_a_post_start_stays_and_a_pre_stop_sleep_is_replaced_and_said() -> None:
     assert app["lifecycle"]["postStart"] == {"exec": {"command": ["/bin/wiki", "warm-cache"]}}
     assert app["lifecycle"]["preStop"]["httpGet"]["path"] == "/drain"
     assert "must survive the injection" in out
-    assert "Pod/wiki: container 'wiki': its preStop (exec) replaced" in err
+    assert ":14: Pod/wiki: container 'wiki': its preStop (exec) replaced" in err
     assert pod["spec"]["volumes"][0]["configMap"]["defaultMode"] == 0o644  # kept as written
     assert "log-shipper" not in str(app) and "lifecycle" not in pod["spec"]["containers"][1]
 
@@ -277,7 +277,7 @@ spec:
         - name: api
           image: api
           ports: [{containerPort: 8080}, {containerPort: 9090}]
-""", "Deployment/api: no Service targets it and container 'api' declares 2 ports "
+""", "<stdin>:1: Deployment/api: no Service targets it and container 'api' declares 2 ports "
      "(8080, 9090): choose the app's with --app-port", ["--app-port", "8080"]),
     "app-protocol": ("""\
 apiVersion: v1
@@ -292,8 +292,8 @@ kind: Pod
 metadata: {name: cache, labels: {app: cache}}
 spec:
   containers: [{name: cache, image: cache, ports: [{containerPort: 6379}]}]
-""", "Pod/cache: port 6379 (appProtocol redis) does not look like HTTP: choose --mode tcp "
-     "(or --mode http if it is)", ["--mode", "tcp"]),
+""", "<stdin>:8: Pod/cache: port 6379 (appProtocol redis) does not look like HTTP: choose "
+     "--mode tcp (or --mode http if it is)", ["--mode", "tcp"]),
     "port-name": ("""\
 apiVersion: v1
 kind: Service
@@ -312,7 +312,7 @@ spec:
     metadata: {labels: {app: db}}
     spec:
       containers: [{name: db, image: db, ports: [{name: postgres, containerPort: 5432}]}]
-""", "StatefulSet/db: port 5432 (port name postgres) does not look like HTTP: choose "
+""", "<stdin>:8: StatefulSet/db: port 5432 (port name postgres) does not look like HTTP: choose "
      "--mode tcp (or --mode http if it is)", ["--mode", "tcp"]),
     "two-containers": ("""\
 apiVersion: v1
@@ -322,7 +322,7 @@ spec:
   containers:
     - {name: one, image: one, ports: [{containerPort: 8080}]}
     - {name: two, image: two, ports: [{containerPort: 8081}]}
-""", "Pod/duo: 2 app containers (one, two): choose one with --app-container",
+""", "<stdin>:1: Pod/duo: 2 app containers (one, two): choose one with --app-container",
      ["--app-container", "two"]),
 }
 
@@ -345,8 +345,8 @@ def test_every_problem_is_one_line() -> None:
     text = UNDECIDABLE["two-containers"][0] + "---\n" + UNDECIDABLE["two-ports-no-service"][0]
     code, _, err = run_inject(stdin=text)
     assert code == 2
-    assert [line.split(":")[2].strip() for line in err.splitlines()] == \
-        ["Pod/duo", "Deployment/api"]
+    assert [line.split(": ")[2:4] for line in err.splitlines()] == \
+        [["<stdin>:1", "Pod/duo"], ["<stdin>:9", "Deployment/api"]]
 
 
 def _subprocess(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:

@@ -83,9 +83,18 @@ def inject(documents: list[Document], choices: Choices, native: bool, image: str
     """Wire the documents in place (a new Secret appended when a token had to be made);
     the problems that stop the run, nothing changed, when there are any."""
     objects: list[Node] = [obj for document in documents for obj in document.objects()]
-    targets, problems = find_targets(objects, choices)
-    if problems:
-        return problems
+    where = {id(obj): _where(document, obj) for document in documents
+             for obj in document.objects()}
+
+    def about(obj: Node, what: str) -> str:
+        return f"{where[id(obj)]}: {name_of(obj)}: {what}"
+
+    def tell(obj: Node) -> Callable[[str], None]:
+        return lambda line: say(about(obj, line))
+
+    targets, undecided = find_targets(objects, choices)
+    if undecided:
+        return [about(workload, what) for workload, what in undecided]
     before = [_snapshot(document) for document in documents]
     if token is None:
         token = _token_in(objects, targets)
@@ -93,11 +102,12 @@ def inject(documents: list[Document], choices: Choices, native: bool, image: str
     options = Options(native, image, token or secrets.token_hex(32), choices.mode)
     for secret in _token_secrets(objects):
         _set_token(secret, options.token)
+    problems = []
     for target in targets:
         try:
-            _wire(target, options, say)
+            _wire(target, options, tell(target.workload))
         except WiringError as error:
-            problems.append(f"{name_of(target.workload)}: {error}")
+            problems.append(about(target.workload, str(error)))
     if problems:
         return problems
     for document, snapshot in zip(documents, before, strict=True):
@@ -110,10 +120,16 @@ def inject(documents: list[Document], choices: Choices, native: bool, image: str
     return []
 
 
+def _where(document: Document, obj: Node) -> str:
+    """The file and line an object starts on (a List's item: its own line)."""
+    line = getattr(getattr(obj, "lc", None), "line", None)
+    offset = line if isinstance(line, int) and obj is not document.data else 0
+    return f"{document.source}:{document.line + offset}"
+
+
 def _wire(target: Target, options: Options, say: Callable[[str], None]) -> None:
     own = Options(options.native, options.image, options.token, target.mode)
-    wire_pod(target.metadata, target.spec, target.app, own,
-             lambda line: say(f"{name_of(target.workload)}: {line}"))
+    wire_pod(target.metadata, target.spec, target.app, own, say)
     for service_port in target.service_ports:
         if service_port.get("targetPort") != sidecar.PROXY_PORT:
             put(service_port, "targetPort", sidecar.PROXY_PORT)

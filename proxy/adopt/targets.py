@@ -150,11 +150,13 @@ def _looks_non_http(service_port: Node | None, port_name: str | None) -> str | N
     return None
 
 
-def find_targets(objects: Sequence[Node], choices: Choices) -> tuple[list[Target], list[str]]:
-    """The workloads to wire, and the problems (one line each) that stop the run."""
+def find_targets(objects: Sequence[Node], choices: Choices
+                 ) -> tuple[list[Target], list[tuple[Node, str]]]:
+    """The workloads to wire, and the problems that stop the run: each a workload and what
+    cannot be decided about it."""
     services = [obj for obj in objects if obj.get("kind") == "Service"]
     targets: list[Target] = []
-    problems: list[str] = []
+    problems: list[tuple[Node, str]] = []
     for workload in objects:
         pod = pod_of(workload)
         if pod is None:
@@ -166,7 +168,7 @@ def find_targets(objects: Sequence[Node], choices: Choices) -> tuple[list[Target
         try:
             target = _choose(workload, metadata, spec, selecting, choices)
         except WiringError as error:
-            problems.append(f"{name_of(workload)}: {error}")
+            problems.append((workload, str(error)))
             continue
         targets.append(target)
     return targets, problems
