@@ -121,7 +121,9 @@ signal) or the drain failed; 2 a bad flag or environment variable, or a port
 that cannot be listened on.
 
 `drain-proxy demo` runs a simulated rollout (naive app vs drain-proxy) in about
-10 s on 127.0.0.1; `drain-proxy demo --help` lists its options."""
+10 s on 127.0.0.1; `drain-proxy demo --help` lists its options.
+`drain-proxy inject [FILE ...]` wires the proxy into Kubernetes manifests (stdin to
+stdout without files); `drain-proxy inject --help` lists its options."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -394,3 +394,12 @@ def test_what_it_adds_goes_below_the_comments_that_follow_a_block() -> None:
         < lines.index("          lifecycle:") < lines.index("      # the volumes of the app") \
         < lines.index("      volumes:") < lines.index("      initContainers:")
     assert lines[lines.index("# the end of the file") + 1] == "---", "last in its document"
+
+
+def test_its_help_lists_the_options_that_settle_what_it_cannot_decide() -> None:
+    done = subprocess.run([str(DRAIN_PROXY), "inject", "--help"], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert done.returncode == 0
+    for option in ("--layout", "--image", "--app-container", "--app-port", "--mode",
+                   "--drain-token"):
+        assert option in done.stdout
