@@ -169,8 +169,13 @@ def test_a_short_grace_period_is_raised_and_told_to_the_proxy() -> None:
     assert spec["terminationGracePeriodSeconds"] == 27
     proxy = proxy_of(spec)
     assert proxy is not None and env_of(proxy)[sidecar.GRACE_ENV] == "27"
-    assert f"{MANIFESTS / 'statefulset.yaml'}:29: StatefulSet/ledger (namespace payments): " \
-           "terminationGracePeriodSeconds raised from 10 to 27" in err
+    assert err.splitlines() == [
+        f"drain-proxy inject: {MANIFESTS / 'statefulset.yaml'}:29: StatefulSet/ledger "
+        "(namespace payments): terminationGracePeriodSeconds raised from 10 to 27 "
+        "(propagation window 10 s + drain timeout 15 s + 2 s)",
+        f"drain-proxy inject: {MANIFESTS / 'statefulset.yaml'}:3: Service/ledger-headless "
+        "(namespace payments): headless: its clients reach StatefulSet/ledger (namespace "
+        "payments) at the pods' addresses, through the proxy only on port 8000"]
     services = {d["metadata"]["name"]: d for d in docs(out) if d["kind"] == "Service"}
     assert all(s["spec"]["ports"][0]["targetPort"] == sidecar.PROXY_PORT
                for s in services.values())

@@ -22,7 +22,7 @@ from typing import NoReturn, TextIO
 from proxy.adopt import sidecar
 from proxy.adopt.manifests import Document, ManifestError, put, read, write
 from proxy.adopt.targets import Choices, Node, Target, find_targets, name_of
-from proxy.adopt.wiring import Options, WiringError, wire_pod
+from proxy.adopt.wiring import Options, WiringError, find_proxy, wire_pod
 
 PROG = "drain-proxy inject"
 
@@ -104,10 +104,14 @@ def inject(documents: list[Document], choices: Choices, native: bool, image: str
         _set_token(secret, options.token)
     problems = []
     for target in targets:
+        fresh = find_proxy(target.spec) is None
         try:
             _wire(target, options, tell(target.workload))
         except WiringError as error:
             problems.append(about(target.workload, str(error)))
+        for service in target.headless if fresh else []:
+            say(about(service, f"headless: its clients reach {name_of(target.workload)} at the "
+                      f"pods' addresses, through the proxy only on port {sidecar.PROXY_PORT}"))
     if problems:
         return problems
     for document, snapshot in zip(documents, before, strict=True):
@@ -121,10 +125,9 @@ def inject(documents: list[Document], choices: Choices, native: bool, image: str
 
 
 def _where(document: Document, obj: Node) -> str:
-    """The file and line an object starts on (a List's item: its own line)."""
+    """The file and line an object starts on (its first key's; a List's item: its own)."""
     line = getattr(getattr(obj, "lc", None), "line", None)
-    offset = line if isinstance(line, int) and obj is not document.data else 0
-    return f"{document.source}:{document.line + offset}"
+    return f"{document.source}:{document.line + (line if isinstance(line, int) else 0)}"
 
 
 def _wire(target: Target, options: Options, say: Callable[[str], None]) -> None:

@@ -53,6 +53,9 @@ class Target:
     app: App
     mode: str | None
     service_ports: list[Node] = field(default_factory=list)
+    # Headless Services: their clients connect to a pod's address at a port of their own
+    # choosing, which no targetPort changes.
+    headless: list[Node] = field(default_factory=list)
 
 
 def name_of(obj: Node) -> str:
@@ -170,6 +173,8 @@ def find_targets(objects: Sequence[Node], choices: Choices
         except WiringError as error:
             problems.append((workload, str(error)))
             continue
+        target.headless = [service for service in selecting
+                           if (service.get("spec") or {}).get("clusterIP") == "None"]
         targets.append(target)
     return targets, problems
 
