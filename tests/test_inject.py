@@ -264,8 +264,14 @@ def test_the_shipped_overlays_are_already_wired(layout: str) -> None:
     if layout == "native-sidecar":  # the overlay's patch, as kustomize applies it
         text = text.replace("targetPort: http", "targetPort: 8000")
     code, out, err = run_inject(stdin=text)
-    assert (code, err) == (0, "")
+    assert code == 0
+    assert err == "drain-proxy inject: the drain token is deploy/'s placeholder " \
+        "(CHANGE-ME-openssl-rand-hex-32), with which the proxy refuses to start: pass one of " \
+        "your own with --drain-token\n"
     assert docs(out) == docs(text)
+    code, out, err = run_inject("--drain-token", TOKEN, stdin=text)
+    assert (code, err) == (0, "")
+    assert out.count(f"Bearer {TOKEN}") == 1 and out.count(f"token: {TOKEN}") == 1
 
 
 UNDECIDABLE = {

@@ -23,6 +23,7 @@ from proxy.adopt import sidecar
 from proxy.adopt.manifests import Document, ManifestError, put, read, write
 from proxy.adopt.targets import Choices, Node, Target, find_targets, name_of
 from proxy.adopt.wiring import Options, WiringError, find_proxy, wire_pod
+from proxy.settings import PLACEHOLDER_TOKEN_PREFIX
 
 PROG = "drain-proxy inject"
 
@@ -117,6 +118,9 @@ def inject(documents: list[Document], choices: Choices, native: bool, image: str
     for document, snapshot in zip(documents, before, strict=True):
         document.changed = document.changed or _snapshot(document) != snapshot
     _add_secrets(documents, objects, targets, options.token)
+    if targets and options.token.upper().startswith(PLACEHOLDER_TOKEN_PREFIX):
+        say(f"the drain token is deploy/'s placeholder ({options.token}), with which the proxy "
+            f"refuses to start: pass one of your own with --drain-token")
     if made and targets:
         say(f"made a new drain token, in the Secret {sidecar.TOKEN_SECRET} it writes: pass "
             f"it with --drain-token, or keep that Secret in your input, or every run makes "
