@@ -105,9 +105,10 @@ def assert_wired(objects: list[Doc]) -> int:
     return wired
 
 
+@pytest.mark.parametrize("layout", ["native", "classic"])
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
-def test_every_output_is_valid_and_wired(path: Path) -> None:
-    objects = docs(inject_file(path))
+def test_every_output_is_valid_and_wired(path: Path, layout: str) -> None:
+    objects = docs(inject_file(path, "--layout", layout))
     assert assert_wired(objects) >= 1
     for version in SCHEMA_VERSIONS:
         for doc in objects:
