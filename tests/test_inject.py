@@ -415,3 +415,12 @@ def test_its_help_lists_the_options_that_settle_what_it_cannot_decide() -> None:
     for option in ("--layout", "--image", "--app-container", "--app-port", "--mode",
                    "--drain-token"):
         assert option in done.stdout
+
+
+def test_what_it_adds_to_flow_style_is_written_in_block_style() -> None:
+    out = inject_file(MANIFESTS / "flow-style.yaml")
+    assert "ports: [{containerPort: 80}]" in out
+    assert "spec: {selector: {app: tiny}, ports: [{name: web, port: 80, targetPort: 8000}]}" \
+        in out
+    assert "\n      initContainers:\n        - name: drain-proxy\n" in out
+    assert max(len(line) for line in out.splitlines()) <= 100

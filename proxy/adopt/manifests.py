@@ -36,6 +36,8 @@ def _yaml() -> YAML:
     yaml.preserve_quotes = True
     yaml.width = 4096  # never fold a long line the user did not fold
     yaml.indent(mapping=2, sequence=4, offset=2)
+    # [{containerPort: 80}] as written, not [containerPort: 80], which some parsers refuse.
+    yaml.brace_single_entry_mapping_in_flow_sequence = True
     return yaml
 
 
@@ -160,6 +162,14 @@ def append(sequence: MutableSequence[Any], value: Any) -> None:
     lines = _take_trailing_lines(sequence)
     sequence.append(commented(value))
     _give_trailing_lines(sequence, lines)
+
+
+def block(node: Any) -> None:
+    """Write a node in block style: what is added to a node written in flow style would be
+    written on its one line.  A node inside a flow node stays flow, so callers go from the
+    outside in."""
+    if isinstance(node, (CommentedMap, CommentedSeq)):
+        node.fa.set_block_style()
 
 
 def commented(value: Any) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.adopt import sidecar
+from proxy.adopt.manifests import block
 from proxy.adopt.wiring import App, WiringError, calls_drain, find_proxy, proxy_settings
 from proxy.settings import Settings
 
@@ -71,6 +72,8 @@ def pod_of(obj: Node) -> tuple[Node, Node] | None:
     holder = obj if obj["kind"] == "Pod" else (obj.get("spec") or {}).get("template")
     if not isinstance(holder, MutableMapping):
         return None
+    block(obj.get("spec"))  # the pod spec inside is written in block style: not inside flow
+    block(holder)
     spec = holder.get("spec")
     if not isinstance(spec, MutableMapping):
         return None
@@ -111,13 +114,16 @@ class _Port:
 
 
 def _ports(spec: Node) -> list[_Port]:
+    """Every declared port of the pod's containers, the proxy's among them (marked)."""
     found = []
     proxy = find_proxy(spec)
-    for container in [*(spec.get("containers") or []), *([proxy[0]] if proxy else [])]:
+    proxy_node = proxy[0] if proxy is not None else None
+    containers = [*(spec.get("containers") or []), *([proxy_node] if proxy_node else [])]
+    for container in containers:
         for port in container.get("ports") or []:
             if isinstance(port.get("containerPort"), int):
                 found.append(_Port(str(container.get("name")), port["containerPort"],
-                                   port.get("name"), container is (proxy or [None])[0]))
+                                   port.get("name"), container is proxy_node))
     return found
 
 
@@ -126,6 +132,8 @@ def _resolve(target: Any, ports: list[_Port], spec: Node) -> _Port | None:
     if isinstance(target, str) and not target.isdigit():
         named = [port for port in ports if port.name == target]
         return named[0] if named else None
+    if not isinstance(target, (int, str)):
+        return None  # no port at all: the API server would refuse the Service
     number = int(target)
     declared = [port for port in ports if port.number == number]
     if declared:

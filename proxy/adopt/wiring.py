@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.adopt import sidecar
-from proxy.adopt.manifests import append, put
+from proxy.adopt.manifests import append, block, put
 from proxy.settings import Settings, SettingsError, parse_settings
 
 Node = MutableMapping[str, Any]
@@ -74,6 +74,9 @@ def wire_pod(metadata: Node, spec: Node, app: App, options: Options,
     named = [c for c in containers if c.get("name") == app.container]
     if not named:
         raise WiringError(f"no container {app.container!r}; choose one with --app-container")
+    for node in (spec, spec.get("containers"), named[0], spec.get("initContainers"),
+                 spec.get("volumes")):
+        block(node)  # what is added to them is too much for one line
     found = find_proxy(spec)
     if found is None:
         new = sidecar.container(options.image or sidecar.DEFAULT_IMAGE, options.native,
