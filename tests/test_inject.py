@@ -424,3 +424,14 @@ def test_what_it_adds_to_flow_style_is_written_in_block_style() -> None:
         in out
     assert "\n      initContainers:\n        - name: drain-proxy\n" in out
     assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_the_annotation_disabled_keeps_a_selected_workload_out() -> None:
+    text = (MANIFESTS / "chart.yaml").read_text().replace(
+        "    app.kubernetes.io/managed-by: Helm\nspec:\n  replicas: 2",
+        "    app.kubernetes.io/managed-by: Helm\n  annotations:\n    drain-proxy/inject: disabled"
+        "\nspec:\n  replicas: 2")
+    assert "drain-proxy/inject: disabled" in text
+    code, out, err = run_inject("--drain-token", TOKEN, stdin=text)
+    assert (code, err) == (0, "")
+    assert split(out) == split(text)

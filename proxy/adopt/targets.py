@@ -1,11 +1,11 @@
 """Which pods of a manifest get the proxy, in front of which container and port.
 
 A workload is wired when a Service of the input selects its pods, or when it carries the
-annotation ``drain-proxy/inject: enabled``.  The app port is the container port the
-Service targeted; without a Service, the app container's only port.  What cannot be
-decided (two ports, two containers, a port that does not look like HTTP) is a problem
-naming the option that settles it, never a guess: a wrong guess is a pod that loses
-requests, or a Service that bypasses the proxy, without a word.
+annotation ``drain-proxy/inject: enabled``; never when it carries ``disabled``.  The app
+port is the container port the Service targeted; without a Service, the app container's
+only port.  What cannot be decided (two ports, two containers, a port that does not look
+like HTTP) is a problem naming the option that settles it, never a guess: a wrong guess is
+a pod that loses requests, or a Service that bypasses the proxy, without a word.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from proxy.settings import Settings
 Node = MutableMapping[str, Any]
 
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod"})
-ANNOTATION = ("drain-proxy/inject", "enabled")
+ANNOTATION = "drain-proxy/inject"  # "enabled": wire it; "disabled": never
 # Service appProtocol values the proxy's http mode serves (h2c and gRPC are HTTP/2 cleartext).
 HTTP_PROTOCOLS = frozenset({"http", "h2c", "kubernetes.io/h2c", "grpc", "http2", "ws",
                             "kubernetes.io/ws"})
@@ -99,9 +99,8 @@ def _selects(service: Node, workload: Node, pod_metadata: Node) -> bool:
     return all(str(labels.get(key)) == str(value) for key, value in selector.items())
 
 
-def _annotated(workload: Node, pod_metadata: Node) -> bool:
-    key, value = ANNOTATION
-    return any(str((holder.get("annotations") or {}).get(key, "")).lower() == value
+def _annotated(workload: Node, pod_metadata: Node, value: str) -> bool:
+    return any(str((holder.get("annotations") or {}).get(ANNOTATION, "")).lower() == value
                for holder in (workload.get("metadata") or {}, pod_metadata))
 
 
@@ -174,7 +173,8 @@ def find_targets(objects: Sequence[Node], choices: Choices
             continue
         metadata, spec = pod
         selecting = [service for service in services if _selects(service, workload, metadata)]
-        if not selecting and not _annotated(workload, metadata):
+        if _annotated(workload, metadata, "disabled") or \
+                (not selecting and not _annotated(workload, metadata, "enabled")):
             continue
         try:
             target = _choose(workload, metadata, spec, selecting, choices)

@@ -69,7 +69,8 @@ def proxy_settings(proxy: Node) -> Settings:
 def wire_pod(metadata: Node, spec: Node, app: App, options: Options,
              say: Callable[[str], None]) -> None:
     """Wire the pod in place; ``say`` hears what the user should know (a hook replaced, the
-    grace period raised).  Raises WiringError when the app container is not in the pod."""
+    grace period raised).  Raises WiringError when the app container is not in the pod, or
+    a proxy already there has a setting the proxy refuses."""
     containers = spec.get("containers") or []
     named = [c for c in containers if c.get("name") == app.container]
     if not named:
