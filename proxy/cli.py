@@ -1,9 +1,9 @@
 """The ``drain-proxy`` command: settings, logging, event loop, run.
 
 ``drain-proxy demo`` (only as the first argument) runs the rollout simulation
-instead; ``check`` checks Kubernetes manifests and ``webhook`` serves the injection webhook
-(``proxy.adopt``); anything else is the proxy's flags, and a stray positional is still an
-error there.
+instead; ``inject`` wires the proxy into Kubernetes manifests, ``check`` checks them and
+``webhook`` serves the injection webhook (``proxy.adopt``); anything else is the proxy's
+flags, and a stray positional is still an error there.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.rollout.demo import main as demo
 
         return demo(args[1:])
-    if args[:1] in (["check"], ["webhook"]):
+    if args[:1] in (["check"], ["inject"], ["webhook"]):
         try:
             command = _adopt_command(args[0])
         except ModuleNotFoundError as error:  # the adopt extra is not installed
@@ -55,6 +55,10 @@ def _adopt_command(name: str) -> Callable[[Sequence[str]], int]:
         from proxy.adopt.check import main as check
 
         return check
+    if name == "inject":
+        from proxy.adopt.inject import main as inject
+
+        return inject
     from proxy.adopt.webhook import main as webhook
 
     return webhook

@@ -123,7 +123,9 @@ that cannot be listened on.
 `drain-proxy demo` runs a simulated rollout (naive app vs drain-proxy) in about
 10 s on 127.0.0.1; `drain-proxy demo --help` lists its options.
 `drain-proxy check FILE...` checks Kubernetes manifests for what would make a
-rollout lose requests; `drain-proxy check --help` lists its options."""
+rollout lose requests; `drain-proxy check --help` lists its options.
+`drain-proxy inject [FILE ...]` wires the proxy into Kubernetes manifests (stdin to
+stdout without files); `drain-proxy inject --help` lists its options."""
 
 
 def build_parser() -> argparse.ArgumentParser:

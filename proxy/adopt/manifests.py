@@ -12,13 +12,14 @@ from __future__ import annotations
 import io
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, StreamMark, YAMLError
+from ruamel.yaml.tokens import CommentToken
 
 STDIN = "-"
 # A line that separates documents: "---" at the start of a line, alone or before a comment
@@ -35,6 +36,8 @@ def _yaml() -> YAML:
     yaml.preserve_quotes = True
     yaml.width = 4096  # never fold a long line the user did not fold
     yaml.indent(mapping=2, sequence=4, offset=2)
+    # [{containerPort: 80}] as written, not [containerPort: 80], which some parsers refuse.
+    yaml.brace_single_entry_mapping_in_flow_sequence = True
     return yaml
 
 
@@ -133,3 +136,119 @@ def write(documents: Sequence[Document], out: TextIO) -> None:
         out.write("---\n")
         text = document.render()
         out.write(text if text.endswith("\n") or not text else text + "\n")
+
+
+# Adding to a node read from YAML.  ruamel.yaml keeps the comment lines that follow a block
+# on the last scalar of that block, so a key or item added at its end would be written
+# after them, under a comment that was about what comes next.  These move those lines
+# below what is added.  Plain dicts and lists (a webhook's JSON) are changed plainly.
+
+
+def put(mapping: MutableMapping[str, Any], key: str, value: Any) -> None:
+    """``mapping[key] = value``; a new key goes last, below the mapping's own lines."""
+    if key in mapping or not isinstance(mapping, CommentedMap):
+        mapping[key] = value
+        return
+    lines = _take_trailing_lines(mapping)
+    mapping[key] = commented(value)
+    _give_trailing_lines(mapping, lines)
+
+
+def append(sequence: MutableSequence[Any], value: Any) -> None:
+    """``sequence.append(value)``, below the sequence's own lines."""
+    if not isinstance(sequence, CommentedSeq):
+        sequence.append(value)
+        return
+    lines = _take_trailing_lines(sequence)
+    sequence.append(commented(value))
+    _give_trailing_lines(sequence, lines)
+
+
+def block(node: Any) -> None:
+    """Write a node in block style: what is added to a node written in flow style would be
+    written on its one line.  A node inside a flow node stays flow, so callers go from the
+    outside in."""
+    if isinstance(node, (CommentedMap, CommentedSeq)):
+        node.fa.set_block_style()
+
+
+def commented(value: Any) -> Any:
+    """Plain dicts and lists as ruamel.yaml's nodes, which can carry comments."""
+    if isinstance(value, dict) and not isinstance(value, CommentedMap):
+        return CommentedMap((key, commented(item)) for key, item in value.items())
+    if isinstance(value, list) and not isinstance(value, CommentedSeq):
+        return CommentedSeq(commented(item) for item in value)
+    return value
+
+
+def _last_path(node: Any) -> list[Any]:
+    """The block nodes from ``node`` down to the one holding its last scalar."""
+    path = []
+    while isinstance(node, (CommentedMap, CommentedSeq)):
+        path.append(node)
+        if not len(node):
+            break
+        child = node[_last_key(node)]
+        if not isinstance(child, (CommentedMap, CommentedSeq)) or not len(child) \
+                or child.fa.flow_style():
+            break
+        node = child
+    return path
+
+
+def _last_key(node: Any) -> Any:
+    return next(reversed(node)) if isinstance(node, CommentedMap) else len(node) - 1
+
+
+def _last_slot(node: Any) -> tuple[list[Any], int] | None:
+    """Where the comment after the last scalar of a block node is kept, if it has one."""
+    path = _last_path(node)
+    if not path or not len(path[-1]):
+        return None
+    holder = path[-1]
+    slot = holder.ca.items.get(_last_key(holder))
+    index = 2 if isinstance(holder, CommentedMap) else 0
+    if slot is None or len(slot) <= index or slot[index] is None:
+        return None
+    return slot, index
+
+
+def _take_trailing_lines(node: Any) -> str:
+    """The whole lines of comment (and blank lines) after a block node's last line, taken off
+    it; its end-of-line comment stays."""
+    lines = ""
+    found = _last_slot(node)
+    if found is not None:
+        slot, index = found
+        token = slot[index]
+        text: str = token.value
+        end = text.find("\n")
+        if end >= 0 and text[end + 1:].strip():
+            token.value = text[: end + 1]
+            if not token.value.strip():
+                slot[index] = None
+            lines = text[end + 1:]
+    for holder in reversed(_last_path(node)):  # comments after a flow node's block
+        ends = getattr(holder.ca, "end", None)
+        if ends:
+            lines += "".join(token.value for token in ends)
+            holder.ca.end = []
+    return lines
+
+
+def _give_trailing_lines(node: Any, lines: str) -> None:
+    """Put comment lines after the last scalar of a block node."""
+    if not lines:
+        return
+    found = _last_slot(node)
+    if found is not None:
+        slot, index = found
+        slot[index].value = slot[index].value + lines
+        return
+    path = _last_path(node)
+    if not path or not len(path[-1]):
+        return
+    holder = path[-1]
+    index = 2 if isinstance(holder, CommentedMap) else 0
+    slot = holder.ca.items.setdefault(_last_key(holder), [None, None, None, None])
+    slot[index] = CommentToken("\n" + lines, StreamMark("", 0, 0, 0), None)

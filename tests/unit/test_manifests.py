@@ -4,10 +4,11 @@ changed ones with their comments and key order, errors with the file and the lin
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pytest
 
-from proxy.adopt.manifests import ManifestError, parse, read, split, write
+from proxy.adopt.manifests import ManifestError, append, parse, put, read, split, write
 
 STREAM = """\
 # a leading comment
@@ -93,3 +94,40 @@ def test_stdin_is_read_when_no_file_is_given_or_for_a_dash() -> None:
 def test_a_missing_file_is_one_line_naming_it(tmp_path: object) -> None:
     with pytest.raises(ManifestError, match=r"^/nonexistent/app\.yaml: cannot read: "):
         read(["/nonexistent/app.yaml"])
+
+
+BLOCK_WITH_TRAILING_LINES = """\
+spec:
+  containers:
+    - name: app
+      ports:
+        - containerPort: 8080  # the app
+
+  # the volumes of the app
+  volumes:
+    - name: v
+      emptyDir: {}
+# the end of the file
+"""
+
+
+def test_a_key_added_goes_below_the_comment_lines_that_follow_its_mapping() -> None:
+    (document,) = parse(BLOCK_WITH_TRAILING_LINES, "pod.yaml")
+    spec = document.data["spec"]
+    put(spec["containers"][0], "lifecycle", {"preStop": {"exec": {"command": ["x"]}}})
+    append(spec["volumes"], {"name": "w", "emptyDir": {}})
+    put(spec, "initContainers", [{"name": "proxy"}])
+    document.changed = True
+    lines = document.render().splitlines()
+    assert lines.index("        - containerPort: 8080  # the app") \
+        < lines.index("      lifecycle:") < lines.index("  # the volumes of the app") \
+        < lines.index("  volumes:") < lines.index("    - name: w") \
+        < lines.index("  initContainers:") < lines.index("# the end of the file")
+    assert lines[-1] == "# the end of the file"
+
+
+def test_put_and_append_change_plain_dicts_and_lists_plainly() -> None:
+    node: dict[str, Any] = {"a": [1]}
+    put(node, "b", {"c": 2})
+    append(node["a"], 3)
+    assert node == {"a": [1, 3], "b": {"c": 2}}
