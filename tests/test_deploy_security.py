@@ -164,8 +164,9 @@ def test_only_the_proxy_mounts_the_token_and_can_read_it(layout: Layout) -> None
 
 
 def test_every_token_in_deploy_is_the_same_marked_placeholder() -> None:
-    """Two Secrets (the base's, the component's copy) and three hook headers hold the token:
-    the same placeholder, and each file says how to make a real one."""
+    """Three Secrets (the base's, the component's copy, the injection webhook's) and three
+    hook headers hold the token: the same placeholder, and each file says how to make a real
+    one."""
     secrets = []
     headers = []
     for path in sorted(KUBERNETES.rglob("*.yaml")):
@@ -179,7 +180,7 @@ def test_every_token_in_deploy_is_the_same_marked_placeholder() -> None:
         if PLACEHOLDER_TOKEN in text:  # marked, and says where the real token comes from
             assert "PLACEHOLDER" in text, path
             assert "openssl rand -hex 32" in text or "drain-token-secret.yaml" in text, path
-    assert secrets == [PLACEHOLDER_TOKEN] * 2
+    assert secrets == [PLACEHOLDER_TOKEN] * 3
     assert headers == [f"Bearer {PLACEHOLDER_TOKEN}"] * 3
     readme = (DEPLOY / "README.md").read_text()
     assert "openssl rand -hex 32" in readme and PLACEHOLDER_TOKEN in readme

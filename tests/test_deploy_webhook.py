@@ -59,13 +59,18 @@ def test_the_certificate_files_are_the_mounted_secret_of_the_certificate() -> No
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     args = parse_args(container["args"][1:])
-    (mount,) = container["volumeMounts"]
-    assert "subPath" not in mount, "a subPath mount never sees a renewed Secret"
-    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    assert not [m for m in mounts.values() if "subPath" in m], \
+        "a subPath mount never sees a renewed Secret"
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"]}
     serving = one(docs, "Certificate", "sidecar-injector")
-    assert volume["secret"]["secretName"] == serving["spec"]["secretName"]
-    assert str(args.tls_cert) == f"{mount['mountPath']}/tls.crt"
-    assert str(args.tls_key) == f"{mount['mountPath']}/tls.key"
+    (tls,) = [name for name, secret in secrets.items() if secret == serving["spec"]["secretName"]]
+    assert str(args.tls_cert) == f"{mounts[tls]['mountPath']}/tls.crt"
+    assert str(args.tls_key) == f"{mounts[tls]['mountPath']}/tls.key"
+    # The drain token it writes into injected pods: the Secret the injected proxies read.
+    (token,) = [name for name, secret in secrets.items() if secret == "drain-proxy-drain-token"]
+    assert str(args.drain_token_file) == f"{mounts[token]['mountPath']}/token"
+    one(docs, "Secret", "drain-proxy-drain-token")
     service = one(docs, "Service")
     name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
     assert f"{name}.{namespace}.svc" in serving["spec"]["dnsNames"]

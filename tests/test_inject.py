@@ -14,8 +14,11 @@ import pytest
 import yaml
 
 from proxy.adopt import sidecar
+from proxy.adopt.check import check
+from proxy.adopt.findings import ERROR
 from proxy.adopt.inject import main
-from proxy.adopt.manifests import split
+from proxy.adopt.manifests import parse, split
+from proxy.adopt.rules import Options as CheckOptions
 
 from support.deploy import SCHEMA_VERSIONS, grace_period, labels_match, validate_schema
 from support.kustomize import ROOT, Doc
@@ -113,6 +116,17 @@ def test_every_output_is_valid_and_wired(path: Path, layout: str) -> None:
     for version in SCHEMA_VERSIONS:
         for doc in objects:
             validate_schema(doc, version, path.name)
+
+
+@pytest.mark.parametrize("layout", ["native", "classic"])
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_every_output_checks_without_an_error(path: Path, layout: str) -> None:
+    """What inject writes is what drain-proxy check asks for (on a cluster with native
+    sidecars): no error; warnings at most (a Service's admin port, say)."""
+    out = inject_file(path, "--layout", layout)
+    objects = [obj for document in parse(out, path.name) for obj in document.objects()]
+    found = check(objects, CheckOptions(kubernetes_version=(1, 29)))
+    assert not [f for f in found if f.severity == ERROR], found
 
 
 @pytest.mark.parametrize("layout", ["native", "classic"])

@@ -27,7 +27,7 @@ from conftest import Run
 from support.admission_reviews import app_pod, patched, response_of, review
 from support.certificates import client_context, der, make_certificate, replace_file
 from support.deploy import SCHEMA_VERSIONS, validate_schema
-from support.stand_in_wiring import stand_in_wiring
+from support.pod_wiring import IMAGE, TOKEN, wiring
 
 TIMEOUT_S = 10.0
 ENABLED = {"drain-proxy/inject": "enabled"}
@@ -90,7 +90,7 @@ class Running:
 @asynccontextmanager
 async def webhook(directory: Path) -> AsyncIterator[Running]:
     cert, key = make_certificate(directory, "first")
-    server = WebhookServer(WebhookApp(stand_in_wiring, Metrics()), CertificateFiles(cert, key))
+    server = WebhookServer(WebhookApp(wiring, Metrics()), CertificateFiles(cert, key))
     port = await server.start("127.0.0.1", 0)
     try:
         yield Running(port, client_context(cert), cert, key)
@@ -108,7 +108,8 @@ def test_an_annotated_pod_is_injected_over_tls(run: Run[None], tmp_path: Path) -
             after = patched(pod, response_of(answer.body, sent))
             for version in SCHEMA_VERSIONS:
                 validate_schema(after, version, "the patched pod")
-            assert [c["name"] for c in after["spec"]["containers"]] == ["web", "drain-proxy"]
+            assert [c["name"] for c in after["spec"]["containers"]] == ["web"]
+            assert [c["name"] for c in after["spec"]["initContainers"]] == ["drain-proxy"]
             sent_again = review(after)
             again = await https(hook.port, hook.context, "POST", "/mutate", sent_again)
             assert "patch" not in response_of(again.body, sent_again)  # never twice
@@ -234,20 +235,40 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
     return make_certificate(tmp_path, "cli")
 
 
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+WIRING_FLAGS = ("--drain-token-file", "{token}", "--image", IMAGE)
+
+
 @pytest.mark.parametrize(("flags", "problem"), [
-    ((), "the following arguments are required: --listen, --tls-cert, --tls-key"),
+    ((), "the following arguments are required: --listen, --tls-cert, --tls-key, "
+         "--drain-token-file, --image"),
     (("--listen", "nowhere"), "argument --listen: 'nowhere' is not HOST:PORT"),
-    (("--listen", "127.0.0.1:0", "--tls-cert", "{cert}", "--tls-key", "{missing}"),
-     "cannot read {missing}: No such file or directory"),
-    (("--listen", "127.0.0.1:0", "--tls-cert", "{cert}", "--tls-key", "{cert}"),
+    (("--listen", "127.0.0.1:0", "--tls-cert", "{cert}", "--tls-key", "{missing}",
+      *WIRING_FLAGS), "cannot read {missing}: No such file or directory"),
+    (("--listen", "127.0.0.1:0", "--tls-cert", "{cert}", "--tls-key", "{cert}", *WIRING_FLAGS),
      "cannot load {cert} with {cert}: "),
-    (("--listen", "127.0.0.1:0", "--tls-cert", "{cert}", "--tls-key", "{cert}", "--bogus"),
-     "unrecognized arguments: --bogus"),
+    (("--listen", "127.0.0.1:0", "--tls-cert", "{cert}", "--tls-key", "{key}", *WIRING_FLAGS,
+      "--bogus"), "unrecognized arguments: --bogus"),
+    (("--listen", "127.0.0.1:0", "--tls-cert", "{cert}", "--tls-key", "{key}",
+      "--drain-token-file", "{placeholder}", "--image", IMAGE),
+     "--drain-token-file {placeholder}: the placeholder token of deploy/"),
+    (("--listen", "127.0.0.1:0", "--tls-cert", "{cert}", "--tls-key", "{key}", *WIRING_FLAGS,
+      "--shutdown-delay", "-1"), "argument --shutdown-delay: '-1': allowed: seconds from 0"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(flags: tuple[str, ...], problem: str,
-                                           certificate: tuple[Path, Path],
+                                           certificate: tuple[Path, Path], token_file: Path,
                                            tmp_path: Path) -> None:
-    names = {"cert": str(certificate[0]), "missing": str(tmp_path / "missing.key")}
+    placeholder = tmp_path / "placeholder"
+    placeholder.write_text("CHANGE-ME-openssl-rand-hex-32\n")
+    names = {"cert": str(certificate[0]), "key": str(certificate[1]),
+             "missing": str(tmp_path / "missing.key"), "token": str(token_file),
+             "placeholder": str(placeholder)}
     result = subprocess.run(_command(*(flag.format(**names) for flag in flags)),
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2, result.stderr
@@ -257,10 +278,13 @@ def test_bad_flags_are_one_line_and_exit_2(flags: tuple[str, ...], problem: str,
 
 
 @pytest.fixture
-def started(certificate: tuple[Path, Path]) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def started(certificate: tuple[Path, Path], token_file: Path
+            ) -> Iterator[tuple[subprocess.Popen[str], int]]:
     cert, key = certificate
     process = subprocess.Popen(_command("--listen", "127.0.0.1:0", "--tls-cert", str(cert),
-                                        "--tls-key", str(key), "--shutdown-delay", "60"),
+                                        "--tls-key", str(key), "--drain-token-file",
+                                        str(token_file), "--image", IMAGE,
+                                        "--shutdown-delay", "60"),
                                stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     assert process.stderr is not None
@@ -309,11 +333,7 @@ def test_the_command_serves_and_stops_on_sigterm(
         return response
 
     response = asyncio.run(scenario())
-    # Until the pod wiring of drain-proxy inject is plugged in, the command injects nothing,
-    # and says so to whoever creates the pod.
-    assert "patch" not in response
-    assert response["warnings"] == [
-        "drain-proxy not injected: this build of drain-proxy has no pod wiring yet"]
+    assert response["allowed"] and response["patchType"] == "JSONPatch", response
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=TIMEOUT_S) == 0
 

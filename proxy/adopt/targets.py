@@ -145,7 +145,7 @@ def _resolve(target: Any, ports: list[_Port], spec: Node) -> _Port | None:
     return _Port(apps[0], number, None, False) if len(apps) == 1 else None
 
 
-def _looks_non_http(service_port: Node | None, port_name: str | None) -> str | None:
+def looks_non_http(service_port: Node | None, port_name: str | None) -> str | None:
     """Why a port does not look like cleartext HTTP, or None."""
     if service_port is not None:
         protocol = str(service_port.get("protocol") or "TCP")
@@ -235,7 +235,7 @@ def _choose(workload: Node, metadata: Node, spec: Node, services: list[Node],
     if mode is None:
         names = [port.name for port in own if port.number == number] or [None]
         service_ports: list[Node | None] = [*chosen] or [None]
-        for reason in {_looks_non_http(sp, names[0]) for sp in service_ports}:
+        for reason in {looks_non_http(sp, names[0]) for sp in service_ports}:
             if reason is not None:
                 raise WiringError(f"port {number} ({reason}) does not look like HTTP: "
                                   f"choose --mode tcp (or --mode http if it is)")

@@ -43,7 +43,10 @@ from urllib.parse import urlsplit
 import h11
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from proxy.adopt.admission import BadReview, MutationResult, Mutator, Pod, Problems, Result, decide
+from proxy.adopt.admission import BadReview, Mutator, Result, decide
+from proxy.adopt.pod_injection import pod_mutator
+from proxy.adopt.wiring import Options
+from proxy.settings import PLACEHOLDER_TOKEN_PREFIX
 
 log = logging.getLogger("drain_proxy.webhook")
 MAX_BODY = 3 * 1024 * 1024  # the API server's own limit on a request body
@@ -55,13 +58,6 @@ SHUTDOWN_DELAY_S = 5.0
 MUTATE_PATHS = {"/mutate": False, "/mutate/namespace": True}  # path -> namespace_enabled
 
 
-def not_wired(pod: Pod) -> MutationResult:
-    """The mutator until the pod wiring of ``drain-proxy inject`` is plugged in here: every
-    pod is allowed unchanged, and whoever creates it is told why."""
-    return Problems(("this build of drain-proxy has no pod wiring yet",))
-
-
-MUTATOR: Mutator = not_wired
 
 
 class CertificateError(Exception):
@@ -303,6 +299,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--listen", type=_listen, required=True, metavar="HOST:PORT")
     parser.add_argument("--tls-cert", type=Path, required=True, metavar="FILE")
     parser.add_argument("--tls-key", type=Path, required=True, metavar="FILE")
+    parser.add_argument("--drain-token-file", type=Path, required=True, metavar="FILE",
+                        help="the drain token the injected pods' preStop sends: the token of "
+                             "the Secret drain-proxy-drain-token of their namespaces")
+    parser.add_argument("--image", required=True,
+                        help="the drain-proxy image the injected sidecars run")
+    parser.add_argument("--layout", choices=("native", "classic"), default="native",
+                        help="the sidecar as a native sidecar (initContainers, Kubernetes "
+                             "1.29+) or a classic container (default: native)")
     parser.add_argument("--shutdown-delay", type=_seconds, default=SHUTDOWN_DELAY_S,
                         metavar="SECONDS",
                         help="after SIGTERM, keep answering this long with readiness failed "
@@ -347,16 +351,35 @@ def main(argv: Sequence[str]) -> int:
         args = parse_args(argv)
         certificates = CertificateFiles(args.tls_cert, args.tls_key)
         certificates.context()
+        token = read_token(args.drain_token_file)
     except (UsageError, CertificateError) as error:
         print(f"drain-proxy webhook: error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     host, port = args.listen
+    mutator = pod_mutator(Options(native=args.layout == "native", image=args.image,
+                                  token=token), lambda note: log.info("%s", note))
     try:
-        asyncio.run(serve(host, port, certificates, MUTATOR, args.shutdown_delay))
+        asyncio.run(serve(host, port, certificates, mutator, args.shutdown_delay))
     except OSError as error:
         print(f"drain-proxy webhook: error: cannot listen on {host}:{port}: {error.strerror}",
               file=sys.stderr)
         return 2
     return 0
+
+
+def read_token(path: Path) -> str:
+    """The drain token of the injected pods, or UsageError: one line."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"--drain-token-file {path}: cannot read it: {error}") from None
+    if not token:
+        raise UsageError(f"--drain-token-file {path}: it is empty; allowed: a token of your "
+                         f"own, e.g. from openssl rand -hex 32")
+    if token.upper().startswith(PLACEHOLDER_TOKEN_PREFIX):
+        raise UsageError(f"--drain-token-file {path}: the placeholder token of deploy/, with "
+                         f"which the injected proxies would refuse to start; allowed: a token "
+                         f"of your own, e.g. from openssl rand -hex 32")
+    return token
