@@ -22,8 +22,6 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -31,24 +29,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.context import ProxyContext
 from proxy.coordinator import DrainCoordinator
+from proxy.h11_server import H11Server, Reply, text
 from proxy.http1.http_policy import Headers
 
 log = logging.getLogger("drain_proxy.admin")
-READ_TIMEOUT_S = 30.0  # an admin client that sends nothing for this long is dropped
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An admin answer; the reason phrase comes from the status."""
-
-    status: int
-    content_type: str
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-def _text(status: int, text: str, *headers: tuple[str, str]) -> Reply:
-    return Reply(status, "text/plain", text.encode() + b"\n", headers)
+MAX_BODY_BYTES = 64 * 1024  # no admin route reads a body; a larger one gets 413
 
 
 class AdminApp:
@@ -67,12 +52,12 @@ class AdminApp:
         allowed = {"/livez": (b"GET", b"HEAD"), "/readyz": (b"GET", b"HEAD"),
                    "/metrics": (b"GET", b"HEAD"), "/drain": (b"GET", b"POST")}
         if parts.path not in allowed:
-            return _text(404, "not found; try /livez /readyz /metrics /drain")
+            return text(404, "not found; try /livez /readyz /metrics /drain")
         if method not in allowed[parts.path]:
-            return _text(405, "method not allowed",
+            return text(405, "method not allowed",
                          ("Allow", ", ".join(m.decode() for m in allowed[parts.path])))
         if parts.path == "/livez":
-            return _text(200, "ok")
+            return text(200, "ok")
         if parts.path == "/readyz":
             return await self._readyz()
         if parts.path == "/metrics":
@@ -80,7 +65,7 @@ class AdminApp:
         if not self._authorized(headers):
             self._ctx.metrics.drain_refused.inc()
             log.warning("refused a /drain without the drain token; nothing changed")
-            return _text(401, "unauthorized: /drain needs Authorization: Bearer <drain token>",
+            return text(401, "unauthorized: /drain needs Authorization: Bearer <drain token>",
                          ("WWW-Authenticate", 'Bearer realm="drain-proxy"'))
         wait = parse_qs(parts.query).get("wait", ["true"])[-1].lower() not in ("false", "0")
         return await self._drain(wait)
@@ -95,11 +80,11 @@ class AdminApp:
     async def _readyz(self) -> Reply:
         timeline = self._ctx.timeline
         if not timeline.ready:
-            return _text(503, f"draining (phase {timeline.phase.value})")
+            return text(503, f"draining (phase {timeline.phase.value})")
         problem = await self._check_app()
         if problem is not None:
-            return _text(503, problem)
-        return _text(200, "ready")
+            return text(503, problem)
+        return text(200, "ready")
 
     async def _drain(self, wait: bool) -> Reply:
         self._coordinator.trigger("admin /drain")
@@ -113,83 +98,11 @@ class AdminApp:
         return json.dumps(self._ctx.timeline.summary(loop.time())).encode() + b"\n"
 
 
-class AdminServer:
-    """Serves ``AdminApp`` over HTTP/1.1 with h11, keep-alive included."""
+class AdminServer(H11Server):
+    """Serves ``AdminApp`` over HTTP/1.1 (bodies are not read: none of its routes takes one)."""
 
     def __init__(self, app: AdminApp) -> None:
-        self._app = app
-        self._server: asyncio.Server | None = None
-        self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        self._answering: set[asyncio.Task[None]] = set()  # handlers with a request in hand
+        async def handle(request: h11.Request, body: bytes) -> Reply:
+            return await app.route(request.method, request.target, list(request.headers))
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def close(self, grace_s: float = 1.0) -> None:
-        """Stop listening and give in-progress answers (a /drain summary) a moment."""
-        if self._server is not None:
-            self._server.close()
-        if self._answering:
-            await asyncio.wait(set(self._answering), timeout=grace_s)
-        for writer in list(self._handlers.values()):
-            writer.close()  # the handler's next read fails and it ends by itself
-        if self._handlers:
-            await asyncio.wait(set(self._handlers), timeout=grace_s)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers[task] = writer
-        connection = h11.Connection(h11.SERVER)
-        try:
-            while await self._serve_one(connection, reader, writer):
-                connection.start_next_cycle()
-        except (h11.ProtocolError, OSError, TimeoutError) as error:
-            log.debug("admin connection ended: %s", error)
-        finally:
-            self._handlers.pop(task, None)
-            writer.close()
-
-    async def _serve_one(self, connection: h11.Connection, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> bool:
-        request = await _next_request(connection, reader)
-        if request is None:
-            return False
-        task = asyncio.current_task()
-        assert task is not None
-        self._answering.add(task)
-        try:
-            return await self._answer(connection, request, writer)
-        finally:
-            self._answering.discard(task)
-
-    async def _answer(self, connection: h11.Connection, request: h11.Request,
-                      writer: asyncio.StreamWriter) -> bool:
-        reply = await self._app.route(request.method, request.target, list(request.headers))
-        headers = [("Content-Type", reply.content_type),
-                   ("Content-Length", str(len(reply.body))), *reply.headers]
-        writer.write(connection.send(h11.Response(
-            status_code=reply.status, headers=headers, reason=HTTPStatus(reply.status).phrase)))
-        if request.method != b"HEAD":
-            writer.write(connection.send(h11.Data(data=reply.body)))
-        writer.write(connection.send(h11.EndOfMessage()))
-        await writer.drain()
-        return connection.our_state is h11.DONE and connection.their_state is h11.DONE
-
-
-async def _next_request(connection: h11.Connection,
-                        reader: asyncio.StreamReader) -> h11.Request | None:
-    """Read one whole request (bodies are ignored), or None when the client left."""
-    request: h11.Request | None = None
-    while True:
-        event = connection.next_event()
-        if event is h11.NEED_DATA:
-            async with asyncio.timeout(READ_TIMEOUT_S):
-                connection.receive_data(await reader.read(65536))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.EndOfMessage):
-            return request
-        elif isinstance(event, h11.ConnectionClosed):
-            return None
+        super().__init__(handle, log, MAX_BODY_BYTES)

@@ -75,6 +75,23 @@ def test_admin_answers_carry_their_reason_phrase(run: Run[None]) -> None:
     run(scenario())
 
 
+def test_malformed_and_oversized_admin_requests_get_a_4xx_and_the_port_goes_on(
+        run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with app_and_proxy() as (_app, proxy):
+            bad = await raw_exchange(proxy.admin_port, b"GET /livez HTTP/1.1\r\nno colon\r\n\r\n")
+            assert bad.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+            big = await raw_exchange(proxy.admin_port,
+                                     b"POST /drain HTTP/1.1\r\nHost: a\r\n"
+                                     b"Content-Length: 10000000\r\n\r\n")
+            assert big.startswith(b"HTTP/1.1 413 "), big  # no admin route takes a body
+            live = await raw_exchange(proxy.admin_port, b"GET /livez HTTP/1.1\r\nHost: a\r\n"
+                                                        b"Connection: close\r\n\r\n")
+            assert live.startswith(b"HTTP/1.1 200 OK\r\n")
+
+    run(scenario())
+
+
 def test_token_settings_errors_are_one_line(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("\n")

@@ -35,8 +35,6 @@ import signal
 import ssl
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,12 +44,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from proxy.adopt.admission import BadReview, Mutator, Result, decide
 from proxy.adopt.pod_injection import pod_mutator
 from proxy.adopt.wiring import Options
+from proxy.h11_server import H11Server, Reply, text
 from proxy.settings import PLACEHOLDER_TOKEN_PREFIX
 
 log = logging.getLogger("drain_proxy.webhook")
 MAX_BODY = 3 * 1024 * 1024  # the API server's own limit on a request body
-READ_TIMEOUT_S = 30.0  # a client that sends nothing for this long is dropped
-HANDSHAKE_TIMEOUT_S = 10.0
 # After SIGTERM: long enough for the endpoints to stop sending here (kube-proxy, the API
 # server's own endpoint watch), well within the default 30 s grace period.
 SHUTDOWN_DELAY_S = 5.0
@@ -129,17 +126,6 @@ class Metrics:
             self.admissions.labels(result.value)
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    content_type: str
-    body: bytes
-
-
-def _text(status: int, text: str) -> Reply:
-    return Reply(status, "text/plain", text.encode() + b"\n")
-
-
 class WebhookApp:
     """Routes the webhook's requests to the admission decision, health and metrics."""
 
@@ -154,14 +140,14 @@ class WebhookApp:
                    "/metrics": (b"GET", b"HEAD"),
                    **{mutate: (b"POST",) for mutate in MUTATE_PATHS}}
         if path not in allowed:
-            return _text(404, f"not found; try {' '.join(sorted(allowed))}")
+            return text(404, f"not found; try {' '.join(sorted(allowed))}")
         if method not in allowed[path]:
-            return _text(405, f"method not allowed; {path} takes "
+            return text(405, f"method not allowed; {path} takes "
                               f"{', '.join(m.decode() for m in allowed[path])}")
         if path == "/healthz":
-            return _text(200, "ok")
+            return text(200, "ok")
         if path == "/readyz":
-            return _text(503, "stopping") if self.stopping else _text(200, "ready")
+            return text(503, "stopping") if self.stopping else text(200, "ready")
         if path == "/metrics":
             return Reply(200, CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry))
         try:
@@ -169,111 +155,23 @@ class WebhookApp:
         except BadReview as error:
             self._metrics.admissions.labels(Result.BAD_REQUEST.value).inc()
             log.warning("refused a request to %s: %s", path, error)
-            return _text(400, f"bad request: {error}")
+            return text(400, f"bad request: {error}")
         self._metrics.admissions.labels(decision.result.value).inc()
         return Reply(200, "application/json", json.dumps(decision.review).encode())
 
 
-class TooLarge(Exception):
-    """A request body over ``MAX_BODY``."""
-
-
-class WebhookServer:
-    """Serves ``WebhookApp`` over TLS with h11, keep-alive included."""
+class WebhookServer(H11Server):
+    """Serves ``WebhookApp`` over HTTP/1.1 and TLS, with the certificate files' current pair."""
 
     def __init__(self, app: WebhookApp, certificates: CertificateFiles) -> None:
-        self._app = app
+        async def handle(request: h11.Request, body: bytes) -> Reply:
+            return app.route(request.method, request.target, body)
+
+        super().__init__(handle, log, MAX_BODY)
         self._certificates = certificates
-        self._server: asyncio.Server | None = None
-        self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(
-            self._handle, host, port, ssl=self._certificates.listening_context(),
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def close(self, grace_s: float = 1.0) -> None:
-        """Stop listening; give requests in hand a moment, then close what is left."""
-        if self._server is not None:
-            self._server.close()
-        if self._handlers:
-            await asyncio.wait(set(self._handlers), timeout=grace_s)
-        for writer in list(self._handlers.values()):
-            writer.close()
-        if self._handlers:
-            await asyncio.wait(set(self._handlers), timeout=grace_s)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers[task] = writer
-        try:
-            connection = h11.Connection(h11.SERVER)
-            while await self._serve_one(connection, reader, writer):
-                connection.start_next_cycle()
-        except (OSError, TimeoutError, ssl.SSLError, h11.ProtocolError) as error:
-            log.debug("webhook connection ended: %s", error)
-        finally:
-            self._handlers.pop(task, None)
-            writer.close()
-
-    async def _serve_one(self, connection: h11.Connection, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> bool:
-        try:
-            received = await _next_request(connection, reader)
-        except h11.RemoteProtocolError as error:
-            await _send(connection, writer, b"", _text(400, f"bad request: {error}"))
-            return False
-        except TooLarge:
-            await _send(connection, writer, b"",
-                        _text(413, f"request body over {MAX_BODY} bytes"))
-            return False
-        if received is None:
-            return False
-        request, body = received
-        await _send(connection, writer, request.method,
-                    self._app.route(request.method, request.target, body))
-        return connection.our_state is h11.DONE and connection.their_state is h11.DONE
-
-
-async def _next_request(connection: h11.Connection,
-                        reader: asyncio.StreamReader) -> tuple[h11.Request, bytes] | None:
-    """One whole request and its body, or None when the client left.  Raises ``TooLarge``."""
-    request: h11.Request | None = None
-    body = bytearray()
-    while True:
-        event = connection.next_event()
-        if event is h11.NEED_DATA:
-            async with asyncio.timeout(READ_TIMEOUT_S):
-                connection.receive_data(await reader.read(65536))
-        elif isinstance(event, h11.Request):
-            request = event
-            length = dict(event.headers).get(b"content-length")
-            if length is not None and int(length) > MAX_BODY:
-                raise TooLarge
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_BODY:
-                raise TooLarge
-        elif isinstance(event, h11.EndOfMessage):
-            assert request is not None
-            return request, bytes(body)
-        elif isinstance(event, h11.ConnectionClosed):
-            return None
-
-
-async def _send(connection: h11.Connection, writer: asyncio.StreamWriter, method: bytes,
-                reply: Reply) -> None:
-    headers = [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body)))]
-    if reply.status >= 400 and connection.their_state is not h11.DONE:
-        headers.append(("Connection", "close"))  # the rest of the request is not read
-    writer.write(connection.send(h11.Response(
-        status_code=reply.status, headers=headers, reason=HTTPStatus(reply.status).phrase)))
-    if method != b"HEAD":
-        writer.write(connection.send(h11.Data(data=reply.body)))
-    writer.write(connection.send(h11.EndOfMessage()))
-    await writer.drain()
+    def ssl_context(self) -> ssl.SSLContext:
+        return self._certificates.listening_context()
 
 
 class UsageError(Exception):

@@ -31,7 +31,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("proxy.drain",),
     ("proxy.telemetry",),
     ("proxy.settings", "proxy.flags", "proxy.limits", "proxy.app_connect", "proxy.transitions",
-     "proxy.flow", "proxy.buffers"),
+     "proxy.flow", "proxy.buffers", "proxy.h11_server"),
 ]
 
 
