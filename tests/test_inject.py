@@ -367,6 +367,52 @@ def test_what_it_cannot_decide_stops_it_naming_the_option(case: str) -> None:
     assert (code, again) == (0, out), err
 
 
+SHARED_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: web, ports: [{containerPort: 8080}]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: warm-cache}
+spec:
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      restartPolicy: Never
+      containers: [{name: web, image: web, ports: [{containerPort: 8080}]}]
+"""
+
+
+def test_a_service_that_also_selects_pods_left_unwired_is_not_retargeted() -> None:
+    """Pointed at the proxy's port, the Service would send the Job's pods' share of the
+    traffic to a port nothing listens on: inject stops and says so, writing nothing."""
+    code, out, err = run_inject("--drain-token", TOKEN, stdin=SHARED_SERVICE)
+    assert (code, out) == (2, "")
+    assert err == ("drain-proxy inject: error: <stdin>:1: Service/web: it also selects "
+                   "Job/warm-cache, which gets no proxy: pointed at the proxy's port, it would "
+                   "cut those pods off; narrow its selector\n")
+    narrowed = SHARED_SERVICE.replace("metadata: {labels: {app: web}}\n    spec:\n      "
+                                      "restartPolicy", "metadata: {labels: {app: warm}}\n"
+                                      "    spec:\n      restartPolicy")
+    code, out, err = run_inject("--drain-token", TOKEN, stdin=narrowed)
+    assert code == 0, err
+    assert assert_wired(docs(out)) == 1
+
+
 def test_every_problem_is_one_line() -> None:
     text = UNDECIDABLE["two-containers"][0] + "---\n" + UNDECIDABLE["two-ports-no-service"][0]
     code, _, err = run_inject(stdin=text)

@@ -184,7 +184,41 @@ def find_targets(objects: Sequence[Node], choices: Choices
         target.headless = [service for service in selecting
                            if (service.get("spec") or {}).get("clusterIP") == "None"]
         targets.append(target)
-    return targets, problems
+    return targets, problems + _shared_services(objects, services, targets)
+
+
+def _shared_services(objects: Sequence[Node], services: list[Node],
+                     targets: list[Target]) -> list[tuple[Node, str]]:
+    """Services that would be retargeted to the proxy's port while they also select pods
+    that get no proxy (a Job's, a workload annotated disabled): those would be cut off."""
+    wired = {id(target.workload) for target in targets}
+    problems: list[tuple[Node, str]] = []
+    for service in services:
+        selected = [workload for workload in objects
+                    if (metadata := _pod_metadata(workload)) is not None
+                    and _selects(service, workload, metadata)]
+        if not any(id(workload) in wired for workload in selected):
+            continue
+        for workload in selected:
+            if id(workload) not in wired:
+                problems.append((service, f"it also selects {name_of(workload)}, which gets no "
+                                          f"proxy: pointed at the proxy's port, it would cut "
+                                          f"those pods off; narrow its selector"))
+    return problems
+
+
+def _pod_metadata(obj: Node) -> Node | None:
+    """The metadata of the pods an object makes, Jobs' and CronJobs' included; None for
+    objects that make none."""
+    kind, spec = obj.get("kind"), obj.get("spec") or {}
+    if kind == "Pod":
+        return obj.get("metadata") or {}
+    if kind == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    elif kind not in WORKLOAD_KINDS and kind != "Job":
+        return None
+    template = spec.get("template") if isinstance(spec, MutableMapping) else None
+    return (template.get("metadata") or {}) if isinstance(template, MutableMapping) else None
 
 
 def _service_ports(services: list[Node]) -> Iterator[Node]:
