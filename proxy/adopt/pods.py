@@ -60,10 +60,25 @@ def mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _entries(value: Any) -> list[Any]:
+    """The entries of a list field, or none (a manifest may put anything there)."""
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
+
+
 def items(value: Any) -> list[Mapping[str, Any]]:
     """The mappings of a list field, or none."""
-    return [item for item in value if isinstance(item, Mapping)] if isinstance(
-        value, Sequence) and not isinstance(value, str) else []
+    return [item for item in _entries(value) if isinstance(item, Mapping)]
+
+
+def drain_proxy_words(container: Obj) -> list[str] | None:
+    """The words drain-proxy starts with in ``container``: its ``args`` (the image's entry
+    point is drain-proxy), after the command's own when ``command`` runs drain-proxy; None
+    when ``command`` runs something else."""
+    args = [str(word) for word in _entries(container.get("args"))]
+    command = [str(word) for word in _entries(container.get("command"))]
+    if not command:
+        return args
+    return command[1:] + args if PROXY_NAME in posixpath.basename(command[0]) else None
 
 
 # Commands the drain-proxy image also runs that are not the sidecar (the injection
@@ -76,7 +91,7 @@ def is_proxy(container: Obj) -> bool:
     unless it runs one of the image's other commands."""
     image = str(container.get("image") or "").split("@")[0]
     last = image.rsplit("/", 1)[-1].split(":")[0]
-    words = _subcommand(container)
+    words = drain_proxy_words(container) or []
     if words[:1] and words[0] in TOOL_COMMANDS:
         return False
     return container.get("name") == PROXY_NAME or PROXY_NAME in last
@@ -84,20 +99,7 @@ def is_proxy(container: Obj) -> bool:
 
 def runs_webhook(container: Obj) -> bool:
     """``drain-proxy webhook``, which keeps answering through its own shutdown delay."""
-    return _subcommand(container)[:1] == ["webhook"]
-
-
-def _subcommand(container: Obj) -> list[str]:
-    """The words after ``drain-proxy`` the container starts with (the image's entry point
-    is drain-proxy: ``args`` alone are its words)."""
-    argv = [str(word) for word in [*items_or_words(container.get("command")),
-                                   *items_or_words(container.get("args"))]]
-    return argv[1:] if argv[:1] == [PROXY_NAME] else argv
-
-
-def items_or_words(value: Any) -> list[Any]:
-    """A container's ``command`` or ``args``: a list of words, or nothing."""
-    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
+    return (drain_proxy_words(container) or [])[:1] == ["webhook"]
 
 
 @dataclass(frozen=True)
@@ -188,15 +190,10 @@ def static_settings(container: Obj) -> tuple[Settings, str | None, tuple[str, ..
             unknown.append(f"{name} (valueFrom)")
     if container.get("envFrom"):
         unknown.append("envFrom")
-    argv = [str(arg) for arg in container.get("args") or []]
-    command = [str(word) for word in container.get("command") or []]
-    if command:
-        if PROXY_NAME in posixpath.basename(command[0]):
-            argv = command[1:] + argv
-        else:
-            unknown.append(f"the command {command[0]!r}")
-            argv = []
-    argv, token_file = _without_token_file(argv)
+    words = drain_proxy_words(container)
+    if words is None:
+        unknown.append(f"the command {str(_entries(container.get('command'))[0])!r}")
+    argv, token_file = _without_token_file(words or [])
     token_file = token_file or env.pop(TOKEN_FILE_ENV, None) or None
     env.pop(TOKEN_FILE_ENV, None)
     try:

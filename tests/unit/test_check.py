@@ -14,6 +14,7 @@ import pytest
 from proxy.adopt.check import check, main, objects
 from proxy.adopt.findings import ERROR, INFO, WARNING, Finding
 from proxy.adopt.manifests import parse, read
+from proxy.adopt.pods import is_proxy, runs_webhook
 from proxy.adopt.rules import RULES, Options
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -200,3 +201,11 @@ def test_a_shell_command_or_env_from_is_reported_not_guessed() -> None:
     (finding,) = findings_in(text)
     assert finding.id == "settings-unknown" and finding.severity == INFO
     assert "'/bin/sh'" in finding.message and "envFrom" in finding.message
+
+
+def test_the_image_s_other_commands_are_not_the_sidecar_however_drain_proxy_is_named() -> None:
+    for command in ([], ["drain-proxy"], ["/opt/drain-proxy/bin/drain-proxy"]):
+        webhook = {"name": "webhook", "image": "registry.example.invalid/drain-proxy:0.1.0",
+                   "command": command, "args": ["webhook", "--listen", "0.0.0.0:8443"]}
+        assert runs_webhook(webhook) and not is_proxy(webhook), command
+    assert not runs_webhook({"name": "x", "command": ["sh", "-c", "drain-proxy webhook"]})
