@@ -12,10 +12,11 @@ import urllib.request
 
 import pytest
 
-from conftest import Run
-from helpers import Client, app_and_proxy, sample
 from proxy.server import ProxyServer
 from proxy.settings import SettingsError, parse_settings
+
+from conftest import Run
+from helpers import Client, app_and_proxy, sample
 
 WINDOWS = "drain_proxy_propagation_windows_total"
 
