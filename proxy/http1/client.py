@@ -312,6 +312,10 @@ class ClientConnection(SharedReadProtocol):
         idle."""
         return self._idle_rank if self.machine.state is IDLE else None
 
+    def awaiting_answer(self) -> bool:
+        """tracker.Answering: a request is being read, forwarded or answered."""
+        return self.machine.busy
+
     def reclaim(self) -> bool:
         """tracker.Reclaimable: clients wait at --max-connections; close if still idle."""
         if not self.machine.reclaim():

@@ -19,6 +19,7 @@ from proxy.drain.window import (
     FALSE_END_PROBABILITY,
     HISTORY,
     MIN_GAPS,
+    QUIET_FLOOR_S,
     ArrivalLog,
     SourceState,
     WindowBounds,
@@ -117,19 +118,34 @@ def test_a_poisson_source_ends_the_window_soon_after_it_stops_and_not_before(
     last = stream[-1][1]
     ended_at, decision = window_end(stream, BOUNDS)
     assert decision.reason is WindowEnd.ROUTING_MOVED
-    assert ended_at > last, "ended while the source was still sending"
-    # Quiet within the Poisson bound at the last test: about ln(1/q) mean gaps.
+    assert ended_at >= last + QUIET_FLOOR_S, "ended while the source was still sending"
+    # Quiet within the Poisson bound at the last test (about ln(1/q) mean gaps), or the floor.
     arrivals = sum(1 for _, t in stream if t >= 0)
     share = FALSE_END_PROBABILITY * 6 / math.pi ** 2 / (arrivals + 1) ** 2
-    assert ended_at - last < 3 * math.log(1 / share) / rate + 0.05
+    assert ended_at - last < max(QUIET_FLOOR_S, 3 * math.log(1 / share) / rate) + 0.05
 
 
-def test_a_busy_source_is_quiet_within_a_fraction_of_a_second() -> None:
+def test_a_busy_source_is_quiet_once_the_floor_has_passed() -> None:
+    """At 1,000 connections a second the Poisson bound is about 20 ms; no silence under
+    the floor counts, whatever the rate."""
     rng = random.Random(1)
-    stream = source("10.0.1.3", poisson(rng, 200.0, -3.0, 0.3))
+    stream = source("10.0.1.3", poisson(rng, 1000.0, -1.0, 0.3))
+    last = stream[-1][1]
     ended_at, decision = window_end(stream, BOUNDS)
     assert decision.reason is WindowEnd.ROUTING_MOVED
-    assert ended_at == BOUNDS.min_s  # quiet well before the minimum
+    assert ended_at == pytest.approx(last + QUIET_FLOOR_S)
+    without_floor = WindowBounds(0.0, 10.0, quiet_floor_s=0.0)
+    ended_at, _ = window_end(stream, without_floor)
+    assert last < ended_at < last + 0.05
+
+
+def test_a_pause_shorter_than_the_floor_does_not_end_the_window() -> None:
+    # A busy client stalls for 0.8 s (a throttled pod, a collection, a retransmitted SYN)
+    # and goes on: forty times its usual gap, still not a router moving.
+    rng = random.Random(6)
+    stream = source("10.0.1.3", [*poisson(rng, 200.0, -2.0, 1.2), *poisson(rng, 200.0, 2.0, 3.0)])
+    ended_at, _ = window_end(stream, BOUNDS)
+    assert ended_at > 3.0
 
 
 def test_the_window_lasts_its_minimum_when_routing_moved_before_the_trigger() -> None:
@@ -215,9 +231,10 @@ def test_a_router_that_first_sends_after_the_window_ended_is_not_seen() -> None:
     of the same length would end at the same moment.)"""
     rng = random.Random(4)
     early = source("10.0.1.1", poisson(rng, 100.0, -3.0, 0.3))
-    too_late = source("10.0.7.7", poisson(rng, 40.0, 1.2, 2.5))
+    too_late = source("10.0.7.7", poisson(rng, 40.0, 1.5, 2.5))
     ended_at, decision = window_end(merged(early, too_late), BOUNDS)
-    assert ended_at == BOUNDS.min_s < too_late[0][1]
+    assert ended_at == pytest.approx(early[-1][1] + QUIET_FLOOR_S)
+    assert ended_at < too_late[0][1]
     assert [v.address for v in decision.sources] == ["10.0.1.1"]
 
 
@@ -247,7 +264,7 @@ def test_one_sparse_source_among_busy_ones_holds_the_maximum_and_says_so() -> No
 
 def false_ends(rate: float, seeds: int, probability: float, max_s: float) -> float:
     """The share of seeds in which a source sending throughout was judged quiet."""
-    bounds = WindowBounds(0.0, max_s, probability)
+    bounds = WindowBounds(0.0, max_s, probability, quiet_floor_s=0.0)  # the Poisson bound
     ended_early = 0
     for seed in range(seeds):
         rng = random.Random(seed)
@@ -338,9 +355,10 @@ def test_the_decision_respects_its_bounds_for_any_stream(
             assert any(v.state is not SourceState.QUIET for v in decision.sources) or \
                 now < min_s
         for verdict in decision.sources:
-            assert (verdict.quiet_at is None) == (verdict.state is SourceState.SPARSE)
-            if verdict.quiet_at is not None:
-                assert verdict.quiet_at >= verdict.last_arrival
+            assert (verdict.quiet_at is None) == (verdict.state in (SourceState.SPARSE,
+                                                                    SourceState.ANSWERING))
+            if verdict.quiet_at is not None and verdict.last_arrival is not None:
+                assert verdict.quiet_at >= verdict.last_arrival + QUIET_FLOOR_S
 
 
 def test_min_gaps_is_what_makes_a_source_judgeable() -> None:
@@ -380,3 +398,70 @@ def test_the_summary_lists_the_sources_most_recent_first() -> None:
     assert sources[0]["last_arrival_seconds"] == 1.62
     assert window_summary(WindowEnd.FIXED, 10.0, TRIGGER, None) == {
         "ended_by": "fixed", "lasted_seconds": 10.0, "adaptive": False}
+
+
+# -- sources waiting for answers ---------------------------------------------------------------
+
+
+def test_a_source_waiting_for_answers_is_not_quiet_whatever_its_gaps() -> None:
+    """Closed-loop clients send their next request only once answered: an app that stalls
+    silences them all, and that silence says nothing about routing."""
+    log = ArrivalLog()
+    rng = random.Random(8)
+    for t in poisson(rng, 200.0, -1.0, 0.5):
+        if t >= TRIGGER and log.trigger_at is None:
+            log.trigger(TRIGGER)
+        log.arrived("10.0.1.3", t)
+    busy = frozenset({"10.0.1.3"})
+    decision = log.decide(3.0, BOUNDS, busy)  # silent 2.5 s, far past its bound
+    assert not decision.ended
+    assert decision.sources[0].state is SourceState.ANSWERING
+    assert decision.decide_again_at == pytest.approx(3.0 + QUIET_FLOOR_S)
+    # Answered between 3.0 and 3.2: its silence counts from 3.2, the latest it can have been.
+    decision = log.decide(3.2, BOUNDS)
+    assert not decision.ended and decision.sources[0].state is SourceState.SENDING
+    assert decision.decide_again_at == pytest.approx(3.2 + QUIET_FLOOR_S)
+    decision = log.decide(3.2 + QUIET_FLOOR_S, BOUNDS)
+    assert decision.ended and decision.reason is WindowEnd.ROUTING_MOVED
+
+
+def test_a_source_seen_only_on_an_old_connection_is_waited_for_until_answered() -> None:
+    """A keep-alive connection older than the log, busy at the trigger: its client will be
+    told to reconnect, so the window waits for that, and a floor after it."""
+    log = ArrivalLog()
+    log.trigger(TRIGGER)
+    busy = frozenset({"10.0.8.8"})
+    decision = log.decide(1.5, BOUNDS, busy)
+    assert not decision.ended
+    assert decision.sources == (("10.0.8.8", SourceState.ANSWERING, None, 0, None),)
+    decision = log.decide(2.0, BOUNDS)  # answered, and it did not come back
+    assert not decision.ended and decision.decide_again_at == 2.0 + QUIET_FLOOR_S
+    decision = log.decide(2.0 + QUIET_FLOOR_S, BOUNDS)
+    assert decision.ended and decision.reason is WindowEnd.ROUTING_MOVED
+    line = explain_window_end(decision.reason, TRIGGER, decision, BOUNDS.max_s)
+    assert line == "routing moved: 1 source quiet"
+    summary = window_summary(decision.reason, 3.0, TRIGGER, decision)
+    assert summary["sources"] == [{"address": "10.0.8.8", "state": "quiet",
+                                   "arrivals_in_window": 0, "last_arrival_seconds": None,
+                                   "quiet_after_seconds": 3.0}]
+
+
+def test_a_source_still_waiting_at_the_maximum_says_so() -> None:
+    log = ArrivalLog()
+    log.trigger(TRIGGER)
+    decision = log.decide(BOUNDS.max_s, BOUNDS, frozenset({"10.0.8.8"}))
+    assert decision.ended and decision.reason is WindowEnd.MAXIMUM
+    assert explain_window_end(WindowEnd.MAXIMUM, TRIGGER, decision, BOUNDS.max_s) == (
+        "maximum reached: 1 source waiting for answers (10.0.8.8)")
+
+
+def test_a_new_trigger_forgets_the_last_windows_answers() -> None:
+    log = ArrivalLog()
+    log.trigger(TRIGGER)
+    log.decide(0.5, BOUNDS, frozenset({"10.0.8.8"}))
+    log.decide(0.6, BOUNDS)
+    assert log.answered_at == {"10.0.8.8": 0.6}
+    log.untrigger()
+    log.trigger(100.0)
+    assert log.answered_at == {}
+    assert log.decide(101.0, BOUNDS).reason is WindowEnd.NO_TRAFFIC
