@@ -87,6 +87,7 @@ class DrainTimeline:
     connections_closed_by_drain: int = 0
     cut_requests: int = 0
     cut_tunnels: int = 0
+    quiet_closed_tunnels: int = 0  # TCP mode: closed between messages (``proxy.tcp.quiet``)
 
     def move_to(self, phase: Phase, now: float) -> float:
         """Enter ``phase``; return how long the previous phase lasted (0 for the first)."""
@@ -105,6 +106,7 @@ class DrainTimeline:
         self.forced = self.failed = False
         self.accepted_while_draining = self.served_while_draining = 0
         self.connections_closed_by_drain = self.cut_requests = self.cut_tunnels = 0
+        self.quiet_closed_tunnels = 0
 
     def trigger(self, now: float) -> bool:
         """Start the drain; False when it has already started (callers join it)."""
@@ -145,6 +147,7 @@ class DrainTimeline:
             "requests_served_while_draining": self.served_while_draining,
             "connections_closed_by_drain": self.connections_closed_by_drain,
             "requests_cut": self.cut_requests,
+            "tunnels_closed_quiet": self.quiet_closed_tunnels,
             "tunnels_cut": self.cut_tunnels,
             "forced": self.forced,
             "failed": self.failed,
