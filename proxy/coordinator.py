@@ -181,8 +181,8 @@ class DrainCoordinator:
         await self._window()
         self._move(Phase.DRAINING)
         self._listener.pause(Pause.DRAIN)
-        for connection in self._ctx.connections.connections(Kind.HTTP):
-            connection.drain()
+        for connection in self._ctx.connections.connections(Kind.HTTP, Kind.TUNNEL):
+            connection.drain()  # a TCP-mode tunnel closes at its first quiet moment
         await asyncio.gather(
             self._listener.stop_accepting(),
             self._settle(tunnels=False, timeout_s=settings.drain_timeout_s),

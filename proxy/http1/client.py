@@ -197,7 +197,7 @@ class ClientConnection(SharedReadProtocol):
         exchange.upstream = None
         self._finish(exchange, 101)
         to_app = self.exchanges.take_held()
-        self._tunnel = splice(self._loop, self.transport, connection.transport, to_app, tail,
+        self._tunnel = splice(self.transport, connection.transport, to_app, tail,
                               lambda tunnel, reason: self._tunnel_ended(tunnel, reason, exchange),
                               client_eof=self._peer_eof)
         self.ctx.connections.reclassify(self, Kind.TUNNEL)
