@@ -12,8 +12,9 @@ import random
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from proxy.drain.window import (
     FALSE_END_PROBABILITY,
@@ -320,45 +321,88 @@ def test_a_new_source_past_the_cap_in_the_window_holds_it_to_the_maximum() -> No
     assert "past the cap" in explain_window_end(WindowEnd.MAXIMUM, TRIGGER, decision, 10.0)
 
 
-arrival_streams = st.lists(
-    st.tuples(st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "::1"]),
-              st.floats(-12.0, 12.0, allow_nan=False)), max_size=60)
+ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "::1")
 
 
-@settings(max_examples=300, deadline=None)
-@given(arrival_streams, st.floats(0.0, 3.0), st.floats(3.0, 12.0),
-       st.lists(st.floats(0.0, 14.0), min_size=1, max_size=8))
-def test_the_decision_respects_its_bounds_for_any_stream(
-        stream: Stream, min_s: float, max_s: float, looks: list[float]) -> None:
-    bounds = WindowBounds(min_s, max_s)
-    log = ArrivalLog()
-    ordered = sorted(stream, key=lambda pair: pair[1])
-    for address, t in ordered:
-        if t < TRIGGER:
-            log.arrived(address, t)
-    log.trigger(TRIGGER)
-    for address, t in ordered:
-        if t >= TRIGGER:
-            log.arrived(address, t)
-    for now in sorted(looks):
-        decision = log.decide(now, bounds)
-        if now < min_s:
+class WindowMachine(RuleBasedStateMachine):
+    """Arrivals, looks with any set of sources waiting for answers, the trigger and its
+    undoing, interleaved in any order on a clock that only moves forward; a small cap so
+    that eviction and overflow happen.  Checked after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = ArrivalLog(max_sources=3)
+        self.now = -5.0
+        self.bounds = WindowBounds(1.0, 6.0)
+        self.decision: WindowDecision | None = None
+        self.decided_at = 0.0
+        self.answering: frozenset[str] = frozenset()
+        self.waited_on: set[str] = set()  # every source that was answering this window
+
+    @rule(dt=st.floats(0.0, 2.0))
+    def wait(self, dt: float) -> None:
+        self.now += dt
+
+    @rule(address=st.sampled_from(ADDRESSES))
+    def arrive(self, address: str) -> None:
+        self.log.arrived(address, self.now)
+
+    @precondition(lambda self: self.log.trigger_at is None)
+    @rule()
+    def trigger(self) -> None:
+        self.log.trigger(self.now)
+        self.waited_on.clear()
+
+    @precondition(lambda self: self.log.trigger_at is not None)
+    @rule()
+    def undo(self) -> None:
+        self.log.untrigger()
+        self.decision = None
+
+    @precondition(lambda self: self.log.trigger_at is not None)
+    @rule(answering=st.frozensets(st.sampled_from(ADDRESSES), max_size=2))
+    def look(self, answering: frozenset[str]) -> None:
+        self.answering = answering
+        self.waited_on |= answering
+        self.decision = self.log.decide(self.now, self.bounds, answering)
+        self.decided_at = self.now
+
+    @invariant()
+    def bounded(self) -> None:
+        assert len(self.log.sources) <= 3
+        assert set(self.log.answered_at) <= self.waited_on
+
+    @invariant()
+    def decision_keeps_its_bounds(self) -> None:
+        decision, trigger_at = self.decision, self.log.trigger_at
+        if decision is None or trigger_at is None:
+            return
+        elapsed = self.decided_at - trigger_at
+        verdicts = {v.address: v for v in decision.sources}
+        assert {a for a, v in verdicts.items() if v.state is SourceState.ANSWERING} == \
+            set(self.answering)
+        if elapsed < self.bounds.min_s:
             assert not decision.ended
-        if now >= max_s:
+        if elapsed >= self.bounds.max_s:
             assert decision.ended
         if decision.ended:
-            assert decision.reason is not None
-            assert all(v.state is SourceState.QUIET for v in decision.sources) or \
-                decision.reason is WindowEnd.MAXIMUM
+            assert decision.reason is WindowEnd.MAXIMUM or (
+                all(v.state is SourceState.QUIET for v in decision.sources)
+                and not decision.overflowed)
         else:
-            assert now < decision.decide_again_at <= max_s
-            assert any(v.state is not SourceState.QUIET for v in decision.sources) or \
-                now < min_s
+            assert self.decided_at < decision.decide_again_at <= trigger_at + self.bounds.max_s
         for verdict in decision.sources:
             assert (verdict.quiet_at is None) == (verdict.state in (SourceState.SPARSE,
                                                                     SourceState.ANSWERING))
-            if verdict.quiet_at is not None and verdict.last_arrival is not None:
-                assert verdict.quiet_at >= verdict.last_arrival + QUIET_FLOOR_S
+            if verdict.quiet_at is not None:
+                assert verdict.quiet_at >= trigger_at + QUIET_FLOOR_S
+                if verdict.last_arrival is not None:
+                    assert verdict.quiet_at >= verdict.last_arrival + QUIET_FLOOR_S
+
+
+WindowMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
+                                           deadline=None)
+test_the_window_machine_keeps_its_invariants = WindowMachine.TestCase
 
 
 def test_min_gaps_is_what_makes_a_source_judgeable() -> None:
