@@ -40,7 +40,8 @@ import peers  # noqa: E402
 from cli_args import count, names_among, seconds  # noqa: E402
 
 SETUP_NAMES = {"naive": Setup.NAIVE, "prestop-sleep": Setup.PRESTOP_SLEEP,
-               "drain-proxy": Setup.DRAIN_PROXY}
+               "drain-proxy": Setup.DRAIN_PROXY,
+               "drain-proxy-adaptive": Setup.DRAIN_PROXY_ADAPTIVE}
 ALL_SETUPS = [*SETUP_NAMES, *peers.PEERS]
 
 

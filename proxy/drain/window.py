@@ -72,9 +72,10 @@ MAX_SOURCES: Final = 1024  # 1024 x ~1.3 KiB; past it, the window runs to its ma
 # periods, a client pauses for garbage collection.  None of those is a router moving.
 QUIET_FLOOR_S: Final = 1.0
 _SPEND: Final = 6.0 / (math.pi ** 2)  # sum over j >= 1 of 1 / j**2 is pi**2 / 6
-# A source waiting for an answer is looked at again this often at least (its answer ends
-# no silence sooner than the floor after it).
-MIN_LOOK_AGAIN_S: Final = 0.05
+# While a source waits for answers, the window is decided again this often: how finely
+# its waits are measured (each is counted from the decision before it was seen to the one
+# that saw it end, never shorter than it was).
+LOOK_WHILE_ANSWERING_S: Final = 0.1
 
 
 class WindowEnd(enum.Enum):
@@ -187,31 +188,35 @@ def source_bound(source: Source, trigger_at: float, bounds: WindowBounds) -> flo
     return max(silence_bound(gaps, test, bounds.false_end_probability), bounds.quiet_floor_s)
 
 
-def silence_start(source: Source, trigger_at: float, answered_at: float) -> float:
-    """Where a source's current silence is counted from.  Its last new connection, or its
-    last answer if later: a client told ``Connection: close`` reconnects at once if its
-    router still sends here.  Never before the trigger: the gap the trigger falls in is
-    longer than most (a fixed moment lands in a long gap more often than in a short one),
-    from the trigger on it is an ordinary one."""
-    return max(source.last, trigger_at, answered_at)
+def silence_start(source: Source, trigger_at: float) -> float:
+    """Where a source's current silence is counted from: its last new connection, but
+    never before the trigger.  The gap the trigger falls in is longer than most (a fixed
+    moment lands in a long gap more often than in a short one); from the trigger on it is
+    an ordinary one."""
+    return max(source.last, trigger_at)
 
 
 def decide(sources: Mapping[str, Source], trigger_at: float, now: float,
            bounds: WindowBounds, overflowed: bool = False,
            answering: AbstractSet[str] = frozenset(),
-           answered_at: Mapping[str, float] | None = None) -> WindowDecision:
+           waited: Mapping[str, float] | None = None) -> WindowDecision:
     """Whether the window that began at ``trigger_at`` ends at ``now``.
 
     It ends at its maximum, never before its minimum, and in between once every source
     that was sending has gone quiet.  A source counts when it arrived after the trigger
     or within ``bounds.max_s`` before it; older ones were not sending (a source that
-    idled longer than the window lasts is what no window sees).  ``answering``: the
-    sources with a request in flight here, which are not quiet whatever their gaps
-    (their clients reconnect once answered, and where to is the evidence);
-    ``answered_at``: when a source stopped answering, in this window."""
-    answered = answered_at or {}
+    idled longer than the window lasts is what no window sees).
+
+    Silence is the time a source was free to connect and did not.  ``answering``: the
+    sources with a request in flight here now, which are not quiet whatever their gaps:
+    a client waiting for an answer sends nothing (an app that stalls silences every
+    closed-loop client), and once answered it reconnects, to wherever its router says.
+    ``waited``: how long each source spent waiting so since its last new connection in
+    this window, which its silence does not count.  A source seen only on connections
+    older than the log is judged by the floor alone, counted from the trigger."""
+    waits = waited or {}
     minimum, maximum = trigger_at + bounds.min_s, trigger_at + bounds.max_s
-    look_again = min(maximum, now + max(bounds.quiet_floor_s, MIN_LOOK_AGAIN_S))
+    look_again = min(maximum, now + LOOK_WHILE_ANSWERING_S)
     verdicts: list[SourceVerdict] = []
     end_at = minimum
     for address, source in sources.items():
@@ -221,14 +226,13 @@ def decide(sources: Mapping[str, Source], trigger_at: float, now: float,
             end_at = max(end_at, look_again)
             continue
         if source.since_trigger == 0 and source.last < trigger_at - bounds.max_s \
-                and address not in answered:
+                and address not in waits:
             continue
         bound = source.bound(trigger_at, bounds)
         if bound is None:
             state, quiet_at, end_at = SourceState.SPARSE, None, maximum
         else:
-            quiet_at = silence_start(source, trigger_at, answered.get(address, trigger_at)) \
-                + bound
+            quiet_at = silence_start(source, trigger_at) + bound + waits.get(address, 0.0)
             state = SourceState.QUIET if now >= quiet_at else SourceState.SENDING
             end_at = max(end_at, quiet_at)
         verdicts.append(SourceVerdict(address, state, source.last, source.since_trigger,
@@ -237,8 +241,8 @@ def decide(sources: Mapping[str, Source], trigger_at: float, now: float,
     for address in answering - sources.keys():
         verdicts.append(SourceVerdict(address, SourceState.ANSWERING, None, 0, None))
         end_at = max(end_at, look_again)
-    for address in answered.keys() - sources.keys() - answering:
-        quiet_at = answered[address] + bounds.quiet_floor_s
+    for address in waits.keys() - sources.keys() - answering:
+        quiet_at = trigger_at + bounds.quiet_floor_s + waits[address]
         state = SourceState.QUIET if now >= quiet_at else SourceState.SENDING
         verdicts.append(SourceVerdict(address, state, None, 0, quiet_at))
         end_at = max(end_at, quiet_at)
@@ -263,10 +267,12 @@ class ArrivalLog:
         self.trigger_at: float | None = None
         self.overflowed = False  # a source past the cap arrived in the window
         self._max_sources = max_sources
-        # In the window: who had a request in flight when last decided, and when each
-        # stopped having one (known to the moment of the decision that saw it stop).
-        self._answering: frozenset[str] = frozenset()
-        self.answered_at: dict[str, float] = {}
+        # In the window: since when each source waiting for answers at the last decision
+        # has waited (at the earliest: the decision before it was seen), and how long each
+        # waited in all since its last new connection.
+        self._waiting_since: dict[str, float] = {}
+        self.waited: dict[str, float] = {}
+        self._decided_at = 0.0
 
     def arrived(self, address: str, now: float) -> None:
         """A new connection from ``address``."""
@@ -281,6 +287,11 @@ class ArrivalLog:
             source.judged = None
         if self.trigger_at is not None:
             source.since_trigger += 1
+            # Its silence starts again: the waits before this connection no longer count.
+            if self.waited:
+                self.waited.pop(address, None)
+            if address in self._waiting_since:
+                self._waiting_since[address] = now
 
     def _make_room(self) -> bool:
         """Before the trigger, drop the source seen least recently; after it, nothing."""
@@ -293,7 +304,7 @@ class ArrivalLog:
     def trigger(self, now: float) -> None:
         """The window starts: count arrivals from here."""
         self.untrigger()
-        self.trigger_at = now
+        self.trigger_at = self._decided_at = now
         for source in self.sources.values():
             source.since_trigger = 0
             source.judged = None
@@ -302,18 +313,25 @@ class ArrivalLog:
         """The drain was undone: serving again, the history stays."""
         self.trigger_at = None
         self.overflowed = False
-        self._answering = frozenset()
-        self.answered_at.clear()
+        self._waiting_since.clear()
+        self.waited.clear()
 
     def decide(self, now: float, bounds: WindowBounds,
                answering: frozenset[str] = frozenset()) -> WindowDecision:
         """The window's decision at ``now``; ``answering``: the sources with a request in
-        flight here now (a source that had one at the last decision and has none now was
-        answered in between: ``now`` is the latest that can have been)."""
+        flight here now.  Waits are only seen at decisions, so each is counted from the
+        decision before the one that saw it begin to the one that saw it end: never
+        shorter than it was."""
         if self.trigger_at is None:
             raise RuntimeError("no window to decide: the drain has not started")
-        for address in self._answering - answering:
-            self.answered_at[address] = now
-        self._answering = answering
+        for address in answering:
+            self._waiting_since.setdefault(address, self._decided_at)
+        for address in [a for a in self._waiting_since if a not in answering]:
+            began = self._waiting_since.pop(address)
+            source = self.sources.get(address)
+            if source is not None:
+                began = max(began, source.last)  # what came before its silence: not counted
+            self.waited[address] = self.waited.get(address, 0.0) + now - began
+        self._decided_at = now
         return decide(self.sources, self.trigger_at, now, bounds, self.overflowed, answering,
-                      self.answered_at)
+                      self.waited)

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import NoReturn, TextIO
 
+from proxy.drain.window import QUIET_FLOOR_S
 from proxy.rollout import report
 from proxy.rollout.pods import ADAPTIVE_MAXIMUM_S, Setup
 from proxy.rollout.report import Progress, ScenarioResult
@@ -128,14 +129,17 @@ def _window_saved(config: RolloutConfig, results: Sequence[ScenarioResult]) -> s
     adaptive = by_setup.get(Setup.DRAIN_PROXY_ADAPTIVE.value)
     if fixed is None or adaptive is None or fixed.window_s is None or adaptive.window_s is None:
         return ""
+    versus_fixed = adaptive.window_s - fixed.window_s
+    relation = f"{-versus_fixed:.2f} s before" if versus_fixed < 0 else \
+        f"{versus_fixed:.2f} s after"
     return (
-        f"The adaptive window ended after {adaptive.window_s:.2f} s, once routing had moved "
-        f"(at +{config.propagation_delay_s:g} s):\n"
-        f"{fixed.window_s - adaptive.window_s:.2f} s before this run's fixed "
-        f"{fixed.window_s:.2f} s window, and {ADAPTIVE_MAXIMUM_S - adaptive.window_s:.2f} s "
-        f"before the default {ADAPTIVE_MAXIMUM_S:g} s one.\nThat much sooner, each "
-        f"terminating pod exits and gives back its CPU and memory (drain: "
-        f"{adaptive.drain_s:.2f} s\nagainst {fixed.drain_s:.2f} s here).")
+        f"The adaptive window ended after {adaptive.window_s:.2f} s with nothing to tune, once "
+        f"every source had been\nquiet for at least {QUIET_FLOOR_S:g} s, its requests "
+        f"answered (routing moved at +{config.propagation_delay_s:g} s): {relation} this run's\n"
+        f"fixed {fixed.window_s:.2f} s window, tuned to the simulated delay, and "
+        f"{ADAPTIVE_MAXIMUM_S - adaptive.window_s:.2f} s before the default "
+        f"{ADAPTIVE_MAXIMUM_S:g} s one.\nThat much sooner, each terminating pod exits and "
+        f"gives back its CPU and memory.")
 
 
 def _next_step(config: RolloutConfig) -> str:

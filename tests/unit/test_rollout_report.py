@@ -106,10 +106,13 @@ def test_demo_text_puts_the_adaptive_window_next_to_the_fixed_one() -> None:
     adaptive = ScenarioResult("drain-proxy adaptive", requests=990, retries=0, failures={},
                               rotations=11, drain_s=1.4, window_s=1.22)
     text = render(RolloutConfig(), [NAIVE, DRAIN_PROXY, adaptive])
-    assert ("The adaptive window ended after 1.22 s, once routing had moved (at +1 s):\n"
-            "0.28 s before this run's fixed 1.50 s window, and 8.78 s before the default 10 s "
-            "one.") in text
-    assert "(drain: 1.40 s\nagainst 1.91 s here)" in text
+    assert ("The adaptive window ended after 1.22 s with nothing to tune, once every source "
+            "had been\nquiet for at least 1 s, its requests answered (routing moved at +1 s): "
+            "0.28 s before this run's\nfixed 1.50 s window, tuned to the simulated delay, and "
+            "8.78 s before the default 10 s one.") in text
+    later = ScenarioResult("drain-proxy adaptive", requests=990, retries=0, failures={},
+                           rotations=11, drain_s=2.5, window_s=2.41)
+    assert "0.91 s after this run's" in render(RolloutConfig(), [DRAIN_PROXY, later])
     assert all(len(line) <= 100 for line in text.splitlines())
 
 

@@ -370,7 +370,8 @@ class WindowMachine(RuleBasedStateMachine):
     @invariant()
     def bounded(self) -> None:
         assert len(self.log.sources) <= 3
-        assert set(self.log.answered_at) <= self.waited_on
+        assert set(self.log.waited) <= self.waited_on
+        assert all(wait >= 0 for wait in self.log.waited.values())
 
     @invariant()
     def decision_keeps_its_bounds(self) -> None:
@@ -460,13 +461,27 @@ def test_a_source_waiting_for_answers_is_not_quiet_whatever_its_gaps() -> None:
     decision = log.decide(3.0, BOUNDS, busy)  # silent 2.5 s, far past its bound
     assert not decision.ended
     assert decision.sources[0].state is SourceState.ANSWERING
-    assert decision.decide_again_at == pytest.approx(3.0 + QUIET_FLOOR_S)
-    # Answered between 3.0 and 3.2: its silence counts from 3.2, the latest it can have been.
+    assert decision.decide_again_at == pytest.approx(3.1)
+    # Answered between 3.0 and 3.2: it waited from its last connection to 3.2 at most, and
+    # its silence counts only the time after that.
     decision = log.decide(3.2, BOUNDS)
     assert not decision.ended and decision.sources[0].state is SourceState.SENDING
     assert decision.decide_again_at == pytest.approx(3.2 + QUIET_FLOOR_S)
     decision = log.decide(3.2 + QUIET_FLOOR_S, BOUNDS)
     assert decision.ended and decision.reason is WindowEnd.ROUTING_MOVED
+
+
+def test_a_short_wait_delays_a_source_by_about_its_length() -> None:
+    """An idle pooled client's one request on an old connection: the source is held for
+    the wait, measured to the decisions around it, not for a floor after it."""
+    log = ArrivalLog()
+    for k in range(HISTORY):
+        log.arrived("10.0.1.3", -0.01 * (HISTORY - k))
+    log.trigger(TRIGGER)
+    assert log.decide(0.5, BOUNDS).decide_again_at == pytest.approx(1.0)
+    log.decide(0.6, BOUNDS, frozenset({"10.0.1.3"}))  # seen waiting: since 0.5 at the earliest
+    decision = log.decide(0.7, BOUNDS)  # answered by 0.7
+    assert decision.decide_again_at == pytest.approx(1.0 + 0.2)
 
 
 def test_a_source_seen_only_on_an_old_connection_is_waited_for_until_answered() -> None:
@@ -479,6 +494,7 @@ def test_a_source_seen_only_on_an_old_connection_is_waited_for_until_answered() 
     assert not decision.ended
     assert decision.sources == (("10.0.8.8", SourceState.ANSWERING, None, 0, None),)
     decision = log.decide(2.0, BOUNDS)  # answered, and it did not come back
+    assert log.waited == {"10.0.8.8": 2.0}  # from the trigger, the decision before 1.5
     assert not decision.ended and decision.decide_again_at == 2.0 + QUIET_FLOOR_S
     decision = log.decide(2.0 + QUIET_FLOOR_S, BOUNDS)
     assert decision.ended and decision.reason is WindowEnd.ROUTING_MOVED
@@ -504,8 +520,8 @@ def test_a_new_trigger_forgets_the_last_windows_answers() -> None:
     log.trigger(TRIGGER)
     log.decide(0.5, BOUNDS, frozenset({"10.0.8.8"}))
     log.decide(0.6, BOUNDS)
-    assert log.answered_at == {"10.0.8.8": 0.6}
+    assert log.waited == {"10.0.8.8": 0.6}
     log.untrigger()
     log.trigger(100.0)
-    assert log.answered_at == {}
+    assert log.waited == {}
     assert log.decide(101.0, BOUNDS).reason is WindowEnd.NO_TRAFFIC
