@@ -39,8 +39,10 @@ come in bursts, and they pause for reasons that are not routing (a SYN retransmi
 after a full backlog, a throttled or collecting client, this process stalled).  So on
 top of the Poisson bound the silence must exceed the longest gap of those measured (a
 batch every few seconds has short gaps inside bursts and long ones between them) and
-``QUIET_FLOOR_S``, whatever the rate; and the drain looks at the listener's backlog
-before it believes a silence.  A source with fewer than ``MIN_GAPS`` gaps is *too
+``QUIET_FLOOR_S``, whatever the rate; silence is only the time a source was free to
+connect (while a request of its is in flight here it is *answering*: a client waiting for
+an answer sends nothing, and an app that stalls silences every such client); and the
+drain looks at the listener's backlog before it believes a silence.  A source with fewer than ``MIN_GAPS`` gaps is *too
 sparse to judge* and holds the window to its maximum.  What no rule sees is a router that sends
 nothing at all until after the window: a client that stays idle on a keep-alive
 connection through the window, or a router whose first new connection comes later.
