@@ -63,6 +63,10 @@ class PodSpec:
 Note = Callable[[str], None]
 
 
+class PodFailed(Exception):
+    """A pod's process could not start (say, a flag this build of drain-proxy lacks)."""
+
+
 class Pod:
     """One pod's processes: ``start``, ``terminate`` (the rollout) or ``kill`` (the end)."""
 
@@ -132,7 +136,15 @@ class Pod:
                 listed = (await ss.communicate())[0].decode()
                 if all(address in listed for address in wanted):
                     return
+                self._check_running()
                 await asyncio.sleep(0.05)
+
+    def _check_running(self) -> None:
+        for process, what in ((self.sidecar, TITLES[self.spec.setup]), (self.app, "the app")):
+            if process is not None and process.returncode is not None:
+                said = self.sidecar_log().strip().splitlines() if process is self.sidecar else []
+                raise PodFailed(f"pod {self.net.name}: {what} exited ({process.returncode}) "
+                                f"before listening: {said[-1] if said else 'no message'}")
 
     async def wait_ready(self, timeout_s: float = 10.0) -> None:
         """Until the pod answers ``/`` on its address with its name (the readiness the

@@ -39,7 +39,7 @@ import kernel_pods
 import netns
 from cli_args import count, names_among, seconds
 from kernel_load import KEEP_ALIVE, PER_REQUEST, SPARSE, Load, NodeClients, Tally
-from kernel_pods import CORE_SETUPS, DRAIN_PROXY_SETUPS, TITLES, Pod, PodSpec
+from kernel_pods import CORE_SETUPS, DRAIN_PROXY_SETUPS, TITLES, Pod, PodFailed, PodSpec
 from netns import Cluster, Unavailable
 
 sys.path.insert(0, str(kernel_pods.APP_SCRIPT.parent.parent))
@@ -162,6 +162,7 @@ class Result:
     window_reason: str = ""  # the sidecar's own words on why its window ended
     losses: list[Loss] = field(default_factory=list)
     run: int = 1
+    load_average: float = 0.0  # the machine's 1-minute load average as the run started
     events: list[Event] = field(default_factory=list)
     skipped: str | None = None
 
@@ -366,6 +367,7 @@ def run_setup(config: Config, setup: str, index: int, total: int, run: int = 1) 
         return Result(TITLES[setup], skipped=reason, run=run)
     cluster = Cluster(f"kr{os.getpid()}-{index}", ["A", "B"],
                       [node.name for node in config.nodes])
+    load_average = os.getloadavg()[0]
     try:
         cluster.create()
         cluster.enter_node()
@@ -373,7 +375,7 @@ def run_setup(config: Config, setup: str, index: int, total: int, run: int = 1) 
                                      f"[{index}/{total}] {setup:<20}"))
     finally:
         cluster.destroy()
-    result.run = run
+    result.run, result.load_average = run, load_average
     window = "-" if result.window_s is None else f"{result.window_s:.2f} s"
     print(f"[{index}/{total}] {setup}: {result.requests} requests, {result.failed} lost, "
           f"window {window}, pod A exit {result.exit_s or 0:.2f} s", file=sys.stderr,
@@ -564,6 +566,9 @@ def main() -> int:
     except Unavailable as exc:
         print(f"kernel rollout unavailable: {exc}", file=sys.stderr)
         return 2
+    except PodFailed as exc:
+        print(f"kernel rollout failed: {exc}", file=sys.stderr)
+        return 1
     print(describe(config) + "\n")
     if args.runs <= 1:
         for r in results:
@@ -572,11 +577,18 @@ def main() -> int:
     print(format_markdown(results, numbered=args.runs > 1))
     if args.runs > 1:
         print("\n" + format_summary(results))
+        averages = [r.load_average for r in results if not r.skipped]
+        if averages:
+            print(f"\nthe machine's load average (1 min) as a run started: median "
+                  f"{statistics.median(averages):.2f}, max {max(averages):.2f} "
+                  f"({os.cpu_count()} CPUs)")
     reasons = sorted({f"{r.setup}: {r.window_reason}" for r in results
                       if r.window_reason and r.setup.startswith("drain-proxy")})
     if reasons:
         print("\nwhy the window ended:\n" + "\n".join(reasons))
-    losses = format_losses(results)
+    # One run: every setup's losses; several: drain-proxy's (the others' are in the table).
+    losses = format_losses([r for r in results if args.runs <= 1
+                            or r.setup.startswith("drain-proxy")])
     if losses:
         print("\nlost requests (seconds from pod A's SIGTERM):\n" + losses)
     return 0
