@@ -106,7 +106,8 @@ def one_run(args: argparse.Namespace, log_dir: Path, number: int) -> RunResult:
         proxy = subprocess.Popen(
             [sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{port}",
              "--upstream", f"127.0.0.1:{app_port}", "--admin", f"127.0.0.1:{admin}",
-             "--propagation-window", str(args.window), "--drain-timeout", str(args.drain_timeout)],
+             "--propagation-window", str(args.window), "--drain-timeout", str(args.drain_timeout),
+             *(["--adaptive-window"] if args.adaptive else [])],
             cwd=proxy_home(), stdout=subprocess.DEVNULL, stderr=log)
     result = RunResult()
     try:
@@ -147,7 +148,8 @@ def one_run(args: argparse.Namespace, log_dir: Path, number: int) -> RunResult:
 def table(results: list[RunResult], args: argparse.Namespace) -> str:
     lines = [
         f"`hey -z {args.duration}s -c {args.connections}` through drain-proxy to uvicorn, SIGTERM "
-        f"after {args.sigterm_after} s; --propagation-window {args.window}, --drain-timeout "
+        f"after {args.sigterm_after} s; --propagation-window {args.window}"
+        f"{' --adaptive-window' if args.adaptive else ''}, --drain-timeout "
         f"{args.drain_timeout}; app delay 0 to {args.app_delay_ms:g} ms; {proxy_build()}",
         "",
         "| run | 200 responses | other status | refused (after the window) | other errors "
@@ -180,6 +182,9 @@ def main() -> int:
     parser.add_argument("--sigterm-after", type=float, default=5.0, help="seconds into the load")
     parser.add_argument("--window", type=float, default=10.0, help="--propagation-window")
     parser.add_argument("--drain-timeout", type=float, default=15.0)
+    parser.add_argument("--adaptive", action="store_true",
+                        help="--adaptive-window (the load sends throughout, so the window "
+                             "runs to its maximum: this checks the decision under load)")
     parser.add_argument("--app-delay-ms", type=float, default=0.0,
                         help="each app response takes 0 to this many ms (default 0)")
     parser.add_argument("--eager", type=int, default=6,

@@ -17,6 +17,7 @@ from proxy.drain.lifecycle import DrainTimeline, Phase, first_request_grace_s
 from proxy.drain.listener import Listener, Pause
 from proxy.drain.rotation import RotationPolicy
 from proxy.drain.tracker import ConnectionTracker, Drainable, Kind
+from proxy.drain.window import ArrivalLog
 from proxy.limits import RequestLimits
 from proxy.settings import Settings
 from proxy.telemetry.logs import RepeatedWarning
@@ -67,6 +68,10 @@ class ProxyContext:
         self._room_wanted = False  # a client waits, and no connection was idle to make room
         self._went_idle = 0  # connections gone idle so far: each one's rank, for reclaiming
         self.trimmer = Trimmer.from_libc()  # gives memory back once a load has passed
+        # New connections by source, for --adaptive-window (drain.window); the event wakes
+        # the drain to decide again when one comes in the window.
+        self.arrivals = ArrivalLog() if self.settings.adaptive_window else None
+        self.arrived_in_window = asyncio.Event()
         self._trim_timer: asyncio.TimerHandle | None = None
         self.responses = self.metrics.responses
         # Read at scrape time instead of updated per request: two gauge updates per
@@ -78,11 +83,17 @@ class ProxyContext:
         self.metrics.h2_streams_active.set_function(
             lambda: sum(c.active_streams for c in self.h2_connections))
 
-    def register(self, connection: Drainable, now: float, kind: Kind = Kind.HTTP) -> None:
-        """A client connection was accepted; it stays registered until it is lost."""
+    def register(self, connection: Drainable, now: float, kind: Kind = Kind.HTTP,
+                 peername: object = None) -> None:
+        """A client connection was accepted; it stays registered until it is lost.
+        ``peername``: the transport's, whose address is the connection's source."""
         self.connections.add(connection, kind)
         self._count_for_trimmer()
         self.metrics.connections_opened.inc()
+        if self.arrivals is not None:
+            self.arrivals.arrived(source_address(peername), now)
+            if self.timeline.phase is Phase.PROPAGATING:
+                self.arrived_in_window.set()
         if self.timeline.started:
             self.timeline.accepted_while_draining += 1
             self.metrics.accepted_while_draining.inc()
@@ -144,8 +155,19 @@ class ProxyContext:
         """Serve again: the drain was undone."""
         self.timeline.undo(now)
         self.draining = False
+        if self.arrivals is not None:
+            self.arrivals.untrigger()
 
     def upstream_failed(self, failure: UpstreamFailure) -> None:
         label = failure.failure.label
         self.metrics.upstream_errors.labels(label).inc()
         self.upstream_warnings.warn(label, f"upstream {label}: {failure}")
+
+
+def source_address(peername: object) -> str:
+    """The address a connection came from, as the window's sources are named: an IPv4
+    client of a dual-stack listener by its IPv4 address; a unix socket as "unix"."""
+    if not isinstance(peername, tuple):
+        return "unix"
+    host = str(peername[0])
+    return host.removeprefix("::ffff:") if host.startswith("::ffff:") and "." in host else host

@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from proxy.drain.lifecycle import Phase
 from proxy.drain.listener import Listener, Pause
 from proxy.drain.tracker import Kind
+from proxy.drain.window import WindowBounds, WindowDecision, WindowEnd
+from proxy.drain.window_report import explain_window_end, window_summary
 from proxy.http1.context import HttpContext
 from proxy.telemetry.logs import fields
 
@@ -34,6 +36,9 @@ log = logging.getLogger("drain_proxy.drain")
 # A pod termination sends SIGTERM within its grace period of the preStop's /drain; this
 # much later, a drain nobody followed up is undone.
 UNDO_MARGIN_S = 2.0
+# New connections come in runs: the adaptive window is decided again once per run, this
+# long after its first arrival, not once per connection.
+DECIDE_AGAIN_AFTER_ARRIVAL_S = 0.02
 
 
 class DrainCoordinator:
@@ -78,11 +83,12 @@ class DrainCoordinator:
                      else "readiness kept (--readiness-on-drain keep)")
         window = settings.propagation_window_s
         longest = max(settings.drain_timeout_s, settings.tunnel_drain_timeout_s)
+        accepting = settings.window_description
         if source.startswith("SIG"):
-            return (f"{source}: {readiness}; accepting for {window:g} s; exit by "
+            return (f"{source}: {readiness}; accepting for {accepting}; exit by "
                     f"{window + longest:g} s; signal again to stop now")
         undo = settings.termination_grace_period_s + UNDO_MARGIN_S
-        return (f"{source}: {readiness}; accepting for {window:g} s, then draining for up to "
+        return (f"{source}: {readiness}; accepting for {accepting}, then draining for up to "
                 f"{longest:g} s; running until SIGTERM, which then exits at once (without "
                 f"one, the drain is undone after {undo:g} s)")
 
@@ -168,7 +174,7 @@ class DrainCoordinator:
 
     async def _sequence(self) -> None:
         settings = self._ctx.settings
-        await self._first_of([], settings.propagation_window_s)
+        await self._window()
         self._move(Phase.DRAINING)
         self._listener.pause(Pause.DRAIN)
         for connection in self._ctx.connections.connections(Kind.HTTP):
@@ -177,6 +183,45 @@ class DrainCoordinator:
             self._listener.stop_accepting(),
             self._settle(tunnels=False, timeout_s=settings.drain_timeout_s),
             self._settle(tunnels=True, timeout_s=settings.tunnel_drain_timeout_s))
+
+    async def _window(self) -> None:
+        """The propagation window: --propagation-window long, or with --adaptive-window
+        until the decision of ``drain.window`` says that routing has moved."""
+        settings, arrivals = self._ctx.settings, self._ctx.arrivals
+        if arrivals is None:
+            await self._first_of([], settings.propagation_window_s)
+            self._window_ended(WindowEnd.FORCED if self._force.is_set() else WindowEnd.FIXED)
+            return
+        arrivals.trigger(self._ctx.timeline.entered_at[Phase.PROPAGATING])
+        bounds = WindowBounds(settings.min_propagation_window_s, settings.propagation_window_s)
+        arrived = self._ctx.arrived_in_window
+        while True:
+            arrived.clear()
+            now = self._loop.time()
+            decision = arrivals.decide(now, bounds)
+            if decision.ended or self._force.is_set():
+                break
+            await self._first_of([arrived.wait()], decision.decide_again_at - now)
+            if arrived.is_set():
+                await self._first_of([], DECIDE_AGAIN_AFTER_ARRIVAL_S)
+        reason = decision.reason
+        if self._force.is_set() or reason is None:
+            reason = WindowEnd.FORCED
+        self._window_ended(reason, decision)
+
+    def _window_ended(self, reason: WindowEnd, decision: WindowDecision | None = None,
+                      ) -> None:
+        """Say how the window ended, in one line, in the metrics and in the summary."""
+        timeline, metrics = self._ctx.timeline, self._ctx.metrics
+        trigger_at = timeline.entered_at[Phase.PROPAGATING]
+        lasted = round(self._loop.time() - trigger_at, 6)
+        metrics.propagation_window.set(lasted)
+        metrics.propagation_windows.labels(reason.value).inc()
+        timeline.window = window_summary(reason, lasted, trigger_at, decision)
+        log.info("propagation window ended after %.2f s: %s", lasted,
+                 explain_window_end(reason, trigger_at, decision,
+                                    self._ctx.settings.propagation_window_s),
+                 extra=fields(window_end=reason.value, window_s=lasted))
 
     async def _settle(self, tunnels: bool, timeout_s: float) -> None:
         """Wait until no connection of the kind is left, a second signal, or the deadline;
@@ -216,7 +261,7 @@ class DrainCoordinator:
             log.warning("drain deadline: cut %d in-flight requests, closed %d connections",
                         cut, ended, extra=fields(requests_cut=cut, connections_closed=ended))
 
-    async def _first_of(self, waits: list[Awaitable[None]], timeout_s: float) -> None:
+    async def _first_of(self, waits: list[Awaitable[object]], timeout_s: float) -> None:
         """Wait for the first of ``waits``, a second signal, or ``timeout_s``."""
         tasks = [asyncio.ensure_future(w) for w in [*waits, self._force.wait()]]
         try:

@@ -274,6 +274,14 @@ FLAGS: tuple[Flag, ...] = (
          "after SIGTERM or /drain, keep accepting for S seconds, every response saying "
          "Connection: close",
          "time for endpoints removal to reach kube-proxy and load balancers"),
+    Flag("--adaptive-window", _boolean, "false", "",
+         "end the propagation window once every source of new connections has been quiet "
+         "for longer than its own rate makes plausible (--propagation-window: the most)",
+         "off until measured in more clusters: a source too sparse to judge holds the "
+         "window to its maximum anyway", is_switch=True),
+    Flag("--min-propagation-window", _seconds, "1", "S",
+         "with --adaptive-window, the least the window lasts",
+         "a router's first connection after the trigger may take a moment"),
     Flag("--drain-timeout", _seconds, "15", "S",
          "after the window, wait up to S seconds for requests in flight, then cut them",
          "longest in-flight request we wait for after the window"),

@@ -44,7 +44,7 @@ class ProxyServer:
                  rng: random.Random | None = None) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
-        self.metrics.propagation_window.set(settings.propagation_window_s)
+        self.metrics.propagation_window_max.set(settings.propagation_window_s)
         self.metrics.drain_timeout.set(settings.drain_timeout_s)
         self.metrics.build.info({"version": __version__, "build": build()})
         rotation = RotationPolicy(settings.max_requests_per_connection,
@@ -96,15 +96,16 @@ class ProxyServer:
                                                       settings.tunnel_drain_timeout_s)
         log.info(
             "listening on %s:%d, admin on %s:%d, upstream %s (drain-proxy %s, %s build, %s, "
-            "mode %s); window %g s, drain timeout %g s, grace period %g s: exit by %g s after "
+            "mode %s); window %s, drain timeout %g s, grace period %g s: exit by %g s after "
             "SIGTERM", settings.listen.host, self.port, settings.admin.host, self.admin_port,
             settings.upstream, __version__, build(), loop, settings.mode,
-            settings.propagation_window_s, settings.drain_timeout_s,
+            settings.window_description, settings.drain_timeout_s,
             settings.termination_grace_period_s, exit_by,
             extra=fields(version=__version__, build=build(), loop=loop, mode=settings.mode,
                          port=self.port, admin_port=self.admin_port,
                          upstream=str(settings.upstream),
                          propagation_window_s=settings.propagation_window_s,
+                         adaptive_window=settings.adaptive_window,
                          drain_timeout_s=settings.drain_timeout_s,
                          termination_grace_period_s=settings.termination_grace_period_s))
 

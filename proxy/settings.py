@@ -48,6 +48,8 @@ class Settings:
     max_connections: int
     readiness_path: str | None
     propagation_window_s: float
+    adaptive_window: bool
+    min_propagation_window_s: float
     drain_timeout_s: float
     termination_grace_period_s: float
     max_requests_per_connection: int
@@ -79,6 +81,14 @@ class Settings:
         longest = max(self.drain_timeout_s, self.tunnel_drain_timeout_s)
         return self.propagation_window_s + longest + 2.0
 
+    @property
+    def window_description(self) -> str:
+        """The propagation window in words, for the start-up and drain log lines."""
+        if not self.adaptive_window:
+            return f"{self.propagation_window_s:g} s"
+        return (f"{self.min_propagation_window_s:g} to {self.propagation_window_s:g} s, "
+                f"until routing has moved")
+
 
 _FIELD_FOR_FLAG = {
     "--idle-timeout": "idle_timeout_s",
@@ -88,6 +98,7 @@ _FIELD_FOR_FLAG = {
     "--upstream-timeout": "upstream_timeout_s",
     "--upstream-idle-timeout": "upstream_idle_timeout_s",
     "--propagation-window": "propagation_window_s",
+    "--min-propagation-window": "min_propagation_window_s",
     "--drain-timeout": "drain_timeout_s",
     "--termination-grace-period": "termination_grace_period_s",
     "--max-connection-age": "max_connection_age_s",
@@ -108,7 +119,8 @@ units: S is a number of seconds (0.5 is fine), N a whole number, F a fraction.
 on SIGTERM or SIGINT (or GET /drain on the admin port):
   1. /readyz answers 503 at once (--readiness-on-drain keep: 200); /livez stays 200
   2. for --propagation-window S, connections are still accepted and served, and
-     every response says Connection: close
+     every response says Connection: close (--adaptive-window: until every source
+     of new connections has gone quiet, from --min-propagation-window S to that S)
   3. the listener closes, idle connections close, requests in flight get
      --drain-timeout S (tunnels: --tunnel-drain-timeout) and are then cut
   4. the process exits as soon as every connection is done: at the latest
@@ -205,6 +217,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
     if values["drain_token_file"]:
         values["drain_token"] = _read_token(values["drain_token_file"])
     settings = Settings(**values)
+    _check_window_bounds(settings)
     _check_not_forwarding_to_itself(settings)
     _check_admin_apart(settings)
     return settings
@@ -241,6 +254,15 @@ def _check_admin_apart(settings: Settings) -> None:
     if _same_socket(settings.admin, settings.listen):
         raise SettingsError(f"--admin {settings.admin}: the same port as --listen "
                             f"{settings.listen}; allowed: another port")
+
+
+def _check_window_bounds(settings: Settings) -> None:
+    """Only an adaptive window has a least length; a fixed one is --propagation-window."""
+    least, most = settings.min_propagation_window_s, settings.propagation_window_s
+    if settings.adaptive_window and least > most:
+        raise SettingsError(f"--min-propagation-window {least:g}: longer than "
+                            f"--propagation-window {most:g}, the window's maximum; allowed: "
+                            f"0 to {most:g}")
 
 
 def _read_token(path: str) -> str:

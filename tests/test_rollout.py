@@ -82,14 +82,23 @@ def test_demo_command_prints_the_comparisons_and_leaves_no_file(tmp_path: Path) 
                             check=False)
     assert result.returncode == 0, result.stderr
     http, _, grpc = result.stdout.partition("\ngRPC: ")
-    rows = {line.split()[0]: line.split() for line in http.splitlines()
-            if line.split()[:1] in (["naive"], ["preStop"], ["drain-proxy"])
-            and "%" in line}
-    assert set(rows) == {"naive", "preStop", "drain-proxy"}, result.stdout
-    assert rows["drain-proxy"][2] == "0" and rows["drain-proxy"][3] == "100.00"
-    assert int(rows["naive"][2]) > 0
+    setups = ("naive", "preStop sleep", "drain-proxy adaptive", "drain-proxy")
+    rows = {}
+    for line in http.splitlines():
+        setup = next((name for name in setups if line.startswith(name + " ")), None)
+        if setup is not None and "%" in line:
+            rows[setup] = line.removeprefix(setup).split()
+    assert set(rows) == set(setups), result.stdout
+    # requests, failed, success, %, retried, rotations, window, s, drain, s
+    for setup in ("drain-proxy", "drain-proxy adaptive"):
+        assert rows[setup][1] == "0" and rows[setup][2] == "100.00", result.stdout
+    assert int(rows["naive"][1]) > 0
+    # The adaptive window ends once routing has moved (1 s), long before its 10 s maximum.
+    assert float(rows["drain-proxy adaptive"][6]) < 3.0, result.stdout
+    assert "The adaptive window ended after" in result.stdout
     assert "Timeline of the drain-proxy run" in result.stdout
-    assert "[3/3] drain-proxy" in result.stderr  # the progress lines
+    assert "[3/4] drain-proxy" in result.stderr  # the progress lines
+    assert "[4/4] drain-proxy adaptive" in result.stderr
     # The gRPC group (grpcio is in the test extra): drain-proxy fails no call, and only
     # rotation brings the new pod any call.
     http2 = [line.split() for line in grpc.splitlines() if line.startswith("drain-proxy (HTTP/2)")]

@@ -13,7 +13,9 @@ with one deadline:
 2. **Propagation window** (``--propagation-window``): keep accepting and serving.
    Every response carries ``Connection: close`` so keep-alive clients finish their
    request and reconnect elsewhere.  Idle keep-alive connections are *not* closed
-   here: a client may be sending on one at this very moment.
+   here: a client may be sending on one at this very moment.  With
+   ``--adaptive-window`` the window ends as soon as routing has demonstrably moved
+   (``proxy.drain.window``), between ``--min-propagation-window`` and that maximum.
 3. ``draining``: close the listener (refusing new handshakes, serving those already
    under way and the backlog), close connections that are idle now; busy ones close
    after their current response.  One that has sent nothing yet gets a short grace
@@ -87,6 +89,8 @@ class DrainTimeline:
     connections_closed_by_drain: int = 0
     cut_requests: int = 0
     cut_tunnels: int = 0
+    # How the propagation window ended and the sources it judged, once it has ended.
+    window: dict[str, object] | None = None
 
     def move_to(self, phase: Phase, now: float) -> float:
         """Enter ``phase``; return how long the previous phase lasted (0 for the first)."""
@@ -105,6 +109,7 @@ class DrainTimeline:
         self.forced = self.failed = False
         self.accepted_while_draining = self.served_while_draining = 0
         self.connections_closed_by_drain = self.cut_requests = self.cut_tunnels = 0
+        self.window = None
 
     def trigger(self, now: float) -> bool:
         """Start the drain; False when it has already started (callers join it)."""
@@ -148,6 +153,7 @@ class DrainTimeline:
             "tunnels_cut": self.cut_tunnels,
             "forced": self.forced,
             "failed": self.failed,
+            "propagation_window": self.window,
         }
 
     def durations(self, now: float) -> dict[str, float]:

@@ -87,10 +87,12 @@ class ClientConnection(SharedReadProtocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self._gate.transport = cast(asyncio.Transport, transport)
-        self._peer = self._reader.peer = self.ctx.peer(transport.get_extra_info("peername"))
+        peername = transport.get_extra_info("peername")
+        self._peer = self._reader.peer = self.ctx.peer(peername)
         limit_writes(self.transport)
         self._read_timer.arm()
-        self.ctx.register(self, self._loop.time())  # after: a drain under way sets the grace
+        # After the timer: a drain under way sets the first request's grace.
+        self.ctx.register(self, self._loop.time(), peername=peername)
 
     def data_received(self, data: memoryview | bytes) -> None:
         """Bytes from the client; a view of the shared read buffer, so whatever must outlive

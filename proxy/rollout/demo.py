@@ -1,4 +1,4 @@
-"""``drain-proxy demo``: a simulated scale-down under load, naive vs drain-proxy, in ~10 s
+"""``drain-proxy demo``: a simulated scale-down under load, naive vs drain-proxy, in ~15 s
 (and ~20 s more for the gRPC group, when grpcio is installed).
 
 The first command after ``pip install``: it needs no cluster, no app and no
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn, TextIO
 
 from proxy.rollout import report
-from proxy.rollout.pods import Setup
+from proxy.rollout.pods import ADAPTIVE_MAXIMUM_S, Setup
 from proxy.rollout.report import Progress, ScenarioResult
 from proxy.rollout.scenario import RolloutConfig, run_rollout
 from proxy.server import loop_factory
@@ -105,16 +105,37 @@ def render(config: RolloutConfig, results: Sequence[ScenarioResult]) -> str:
         f"{config.per_request_clients} connection-per-request and {config.idle_clients} idle "
         "keep-alive clients, plus one slow\ndownload crossing the end of the "
         f"{window} window. Setups: naive (the app exits on SIGTERM),\npreStop sleep (it "
-        f"serves {window} more, then exits), drain-proxy (in front of the app).")
+        f"serves {window} more, then exits), drain-proxy (in front of the app), and\n"
+        f"drain-proxy adaptive (the same with --adaptive-window, at most "
+        f"{ADAPTIVE_MAXIMUM_S:g} s).")
     timeline = (f"Timeline of the {shown.setup} run (from pod A's SIGTERM):\n"
                 + report.format_timeline(shown.events))
     table = "\n".join(filter(None, [report.format_table(results),
                                     report.format_causes(results)]))
     notes = (
         "retried: failed on a reused keep-alive connection before any response byte and sent "
-        "again;\nRFC 9112 allows that for a GET, a POST would have failed. drain: SIGTERM to "
-        "exit.\n" + _next_step(config))
-    return "\n\n".join([intro, timeline, table, notes]) + "\n"
+        "again;\nRFC 9112 allows that for a GET, a POST would have failed. window: how long "
+        "pod A went on\naccepting new connections after SIGTERM. drain: SIGTERM to exit.\n"
+        + _next_step(config))
+    return "\n\n".join(filter(None, [intro, timeline, table, _window_saved(config, results),
+                                      notes])) + "\n"
+
+
+def _window_saved(config: RolloutConfig, results: Sequence[ScenarioResult]) -> str:
+    """The adaptive window next to the fixed one: the time each terminating pod saves."""
+    by_setup = {result.setup: result for result in results}
+    fixed = by_setup.get(Setup.DRAIN_PROXY.value)
+    adaptive = by_setup.get(Setup.DRAIN_PROXY_ADAPTIVE.value)
+    if fixed is None or adaptive is None or fixed.window_s is None or adaptive.window_s is None:
+        return ""
+    return (
+        f"The adaptive window ended after {adaptive.window_s:.2f} s, once routing had moved "
+        f"(at +{config.propagation_delay_s:g} s):\n"
+        f"{fixed.window_s - adaptive.window_s:.2f} s before this run's fixed "
+        f"{fixed.window_s:.2f} s window, and {ADAPTIVE_MAXIMUM_S - adaptive.window_s:.2f} s "
+        f"before the default {ADAPTIVE_MAXIMUM_S:g} s one.\nThat much sooner, each "
+        f"terminating pod exits and gives back its CPU and memory (drain: "
+        f"{adaptive.drain_s:.2f} s\nagainst {fixed.drain_s:.2f} s here).")
 
 
 def _next_step(config: RolloutConfig) -> str:

@@ -19,6 +19,8 @@ The three setups differ only in what the pod does between SIGTERM and exit:
   the drain is over, then the app stops with nothing left to serve.  The drain is
   driven through the coordinator's signal path, exactly as the process's SIGTERM
   handler drives it.
+- **drain-proxy adaptive**: the same with ``--adaptive-window`` and the default
+  maximum of 10 s: its window ends once routing has moved, not at a guessed time.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ class Setup(enum.Enum):
     NAIVE = "naive"
     PRESTOP_SLEEP = "preStop sleep"
     DRAIN_PROXY = "drain-proxy"
+    DRAIN_PROXY_ADAPTIVE = "drain-proxy adaptive"
+
+
+DRAIN_PROXY_SETUPS = (Setup.DRAIN_PROXY, Setup.DRAIN_PROXY_ADAPTIVE)
+# The adaptive run's --propagation-window, its maximum: the default, as a pod runs it.
+ADAPTIVE_MAXIMUM_S = 10.0
 
 
 SetupKind = Setup | ExternalSidecar  # a built-in setup, or a proxy run from a command
@@ -84,7 +92,7 @@ class Pod:
 
     async def start(self) -> None:
         await self.app.start()
-        if self.spec.setup is Setup.DRAIN_PROXY:
+        if self.spec.setup in DRAIN_PROXY_SETUPS:
             self.proxy = ProxyServer(parse_settings(self._proxy_flags(), environ={}),
                                      rng=random.Random(f"{self.spec.seed}-{self.name}"))
             await self.proxy.start()
@@ -94,11 +102,23 @@ class Pod:
 
     def _proxy_flags(self) -> list[str]:
         spec = self.spec
+        adaptive = spec.setup is Setup.DRAIN_PROXY_ADAPTIVE
+        window = ["--adaptive-window", "--propagation-window", str(ADAPTIVE_MAXIMUM_S)] \
+            if adaptive else ["--propagation-window", str(spec.window_s)]
         return ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                "--upstream", f"127.0.0.1:{self.app.port}",
-                "--propagation-window", str(spec.window_s),
+                "--upstream", f"127.0.0.1:{self.app.port}", *window,
                 "--drain-timeout", str(spec.drain_timeout_s),
                 "--max-requests-per-connection", str(spec.max_requests_per_connection)]
+
+    @property
+    def window_s(self) -> float | None:
+        """How long this pod went on accepting after SIGTERM (``report.COLUMNS``' window)."""
+        if self.spec.setup is Setup.PRESTOP_SLEEP:
+            return self.spec.window_s
+        if self.proxy is None or self.proxy.ctx.timeline.window is None:
+            return None
+        lasted = self.proxy.ctx.timeline.window["lasted_seconds"]
+        return float(lasted) if isinstance(lasted, (int, float)) else None
 
     @property
     def port(self) -> int:
@@ -128,7 +148,7 @@ class Pod:
             self._state = "preStop sleep"
             note(f"pod {self.name}: preStop sleep {self.spec.window_s:g} s, still serving")
             await asyncio.sleep(self.spec.window_s)  # the hook's sleep is the thing simulated
-        elif self.spec.setup is Setup.DRAIN_PROXY:
+        elif self.spec.setup in DRAIN_PROXY_SETUPS:
             await self._drain(note)
         elif self.sidecar is not None:
             await self._terminate_sidecar(self.sidecar, note)
@@ -149,7 +169,9 @@ class Pod:
         note(f"{prefix}: propagating: readiness 503, responses say Connection: close",
              at=timeline.entered_at[Phase.PROPAGATING])
         await coordinator.wait_exit()  # the app's preStop (GET /drain) returns now
-        note(f"{prefix}: draining: listener closed, idle connections closed",
+        ended_by = str((timeline.window or {}).get("ended_by", "fixed"))
+        why = "" if ended_by == "fixed" else f" (window: {ended_by.replace('_', ' ')})"
+        note(f"{prefix}: draining{why}: listener closed, idle connections closed",
              at=timeline.entered_at[Phase.DRAINING])
         note(f"{prefix}: drained: {timeline.served_while_draining} responses since SIGTERM, "
              f"{timeline.cut_requests} requests cut", at=timeline.entered_at[Phase.DRAINED])
@@ -187,6 +209,8 @@ _HOW_IT_EXITS = {
     Setup.NAIVE: ": listener closed, open connections dropped",
     Setup.PRESTOP_SLEEP: " after its preStop sleep: listener closed, open connections dropped",
     Setup.DRAIN_PROXY: ": its preStop hook returned, the app stopped, the proxy exited",
+    Setup.DRAIN_PROXY_ADAPTIVE: ": its preStop hook returned, the app stopped, the proxy "
+                                "exited",
 }
 
 

@@ -19,6 +19,9 @@ The columns answer the questions an operator asks after a rollout:
   because of its request budget or age limit, while serving normally (not
   the drain's closes): how keep-alive clients get rebalanced.  ``-`` when unknown: an
   external sidecar's connections are not observed from inside.
+- **window**: how long pod A went on accepting new connections after its SIGTERM: the
+  preStop sleep, or drain-proxy's propagation window as it ended (``-`` for a pod that
+  stops accepting at once, or a sidecar not observed from inside).
 - **drain**: from pod A's SIGTERM until the pod had fully exited.
 """
 
@@ -48,6 +51,7 @@ class ScenarioResult:
     rotations: int | None  # None: not observable (an external sidecar)
     drain_s: float
     events: tuple[Event, ...] = field(default=())
+    window_s: float | None = None  # None: no window, or not observable
 
     @property
     def failed(self) -> int:
@@ -76,7 +80,8 @@ class Progress:
     done: bool = False
 
 
-COLUMNS = ("setup", "requests", "failed", "success", "retried", "rotations", "drain")
+COLUMNS = ("setup", "requests", "failed", "success", "retried", "rotations", "window",
+           "drain")
 
 
 def format_ratio(ratio: float | None) -> str:
@@ -90,6 +95,7 @@ def _row(result: ScenarioResult) -> tuple[str, ...]:
     return (result.setup, str(result.requests), str(result.failed),
             format_ratio(result.success_ratio), str(result.retries),
             "-" if result.rotations is None else str(result.rotations),
+            "-" if result.window_s is None else f"{result.window_s:.2f} s",
             f"{result.drain_s:.2f} s")
 
 
@@ -147,6 +153,7 @@ def to_json(results: Sequence[ScenarioResult]) -> list[dict[str, object]]:
         "success_ratio": result.success_ratio,
         "retries": result.retries,
         "rotations": result.rotations,
+        "window_seconds": None if result.window_s is None else round(result.window_s, 6),
         "drain_seconds": round(result.drain_s, 6),
         "failures_by_cause": dict(result.failures),
         "timeline": [{"at_seconds": round(e.at_s, 6), "event": e.text} for e in result.events],

@@ -51,7 +51,8 @@ class RolloutConfig:
     per_request_clients: int = 4
     idle_clients: int = 4
     slow_s: float = 0.6  # the slow download's length
-    slow_lead_s: float = 0.2  # it starts this long before the end of the window
+    slow_lead_s: float = 0.2  # it starts this long before the end of the window (adaptive:
+    # before the routing update, after which that window ends)
     think_s: float = 0.02  # mean pause between a client's requests
     service_s: float = 0.002  # the app's time per request
     max_requests_per_connection: int = 50  # drain-proxy's rotation budget, low enough to show
@@ -105,7 +106,16 @@ class _Run:
             setup=self.setup.value, requests=self.tally.requests, retries=self.tally.retries,
             failures=dict(self.tally.failures),
             rotations=_sum_known(self.pod_a.rotations, self.pod_b.rotations),
-            drain_s=self.pod_a.exited_at - self.sigterm_at, events=tuple(events))
+            drain_s=self.pod_a.exited_at - self.sigterm_at, events=tuple(events),
+            window_s=self.pod_a.window_s)
+
+    @property
+    def window_end_s(self) -> float:
+        """When the slow download should be in flight, from SIGTERM: the end of the window.
+        An adaptive window ends once routing has moved, so that is when it is aimed at."""
+        if self.setup is Setup.DRAIN_PROXY_ADAPTIVE:
+            return self.config.propagation_delay_s
+        return self.config.window_s
 
     def load(self, endpoints: Endpoints) -> list[Coroutine[Any, Any, None]]:
         """Every client of the run, as coroutines to start together."""
@@ -117,7 +127,7 @@ class _Run:
         def session() -> Session:
             return Session(endpoints, self.tally, config.slow_s + REQUEST_TIMEOUT_S)
 
-        slow_at = self.sigterm_at + config.window_s - config.slow_lead_s
+        slow_at = self.sigterm_at + self.window_end_s - config.slow_lead_s
         return [
             *(clients.keep_alive_client(session(), pace)
               for _ in range(config.keep_alive_clients)),

@@ -33,7 +33,7 @@ class _ClientEnd(TunnelEnd):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.session.start()
+        self.session.start(transport.get_extra_info("peername"))
 
 
 class TcpSession:
@@ -47,9 +47,9 @@ class TcpSession:
         self._connecting: asyncio.Task[None] | None = None
         self._rotation: asyncio.TimerHandle | None = None
 
-    def start(self) -> None:
+    def start(self, peername: object) -> None:
         now = self._loop.time()
-        self.ctx.register(self, now, Kind.TUNNEL)
+        self.ctx.register(self, now, Kind.TUNNEL, peername)
         self._connecting = self._loop.create_task(self._connect())
         settings = self.ctx.settings
         if settings.max_connection_age_s and settings.tcp_rotate_idle_s:

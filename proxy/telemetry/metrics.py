@@ -82,10 +82,18 @@ class Metrics:
         self.served_while_draining = Counter(
             "drain_proxy_requests_served_while_draining",
             "Responses completed after the drain started.", registry=r)
+        self.propagation_window_max = Gauge(
+            "drain_proxy_propagation_window_max_seconds",
+            "The configured --propagation-window, the window's maximum (alerts compare the "
+            "measured lag to it).", registry=r)
         self.propagation_window = Gauge(
             "drain_proxy_propagation_window_seconds",
-            "The configured --propagation-window (alerts compare the measured lag to it).",
+            "How long the last propagation window lasted (0 before the first drain).",
             registry=r)
+        self.propagation_windows = Counter(
+            "drain_proxy_propagation_windows",
+            "Propagation windows ended, by why: routing_moved, no_traffic, maximum "
+            "(--adaptive-window), fixed, forced (a second signal).", ["reason"], registry=r)
         self.drain_timeout = Gauge(
             "drain_proxy_drain_timeout_seconds", "The configured --drain-timeout.", registry=r)
         self.tunnels_active = Gauge(

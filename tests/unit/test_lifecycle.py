@@ -126,6 +126,7 @@ def test_summary() -> None:
     timeline.connections_closed_by_drain = 2
     timeline.cut_requests = 1
     timeline.forced = True
+    timeline.window = {"ended_by": "fixed", "lasted_seconds": 10.0, "adaptive": False}
     assert timeline.summary(111.5) == {
         "phase": "draining",
         "phase_durations_seconds": {"propagating": 10.0, "draining": 1.5},
@@ -136,6 +137,7 @@ def test_summary() -> None:
         "tunnels_cut": 0,
         "forced": True,
         "failed": False,
+        "propagation_window": {"ended_by": "fixed", "lasted_seconds": 10.0, "adaptive": False},
     }
 
 
@@ -145,6 +147,7 @@ def test_summary_before_drain() -> None:
     assert summary["phase_durations_seconds"] == {}
     assert summary["forced"] is False
     assert summary["requests_cut"] == 0
+    assert summary["propagation_window"] is None
 
 
 @pytest.mark.parametrize(("phase", "value"), [(S, "serving"), (P, "propagating"),

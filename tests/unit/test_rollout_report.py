@@ -18,7 +18,7 @@ NAIVE = ScenarioResult("naive", requests=1000, retries=3,
                        rotations=0, drain_s=0.0004,
                        events=(Event(0.0, "SIGTERM to pod A"), Event(0.0, "pod A exited")))
 DRAIN_PROXY = ScenarioResult("drain-proxy", requests=987, retries=0, failures={},
-                             rotations=12, drain_s=1.912,
+                             rotations=12, drain_s=1.912, window_s=1.5,
                              events=(Event(1.5, "draining"), Event(-0.5, "load starts"),
                                      Event(0.0, "SIGTERM to pod A"), Event(0.0, "propagating")))
 
@@ -43,10 +43,11 @@ def test_no_requests_has_no_ratio() -> None:
 def test_table_aligns_numbers_right_under_their_headers() -> None:
     lines = report.format_table([NAIVE, DRAIN_PROXY]).splitlines()
     assert lines[0].split() == ["setup", "requests", "failed", "success", "retried",
-                                "rotations", "drain"]
-    assert lines[1].split() == ["naive", "1000", "27", "97.30", "%", "3", "0", "0.00", "s"]
-    assert lines[2].split() == ["drain-proxy", "987", "0", "100.00", "%", "0", "12", "1.91",
+                                "rotations", "window", "drain"]
+    assert lines[1].split() == ["naive", "1000", "27", "97.30", "%", "3", "0", "-", "0.00",
                                 "s"]
+    assert lines[2].split() == ["drain-proxy", "987", "0", "100.00", "%", "0", "12", "1.50",
+                                "s", "1.91", "s"]
     assert len({len(line) for line in lines}) == 1  # every column ends in the same place
     for header in ("requests", "failed", "rotations"):
         end = lines[0].index(header) + len(header)
@@ -55,9 +56,10 @@ def test_table_aligns_numbers_right_under_their_headers() -> None:
 
 def test_markdown_table_has_one_row_per_setup_and_right_aligned_numbers() -> None:
     lines = report.format_markdown([NAIVE, DRAIN_PROXY]).splitlines()
-    assert lines[0] == "| setup | requests | failed | success | retried | rotations | drain |"
-    assert lines[1] == "|---|---:|---:|---:|---:|---:|---:|"
-    assert lines[3] == "| drain-proxy | 987 | 0 | 100.00 % | 0 | 12 | 1.91 s |"
+    assert lines[0] == ("| setup | requests | failed | success | retried | rotations | window "
+                        "| drain |")
+    assert lines[1] == "|---|---:|---:|---:|---:|---:|---:|---:|"
+    assert lines[3] == "| drain-proxy | 987 | 0 | 100.00 % | 0 | 12 | 1.50 s | 1.91 s |"
 
 
 def test_causes_list_only_setups_that_failed_biggest_first() -> None:
@@ -96,6 +98,18 @@ def test_demo_text_shows_the_drain_proxy_timeline_and_every_setup() -> None:
     assert report.format_table([NAIVE, DRAIN_PROXY]) in text
     assert "naive: connection refused 25" in text
     assert "Next: drain-proxy demo --window 0.5" in text
+    assert "adaptive window" not in text.split("Setups:")[1].split("\n\n", 1)[1]
+    assert all(len(line) <= 100 for line in text.splitlines())
+
+
+def test_demo_text_puts_the_adaptive_window_next_to_the_fixed_one() -> None:
+    adaptive = ScenarioResult("drain-proxy adaptive", requests=990, retries=0, failures={},
+                              rotations=11, drain_s=1.4, window_s=1.22)
+    text = render(RolloutConfig(), [NAIVE, DRAIN_PROXY, adaptive])
+    assert ("The adaptive window ended after 1.22 s, once routing had moved (at +1 s):\n"
+            "0.28 s before this run's fixed 1.50 s window, and 8.78 s before the default 10 s "
+            "one.") in text
+    assert "(drain: 1.40 s\nagainst 1.91 s here)" in text
     assert all(len(line) <= 100 for line in text.splitlines())
 
 

@@ -27,6 +27,8 @@ DEFAULTS: list[tuple[str, object]] = [
     ("max_connections", 1000),
     ("readiness_path", None),
     ("propagation_window_s", 10.0),
+    ("adaptive_window", False),
+    ("min_propagation_window_s", 1.0),
     ("drain_timeout_s", 15.0),
     ("termination_grace_period_s", 30.0),
     ("max_requests_per_connection", 1000),

@@ -1,0 +1,250 @@
+"""When the propagation window may end: the evidence that routing has moved.
+
+Sans-IO: arrival times and the clock come in, a decision goes out; nothing here reads
+a clock, a socket or a timer.
+
+Once readiness has failed, every new connection is proof that some router (a node's
+kube-proxy, an ingress pod, a client pod) still sends here.  Routers move one by one,
+each at its own time, so the evidence is kept per *source*: the peer address of a new
+connection.  During the window every response says ``Connection: close``, so a busy
+keep-alive client reconnects for each request and its source's arrivals track its
+request rate.
+
+**The model.**  While a source's router still sends here, its new connections arrive
+as a Poisson process.  Its rate is unknown, so it is not estimated at all: for ``m``
+inter-arrival gaps summing to ``S`` and the next gap ``X``, all independent and
+exponential with the same rate, ``P(X > c * S) = (1 + c) ** -m`` exactly, whatever the
+rate (the ratio does not depend on the time scale).  So a source is judged *quiet*
+once its silence exceeds ``S * (q ** (-1 / m) - 1)``, which a still-sending source
+does with probability exactly ``q``.
+
+**The budget.**  The window is decided again after every gap, and each test may end it
+falsely, so the false-end probability ``p`` (``FALSE_END_PROBABILITY``) is spent over
+the tests: the ``j``-th gap of a source since the trigger is tested at
+``q_j = p * 6 / (pi**2 * j**2)``, and those sum to ``p``.  A source still sending
+therefore ends the window falsely with probability at most ``p``, at any rate and
+for any window length.
+
+**Which gaps.**  A source seen before the trigger is measured from the trigger on (a
+Poisson process has no memory, so the trigger starts a fresh gap) once it has
+``MIN_GAPS`` such gaps; until then its gaps from before the trigger are used.  Those
+are no shorter than its gaps in the window (before the trigger a keep-alive client
+reuses its connection; in the window it reconnects for every request), so they only
+lengthen the bound.  A source first seen after the trigger (an ingress that started
+late) is measured from its first arrival.  Of the gaps, the last ``HISTORY - 1`` are
+used, so a source that slows down is judged at its recent rate.
+
+**Where it is conservative, and where it is not.**  On top of the Poisson bound, the
+silence must exceed the longest gap of those measured, which covers traffic that
+comes in bursts (a batch every few seconds has short gaps inside bursts and long ones
+between them).  A source with fewer than ``MIN_GAPS`` gaps is *too sparse to judge*
+and holds the window to its maximum.  What no rule sees is a router that sends
+nothing at all until after the window: a client that stays idle on a keep-alive
+connection through the window, or a router whose first new connection comes later.
+A fixed window of the same length misses it the same way.
+
+**Bounded memory.**  At most ``MAX_SOURCES`` sources are kept.  Before the trigger,
+the source seen least recently makes room for a new one; after the trigger no source
+is dropped (that would lose evidence), so a new source past the cap holds the window
+to its maximum.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+FALSE_END_PROBABILITY: Final = 1e-3  # per source that is still sending, per drain
+MIN_GAPS: Final = 3  # fewer and the rate is a guess: the source holds the window open
+HISTORY: Final = 32  # arrivals kept per source: the recent rate, in bounded memory
+MAX_SOURCES: Final = 1024  # 1024 x ~1.3 KiB; past it, the window runs to its maximum
+_SPEND: Final = 6.0 / (math.pi ** 2)  # sum over j >= 1 of 1 / j**2 is pi**2 / 6
+
+
+class WindowEnd(enum.Enum):
+    """Why a propagation window ended; values are the metric's ``reason`` label."""
+
+    ROUTING_MOVED = "routing_moved"  # every source that was sending has gone quiet
+    NO_TRAFFIC = "no_traffic"  # no source sent anything recently: nothing to wait for
+    MAXIMUM = "maximum"  # --propagation-window reached with a source not shown to have moved
+    FIXED = "fixed"  # adaptive off: the window lasts --propagation-window
+    FORCED = "forced"  # a second signal skipped to the deadline
+
+
+class SourceState(enum.Enum):
+    SENDING = "sending"  # silent for less than its bound
+    QUIET = "quiet"  # silent for longer than its own rate makes plausible
+    SPARSE = "sparse"  # too few arrivals to judge: holds the window to its maximum
+
+
+@dataclass(frozen=True, slots=True)
+class WindowBounds:
+    """The window's limits and the false-end probability per still-sending source."""
+
+    min_s: float
+    max_s: float
+    false_end_probability: float = FALSE_END_PROBABILITY
+
+
+class Source:
+    """One peer address's recent new-connection times (ascending), and its count since
+    the trigger (the index of the gap under test)."""
+
+    __slots__ = ("first_seen", "since_trigger", "times")
+
+    def __init__(self, now: float) -> None:
+        self.times: deque[float] = deque((now,), maxlen=HISTORY)
+        self.first_seen = now
+        self.since_trigger = 0
+
+    @property
+    def last(self) -> float:
+        return self.times[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceVerdict:
+    """One source as the decision saw it; times are absolute (the caller's clock)."""
+
+    address: str
+    state: SourceState
+    last_arrival: float
+    arrivals_since_trigger: int
+    quiet_at: float | None  # when its silence reaches its bound; None when too sparse
+
+
+@dataclass(frozen=True, slots=True)
+class WindowDecision:
+    """Whether the window ends now; if not, when to decide again if nothing arrives."""
+
+    ended: bool
+    reason: WindowEnd | None  # set when ended
+    decide_again_at: float
+    sources: tuple[SourceVerdict, ...]
+    overflowed: bool = False
+
+
+def silence_bound(gaps: Iterable[float], test: int, false_end_probability: float) -> float:
+    """How long a source that produced ``gaps`` may stay silent before its ``test``-th
+    silence counts as quiet: the Poisson bound at this test's share of the budget, and
+    no less than the longest gap.  Needs at least one gap."""
+    measured = list(gaps)
+    share = false_end_probability * _SPEND / (test * test)
+    poisson = sum(measured) * (math.pow(share, -1.0 / len(measured)) - 1.0)
+    return max(poisson, max(measured))
+
+
+def _gaps(times: Iterable[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def source_quiet_at(source: Source, trigger_at: float, false_end_probability: float,
+                    ) -> float | None:
+    """When this source's current silence reaches its bound, or None when it is too sparse
+    to judge.  The choice of gaps is the module docstring's "Which gaps"."""
+    seen_before = source.first_seen < trigger_at
+    held = len(source.times)
+    in_window = list(source.times)[held - min(source.since_trigger, held):]
+    if seen_before:
+        test = source.since_trigger + 1
+        # The trigger starts a gap only if the first arrival after it is still held.
+        start = [trigger_at] if source.since_trigger <= len(in_window) else []
+        gaps = _gaps(start + in_window)
+        if len(gaps) < MIN_GAPS:
+            gaps = _gaps(source.times)  # its gaps from before the trigger: no shorter
+    else:
+        test = max(1, source.since_trigger)
+        gaps = _gaps(in_window)
+    if len(gaps) < MIN_GAPS:
+        return None
+    # The gap the trigger falls in is longer than most (a fixed moment lands in a long
+    # gap more often than in a short one); from the trigger on, it is an ordinary one.
+    return max(source.last, trigger_at) + silence_bound(gaps, test, false_end_probability)
+
+
+def decide(sources: Mapping[str, Source], trigger_at: float, now: float,
+           bounds: WindowBounds, overflowed: bool = False) -> WindowDecision:
+    """Whether the window that began at ``trigger_at`` ends at ``now``.
+
+    It ends at its maximum, never before its minimum, and in between once every source
+    that was sending has gone quiet.  A source counts when it arrived after the trigger
+    or within ``bounds.max_s`` before it; older ones were not sending (a source that
+    idled longer than the window lasts is what no window sees)."""
+    minimum, maximum = trigger_at + bounds.min_s, trigger_at + bounds.max_s
+    verdicts: list[SourceVerdict] = []
+    end_at = minimum
+    for address, source in sources.items():
+        if source.since_trigger == 0 and source.last < trigger_at - bounds.max_s:
+            continue
+        quiet_at = source_quiet_at(source, trigger_at, bounds.false_end_probability)
+        if quiet_at is None:
+            state, end_at = SourceState.SPARSE, maximum
+        else:
+            state = SourceState.QUIET if now >= quiet_at else SourceState.SENDING
+            end_at = max(end_at, quiet_at)
+        verdicts.append(SourceVerdict(address, state, source.last, source.since_trigger,
+                                      quiet_at))
+    if overflowed:
+        end_at = maximum
+    end_at = min(end_at, maximum)
+    if now < end_at:
+        return WindowDecision(False, None, end_at, tuple(verdicts), overflowed)
+    if now >= maximum and (overflowed or any(
+            v.state is not SourceState.QUIET for v in verdicts)):
+        reason = WindowEnd.MAXIMUM
+    else:
+        reason = WindowEnd.ROUTING_MOVED if verdicts else WindowEnd.NO_TRAFFIC
+    return WindowDecision(True, reason, end_at, tuple(verdicts), overflowed)
+
+
+class ArrivalLog:
+    """Every source's recent new-connection times, kept for the window's decision."""
+
+    def __init__(self, max_sources: int = MAX_SOURCES) -> None:
+        self.sources: dict[str, Source] = {}
+        self.trigger_at: float | None = None
+        self.overflowed = False  # a source past the cap arrived in the window
+        self._max_sources = max_sources
+
+    def arrived(self, address: str, now: float) -> None:
+        """A new connection from ``address``."""
+        source = self.sources.get(address)
+        if source is None:
+            if len(self.sources) >= self._max_sources and not self._make_room():
+                self.overflowed = True
+                return
+            source = self.sources[address] = Source(now)
+        else:
+            source.times.append(now)
+        if self.trigger_at is not None:
+            source.since_trigger += 1
+
+    def _make_room(self) -> bool:
+        """Before the trigger, drop the source seen least recently; after it, nothing."""
+        if self.trigger_at is not None:
+            return False
+        oldest = min(self.sources, key=lambda address: self.sources[address].last)
+        del self.sources[oldest]
+        return True
+
+    def trigger(self, now: float) -> None:
+        """The window starts: count arrivals from here."""
+        self.trigger_at = now
+        self.overflowed = False
+        for source in self.sources.values():
+            source.since_trigger = 0
+
+    def untrigger(self) -> None:
+        """The drain was undone: serving again, the history stays."""
+        self.trigger_at = None
+        self.overflowed = False
+
+    def decide(self, now: float, bounds: WindowBounds) -> WindowDecision:
+        if self.trigger_at is None:
+            raise RuntimeError("no window to decide: the drain has not started")
+        return decide(self.sources, self.trigger_at, now, bounds, self.overflowed)
