@@ -100,24 +100,24 @@ class Pod:
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr)
 
-    def window_report(self) -> tuple[float | None, str]:
-        """drain-proxy's propagation window as it logged it (its ``phase draining`` JSON
-        line: how long ``propagating`` lasted) and the log line that says why the window
-        ended, if one does; (None, "") for any other setup or before the window ended."""
+    def window_report(self) -> tuple[float | None, str, str]:
+        """drain-proxy's propagation window as it logged it: how long it lasted (its
+        ``phase draining`` JSON line: how long ``propagating`` lasted), why it ended (the
+        ``window_end`` of its ``propagation window ended`` line, where the build has one)
+        and that line's words; (None, "", "") for any other setup or before the end."""
         if self.spec.setup not in DRAIN_PROXY_SETUPS or not self._sidecar_log.exists():
-            return None, ""
-        lasted, why = None, ""
+            return None, "", ""
+        lasted, reason, words = None, "", ""
         for line in self._sidecar_log.read_text(errors="replace").splitlines():
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            message = str(entry.get("message", entry.get("msg", "")))
             if entry.get("phase") == "draining" and "lasted_s" in entry:
                 lasted = float(entry["lasted_s"])
-            elif "window" in message and "propagation" in message:
-                why = message
-        return lasted, why
+            elif "window_end" in entry:
+                reason, words = str(entry["window_end"]), str(entry.get("message", ""))
+        return lasted, reason, words
 
     def sidecar_log(self) -> str:
         return self._sidecar_log.read_text(errors="replace") if self._sidecar_log.exists() else ""

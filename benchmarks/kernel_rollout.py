@@ -97,15 +97,20 @@ def parse_node(text: str) -> NodeSpec:
 
 
 # The several-node scenarios.  "nodes": every node busy enough to be judged, the sparse
-# client sharing node n2 with keep-alive clients (with node-level SNAT all of a node's
-# clients are one source).  "sparse-node": the same, but the sparse client alone on a
+# client sharing node n2 with busier clients (with node-level SNAT all of a node's clients
+# are one source; a node of keep-alive clients only opens too few new connections to be
+# judged, like a sparse one).  "sparse-node": the same, but the sparse client alone on a
 # node of its own, a source too sparse to judge.
 SCENARIOS: dict[str, tuple[str, ...]] = {
     "one-node": (),
-    "nodes": ("n1@0.3:keep-alive=3,per-request=2,think=0.01", "n2@1:keep-alive=3,sparse=1",
-              "n3@2.5:per-request=3", "ingress@1:keep-alive=2,per-request=1,start=0.5"),
-    "sparse-node": ("n1@0.3:keep-alive=3,per-request=2,think=0.01", "n2@1:keep-alive=3",
-                    "n3@2.5:per-request=3", "ingress@1:keep-alive=2,per-request=1,start=0.5",
+    "nodes": ("n1@0.3:keep-alive=3,per-request=2,think=0.01",
+              "n2@1:keep-alive=2,per-request=2,sparse=1",
+              "n3@2.5:per-request=3",
+              "ingress@1:keep-alive=2,per-request=1,start=0.5"),
+    "sparse-node": ("n1@0.3:keep-alive=3,per-request=2,think=0.01",
+                    "n2@1:keep-alive=2,per-request=2",
+                    "n3@2.5:per-request=3",
+                    "ingress@1:keep-alive=2,per-request=1,start=0.5",
                     "sparse@1:sparse=1"),
 }
 # What the several-node scenarios change in the defaults: adaptive against a fixed 10 s
@@ -159,7 +164,8 @@ class Result:
     served_by: Counter[str] = field(default_factory=Counter)
     exit_s: float | None = None  # pod A's SIGTERM to its last process's exit
     window_s: float | None = None  # pod A's SIGTERM to the end of its propagation window
-    window_reason: str = ""  # the sidecar's own words on why its window ended
+    window_reason: str = ""  # why the window ended: drain-proxy's reason, "preStop sleep"
+    window_words: str = ""  # drain-proxy's log line on it
     losses: list[Loss] = field(default_factory=list)
     run: int = 1
     load_average: float = 0.0  # the machine's 1-minute load average as the run started
@@ -218,7 +224,7 @@ async def _schedule(config: Config, setup: str, cluster: Cluster, pod_a: Pod,
     endpoints = loop.create_task(_drop_pod_a(config, cluster, note))
     await _await_exit(config, pod_a, note)
     result.exit_s = loop.time() - t0
-    result.window_s, result.window_reason = _window(config, setup, pod_a)
+    result.window_s, result.window_reason, result.window_words = _window(config, setup, pod_a)
     await asyncio.sleep(config.teardown_s)
     cluster.unplug(cluster.pods["A"])
     note("pod A's sandbox torn down: its veth is gone")
@@ -261,7 +267,7 @@ async def _schedule_nodes(config: Config, setup: str, cluster: Cluster, pod_a: P
                   for node in config.nodes if node.start_s is not None]
         await _await_exit(config, pod_a, note)
         result.exit_s = loop.time() - t0
-        result.window_s, result.window_reason = _window(config, setup, pod_a)
+        result.window_s, result.window_reason, result.window_words = _window(config, setup, pod_a)
         await asyncio.sleep(config.teardown_s)
         cluster.unplug(cluster.pods["A"])
         note("pod A's sandbox torn down: its veth is gone")
@@ -290,16 +296,16 @@ def _load_argv(config: Config, node: NodeSpec, index: int) -> list[str]:
             "--timeout", str(config.timeout_s), "--seed", str(config.seed * 100 + index)]
 
 
-def _window(config: Config, setup: str, pod: Pod) -> tuple[float | None, str]:
-    """SIGTERM to the end of the window: drain-proxy's own account, the preStop sleep,
-    or 0 for the naive app (it stops accepting at SIGTERM)."""
+def _window(config: Config, setup: str, pod: Pod) -> tuple[float | None, str, str]:
+    """SIGTERM to the end of the window, why it ended, and in whose words: drain-proxy's
+    own account, the preStop sleep, or 0 for the naive app (it stops accepting at once)."""
     if setup in DRAIN_PROXY_SETUPS:
         return pod.window_report()
     if setup == "prestop-sleep":
-        return config.pod_spec(setup).sleep_s, "preStop sleep"
+        return config.pod_spec(setup).sleep_s, "sleep", ""
     if setup == "naive":
-        return 0.0, "no window"
-    return None, ""
+        return 0.0, "none", ""
+    return None, "", ""
 
 
 async def _drop_pod_a_on(node: NodeSpec, cluster: Cluster, t0: float,
@@ -423,12 +429,13 @@ def format_markdown(results: list[Result], numbered: bool = False) -> str:
 
 
 SUMMARY_COLUMNS = ("setup", "runs", "runs with loss", "requests", "lost", "lost by kind",
-                   "window end median / max", "pod A exit median / max")
+                   "window end median / max", "window ended by", "pod A exit median / max")
 
 
 def format_summary(results: list[Result]) -> str:
     """One row per setup over its runs (times from pod A's SIGTERM)."""
-    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|---|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |",
+             "|---|---:|---:|---:|---:|---|---:|---|---:|"]
     by_setup: dict[str, list[Result]] = {}
     for r in results:
         if not r.skipped:
@@ -438,11 +445,14 @@ def format_summary(results: list[Result]) -> str:
         for r in runs:
             kinds.update(r.failures)
         lost = sum(r.failed for r in runs)
+        ends = Counter(r.window_reason or "-" for r in runs)
         lines.append(
             f"| {setup} | {len(runs)} | {sum(1 for r in runs if r.failed)} | "
             f"{sum(r.requests for r in runs)} | {lost} | "
             f"{', '.join(f'{kind} {n}' for kind, n in kinds.most_common()) or '-'} | "
-            f"{_spread([r.window_s for r in runs])} | {_spread([r.exit_s for r in runs])} |")
+            f"{_spread([r.window_s for r in runs])} | "
+            f"{', '.join(f'{why} {n}' for why, n in ends.most_common())} | "
+            f"{_spread([r.exit_s for r in runs])} |")
     return "\n".join(lines)
 
 
@@ -582,10 +592,12 @@ def main() -> int:
             print(f"\nthe machine's load average (1 min) as a run started: median "
                   f"{statistics.median(averages):.2f}, max {max(averages):.2f} "
                   f"({os.cpu_count()} CPUs)")
-    reasons = sorted({f"{r.setup}: {r.window_reason}" for r in results
-                      if r.window_reason and r.setup.startswith("drain-proxy")})
-    if reasons:
-        print("\nwhy the window ended:\n" + "\n".join(reasons))
+    # drain-proxy's own words on its window's end: every run's, or with several runs those
+    # that did not end the usual way for their setup ("routing_moved", "fixed").
+    words = [f"{r.setup} #{r.run}: {r.window_words}" for r in results if r.window_words
+             and (args.runs <= 1 or r.window_reason not in ("routing_moved", "fixed"))]
+    if words:
+        print("\nwhy the window ended:\n" + "\n".join(words))
     # One run: every setup's losses; several: drain-proxy's (the others' are in the table).
     losses = format_losses([r for r in results if args.runs <= 1
                             or r.setup.startswith("drain-proxy")])

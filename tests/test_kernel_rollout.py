@@ -12,9 +12,10 @@ kernel's own routing.  The assertions hold by mechanism, not by luck:
 - both pods served requests in both runs (the DNAT really spreads the load).
 
 With several client nodes (each its own namespace, address, rules and lag), the
-adaptive window against a fixed one: every node's rules have dropped pod A by 0.6 s
-after the SIGTERM, and each node's clients are busy enough to be judged, so the
-adaptive window ends well before the fixed 4 s one; neither loses a request (the
+adaptive window against a fixed one: every node's rules have dropped pod A by 0.8 s
+after the SIGTERM, and each node opens new connections often enough to be judged
+(per-request clients on every node, the ingress one sending from 0.2 s to 0.8 s), so
+the adaptive window ends well before the fixed 4 s one; neither loses a request (the
 clients never retry, so any failure would show).
 
 Skips, with the command's own line, where namespaces cannot be created.
@@ -34,9 +35,9 @@ SHORT = ("--setups", "naive,drain-proxy", "--propagation-lag", "0.5", "--window"
          "--before", "0.5", "--teardown", "0.5", "--tail", "0.3",
          "--keep-alive-clients", "8", "--per-request-clients", "8")
 NODES_SHORT = ("--setups", "drain-proxy-adaptive,drain-proxy",
-               "--node", "n1@0.2:keep-alive=2,per-request=2,think=0.02",
-               "--node", "n2@0.6:keep-alive=2,sparse=1",
-               "--node", "ingress@0.5:per-request=1,start=0.2",
+               "--node", "n1@0.3:keep-alive=2,per-request=2,think=0.02",
+               "--node", "n2@0.6:keep-alive=1,per-request=2,sparse=1",
+               "--node", "ingress@0.8:per-request=2,start=0.2",
                "--window", "4", "--min-window", "0.5", "--before", "2",
                "--teardown", "0.3", "--tail", "0.3")
 
