@@ -36,7 +36,7 @@ HOT_MODULES = [
     "proxy/http1/upstream.py", "proxy/http1/upstream_state.py", "proxy/http1/context.py",
     "proxy/http2/frames.py", "proxy/http2/session.py", "proxy/http2/goaway.py",
     "proxy/http2/streams.py", "proxy/http2/relay.py",
-    "proxy/tcp/tunnel.py", "proxy/tcp/relay.py",
+    "proxy/tcp/tunnel.py", "proxy/tcp/relay.py", "proxy/tcp/quiet.py",
     "proxy/context.py", "proxy/drain/deadline.py", "proxy/drain/rotation.py",
     "proxy/telemetry/stats.py",
     "proxy/app_connect.py", "proxy/limits.py", "proxy/flow.py", "proxy/buffers.py",

@@ -87,13 +87,16 @@ class ProxyContext:
                  peername: object = None) -> None:
         """A client connection was accepted; it stays registered until it is lost.
         ``peername``: the transport's, whose address is the connection's source."""
-        self.connections.add(connection, kind)
-        self._count_for_trimmer()
-        self.metrics.connections_opened.inc()
-        if self.arrivals is not None:
-            self.arrivals.arrived(source_address(peername), now)
+        if self.arrivals is None:
+            self.connections.add(connection, kind)
+        else:
+            source = source_address(peername)
+            self.connections.add(connection, kind, source)
+            self.arrivals.arrived(source, now)
             if self.timeline.phase is Phase.PROPAGATING:
                 self.arrived_in_window.set()
+        self._count_for_trimmer()
+        self.metrics.connections_opened.inc()
         if self.timeline.started:
             self.timeline.accepted_while_draining += 1
             self.metrics.accepted_while_draining.inc()

@@ -37,8 +37,12 @@ log = logging.getLogger("drain_proxy.drain")
 # much later, a drain nobody followed up is undone.
 UNDO_MARGIN_S = 2.0
 # New connections come in runs: the adaptive window is decided again once per run, this
-# long after its first arrival, not once per connection.
-DECIDE_AGAIN_AFTER_ARRIVAL_S = 0.02
+# long after its first arrival, not once per connection (a decision over a thousand
+# sources costs about a millisecond).
+DECIDE_AGAIN_AFTER_ARRIVAL_S = 0.05
+# Loop turns given to accepts already under way before a silence is believed: asyncio
+# accepts in one callback and makes the connection in a task scheduled after it.
+UNSEEN_ARRIVAL_TURNS = 3
 
 
 class DrainCoordinator:
@@ -177,8 +181,8 @@ class DrainCoordinator:
         await self._window()
         self._move(Phase.DRAINING)
         self._listener.pause(Pause.DRAIN)
-        for connection in self._ctx.connections.connections(Kind.HTTP):
-            connection.drain()
+        for connection in self._ctx.connections.connections(Kind.HTTP, Kind.TUNNEL):
+            connection.drain()  # a TCP-mode tunnel closes at its first quiet moment
         await asyncio.gather(
             self._listener.stop_accepting(),
             self._settle(tunnels=False, timeout_s=settings.drain_timeout_s),
@@ -195,19 +199,35 @@ class DrainCoordinator:
         arrivals.trigger(self._ctx.timeline.entered_at[Phase.PROPAGATING])
         bounds = WindowBounds(settings.min_propagation_window_s, settings.propagation_window_s)
         arrived = self._ctx.arrived_in_window
-        while True:
-            arrived.clear()
-            now = self._loop.time()
-            decision = arrivals.decide(now, bounds)
-            if decision.ended or self._force.is_set():
+        arrived.clear()
+        decision = arrivals.decide(self._loop.time(), bounds, self._answering())
+        while not self._force.is_set():
+            if not decision.ended:
+                await self._first_of([arrived.wait()],
+                                     decision.decide_again_at - self._loop.time())
+                if arrived.is_set():  # arrivals come in runs: decide once per run
+                    await self._first_of([], DECIDE_AGAIN_AFTER_ARRIVAL_S)
+            elif decision.reason is WindowEnd.MAXIMUM or not await self._unseen_arrivals():
                 break
-            await self._first_of([arrived.wait()], decision.decide_again_at - now)
-            if arrived.is_set():
+            else:  # silence we may not have seen the end of: let those arrivals count
                 await self._first_of([], DECIDE_AGAIN_AFTER_ARRIVAL_S)
+            arrived.clear()
+            decision = arrivals.decide(self._loop.time(), bounds, self._answering())
         reason = decision.reason
         if self._force.is_set() or reason is None:
             reason = WindowEnd.FORCED
         self._window_ended(reason, decision)
+
+    def _answering(self) -> frozenset[str]:
+        return self._ctx.connections.sources_awaiting_answers()
+
+    async def _unseen_arrivals(self) -> bool:
+        """Whether a silence may be our own: a process that was stalled (CPU throttling,
+        a long callback) has connections in the backlog, or accepted and not yet
+        registered, that it has not counted.  Let the loop run them, then look."""
+        for _ in range(UNSEEN_ARRIVAL_TURNS):
+            await asyncio.sleep(0)
+        return self._ctx.arrived_in_window.is_set() or self._listener.clients_in_backlog
 
     def _window_ended(self, reason: WindowEnd, decision: WindowDecision | None = None,
                       ) -> None:

@@ -298,9 +298,11 @@ FLAGS: tuple[Flag, ...] = (
          "(HTTP/2: GOAWAY at that age) (0: never)",
          "optional age limit for keep-alive connections (0 = off)"),
     Flag("--tcp-rotate-idle", _seconds, "0", "S",
-         "tcp mode: close a connection past --max-connection-age once idle both ways for S "
-         "seconds (0: never)",
-         "tcp mode: close a connection past --max-connection-age once idle this long (0 = off)"),
+         "tcp mode: a connection is between messages once the app spoke last and nothing "
+         "moved for S seconds; one past --max-connection-age is then closed (0: never), and "
+         "after the window the drain closes each one then (0: after 0.1 s)",
+         "no rotation; the drain's quiet period is then 0.1 s, longer than the pauses inside "
+         "one answer and short for an idle pooled connection"),
     Flag("--tunnel-drain-timeout", _optional_seconds, "", "S",
          "after the window, let tunnels (tcp mode, WebSockets) run S seconds more, then cut "
          "them (unset: --drain-timeout)",

@@ -121,8 +121,9 @@ on SIGTERM or SIGINT (or GET /drain on the admin port):
   2. for --propagation-window S, connections are still accepted and served, and
      every response says Connection: close (--adaptive-window: until every source
      of new connections has gone quiet, from --min-propagation-window S to that S)
-  3. the listener closes, idle connections close, requests in flight get
-     --drain-timeout S (tunnels: --tunnel-drain-timeout) and are then cut
+  3. the listener closes, idle connections close (tcp mode: each at its first
+     quiet moment between messages), requests in flight get --drain-timeout S
+     (tunnels: --tunnel-drain-timeout) and are then cut
   4. the process exits as soon as every connection is done: at the latest
      window + drain timeout after the signal, which must fit in
      --termination-grace-period. A second signal skips to the cut.

@@ -16,7 +16,7 @@ from proxy.server import ProxyServer
 from proxy.settings import SettingsError, parse_settings
 
 from conftest import Run
-from helpers import Client, app_and_proxy, sample
+from helpers import Client, ParsedRequest, Reply, app_and_proxy, echo_handler, sample
 
 WINDOWS = "drain_proxy_propagation_windows_total"
 
@@ -87,11 +87,53 @@ def test_the_window_ends_once_every_source_has_gone_quiet(
             lines = [r.getMessage() for r in caplog.records
                      if r.getMessage().startswith("propagation window ended")]
             assert len(lines) == 1
-            assert re.search(r"after 0\.\d\d s: routing moved: 2 sources quiet, last arrival "
+            assert re.search(r"after 1\.\d\d s: routing moved: 2 sources quiet, last arrival "
                              r"127\.0\.0\.3 at \+0\.[56]\d s$", lines[0]), lines[0]
 
     with caplog.at_level(logging.INFO, logger="drain_proxy.drain"):
         run(scenario())
+
+
+def test_an_app_stall_silences_closed_loop_clients_without_ending_the_window(
+        run: Run[None]) -> None:
+    """Clients that send their next request only once answered go silent when the app
+    stalls; their requests in flight here keep their source from being judged quiet, and
+    its silence counts from the answers."""
+    async def stalling(request: ParsedRequest) -> Reply:
+        await stall_over.wait()
+        return await echo_handler(request)
+
+    stall_over = asyncio.Event()
+    stall_over.set()
+
+    async def scenario() -> None:
+        async with app_and_proxy("--adaptive-window", "--propagation-window", "10",
+                                 "--min-propagation-window", "0.2",
+                                 handler=stalling) as (_app, proxy):
+            loop = asyncio.get_running_loop()
+            refused: list[str] = []
+            stop = asyncio.Event()
+            client = loop.create_task(router("127.0.0.5", proxy.port, 0.005, stop, refused))
+            await asyncio.sleep(0.3)
+            assert proxy.coordinator is not None
+            proxy.coordinator.trigger("test")
+            triggered = loop.time()
+            await asyncio.sleep(0.3)
+            stall_over.clear()  # the app stalls for 1.6 s, longer than the 1 s floor
+            await asyncio.sleep(1.6)
+            stall_over.set()
+            await asyncio.sleep(0.4)
+            stop.set()
+            stopped = loop.time() - triggered
+            served = await client
+            await proxy.coordinator.wait_drained()
+            assert refused == [], refused
+            assert served > 20
+            lasted = sample(proxy, "drain_proxy_propagation_window_seconds")
+            assert lasted > stopped, (lasted, stopped)
+            assert sample(proxy, WINDOWS, {"reason": "routing_moved"}) == 1
+
+    run(scenario())
 
 
 def test_a_sparse_source_holds_the_window_to_its_maximum(

@@ -161,3 +161,33 @@ def test_traefik_and_caddy_rows_measure_or_say_why_not(tmp_path: Path) -> None:
             assert f"pip install {name}-bin" in cells[2]
             continue
         assert float(cells[2]) > 0 and float(cells[7]) > 0, cells  # req/s, proxy CPU us/req
+
+
+TCP_DRAIN = ROOT / "benchmarks" / "tcp_drain.py"
+
+
+def test_the_tcp_drain_benchmark_names_a_missing_tool_in_one_line() -> None:
+    res = subprocess.run([sys.executable, str(TCP_DRAIN), "--workloads", "redis-full"],
+                         capture_output=True, text=True, timeout=30, cwd=ROOT,
+                         env={**os.environ, "PATH": str(Path(sys.executable).parent)})
+    assert res.returncode == 2
+    assert res.stderr == ("tcp_drain: redis-server is not installed "
+                          "(apt-get install redis-server)\n")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pgbench") is None or shutil.which("psql") is None,
+                    reason="pgbench or PostgreSQL is missing (apt-get install postgresql)")
+def test_the_tcp_drain_benchmark_closes_paced_pgbench_clients_between_transactions() -> None:
+    """pgbench clients with pauses between transactions through this build: every one ends at
+    a BEGIN, the proxy closes all of them at a quiet moment and cuts none, the server rolls
+    nothing back, and the proxy exits long before its tunnel deadline."""
+    res = subprocess.run(
+        [sys.executable, str(TCP_DRAIN), "--workloads", "pgbench-paced", "--clients", "4",
+         "--duration", "10", "--sigterm-after", "1", "--window", "0.3", "--deadline", "5"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    [cells] = rows(res.stdout, "build 1")
+    assert cells[1:5] == ["pgbench-paced", "4", "4", "0"], cells
+    assert cells[6:9] == ["0", "0 / 0", "4 / 0"], cells
+    assert float(cells[9]) < 3, cells

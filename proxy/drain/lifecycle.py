@@ -91,6 +91,7 @@ class DrainTimeline:
     cut_tunnels: int = 0
     # How the propagation window ended and the sources it judged, once it has ended.
     window: dict[str, object] | None = None
+    quiet_closed_tunnels: int = 0  # TCP mode: closed between messages (``proxy.tcp.quiet``)
 
     def move_to(self, phase: Phase, now: float) -> float:
         """Enter ``phase``; return how long the previous phase lasted (0 for the first)."""
@@ -110,6 +111,7 @@ class DrainTimeline:
         self.accepted_while_draining = self.served_while_draining = 0
         self.connections_closed_by_drain = self.cut_requests = self.cut_tunnels = 0
         self.window = None
+        self.quiet_closed_tunnels = 0
 
     def trigger(self, now: float) -> bool:
         """Start the drain; False when it has already started (callers join it)."""
@@ -150,6 +152,7 @@ class DrainTimeline:
             "requests_served_while_draining": self.served_while_draining,
             "connections_closed_by_drain": self.connections_closed_by_drain,
             "requests_cut": self.cut_requests,
+            "tunnels_closed_quiet": self.quiet_closed_tunnels,
             "tunnels_cut": self.cut_tunnels,
             "forced": self.forced,
             "failed": self.failed,

@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import enum
 import logging
+import select
 import socket
 import struct
 import sys
@@ -87,6 +88,17 @@ class Listener:
         self._sock = _listening_socket(Address(host, self.port))
         self._watch_backlog()  # still at capacity, perhaps
         await self.start()
+
+    @property
+    def clients_in_backlog(self) -> bool:
+        """A connection waits in the kernel backlog, not yet accepted: something a stalled
+        or busy process has not seen yet (the adaptive window must not take it for
+        silence)."""
+        if self._sock is None:
+            return False
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     @property
     def accepting(self) -> bool:

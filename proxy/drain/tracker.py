@@ -53,6 +53,15 @@ class Reclaimable(Protocol):
         """Room is needed: close now if still idle; False if it is busy again."""
 
 
+@runtime_checkable
+class Answering(Protocol):
+    """A connection that can say whether its client is waiting on it (HTTP)."""
+
+    def awaiting_answer(self) -> bool:
+        """A request is in flight: its client will be told ``Connection: close`` and
+        reconnect, and where to tells the adaptive window whether its router has moved."""
+
+
 class Kind(enum.Enum):
     """What a registered connection means to the drain."""
 
@@ -68,6 +77,7 @@ class ConnectionTracker:
 
     def __init__(self) -> None:
         self._kind: dict[Drainable, Kind] = {}
+        self._sources: dict[Drainable, str] = {}  # peer address, with --adaptive-window
         self._counts = dict.fromkeys(Kind, 0)
         self._adopting = 0  # accepted from the backlog, protocol not created yet
         self._no_http = asyncio.Event()  # no HTTP connection (and nothing adopting)
@@ -91,9 +101,13 @@ class ConnectionTracker:
         """A snapshot of the connections of these kinds."""
         return iter([c for c, kind in self._kind.items() if kind in kinds])
 
-    def add(self, connection: Drainable, kind: Kind = Kind.HTTP) -> None:
+    def add(self, connection: Drainable, kind: Kind = Kind.HTTP, source: str | None = None,
+            ) -> None:
+        """Track ``connection``; ``source``, its peer address, is kept when given."""
         self._kind[connection] = kind
         self._count(kind, +1)
+        if source is not None:
+            self._sources[connection] = source
 
     def reclassify(self, connection: Drainable, kind: Kind) -> None:
         """An HTTP connection became a tunnel (101) or settled (its last response is out)."""
@@ -109,6 +123,16 @@ class ConnectionTracker:
         kind = self._kind.pop(before, None)
         if kind is not None:
             self._kind[after] = kind
+        source = self._sources.pop(before, None)
+        if source is not None:
+            self._sources[after] = source
+
+    def sources_awaiting_answers(self) -> frozenset[str]:
+        """The peer addresses with an HTTP connection whose client waits on it."""
+        return frozenset(
+            source for connection, source in self._sources.items()
+            if self._kind.get(connection) is Kind.HTTP
+            and isinstance(connection, Answering) and connection.awaiting_answer())
 
     def reclaim_idle(self) -> bool:
         """Close the least recently used idle connection; False when none is idle."""
@@ -125,6 +149,8 @@ class ConnectionTracker:
         kind = self._kind.pop(connection, None)
         if kind is not None:
             self._count(kind, -1)
+        if self._sources:
+            self._sources.pop(connection, None)
 
     def adoption_started(self) -> None:
         """A connection was taken from the backlog; its protocol comes a little later."""

@@ -34,11 +34,14 @@ lengthen the bound.  A source first seen after the trigger (an ingress that star
 late) is measured from its first arrival.  Of the gaps, the last ``HISTORY - 1`` are
 used, so a source that slows down is judged at its recent rate.
 
-**Where it is conservative, and where it is not.**  On top of the Poisson bound, the
-silence must exceed the longest gap of those measured, which covers traffic that
-comes in bursts (a batch every few seconds has short gaps inside bursts and long ones
-between them).  A source with fewer than ``MIN_GAPS`` gaps is *too sparse to judge*
-and holds the window to its maximum.  What no rule sees is a router that sends
+**Where it is conservative, and where it is not.**  Real sources are not Poisson: they
+come in bursts, and they pause for reasons that are not routing (a SYN retransmitted
+after a full backlog, a throttled or collecting client, this process stalled).  So on
+top of the Poisson bound the silence must exceed the longest gap of those measured (a
+batch every few seconds has short gaps inside bursts and long ones between them) and
+``QUIET_FLOOR_S``, whatever the rate; and the drain looks at the listener's backlog
+before it believes a silence.  A source with fewer than ``MIN_GAPS`` gaps is *too
+sparse to judge* and holds the window to its maximum.  What no rule sees is a router that sends
 nothing at all until after the window: a client that stays idle on a keep-alive
 connection through the window, or a router whose first new connection comes later.
 A fixed window of the same length misses it the same way.
@@ -56,14 +59,22 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 FALSE_END_PROBABILITY: Final = 1e-3  # per source that is still sending, per drain
 MIN_GAPS: Final = 3  # fewer and the rate is a guess: the source holds the window open
 HISTORY: Final = 32  # arrivals kept per source: the recent rate, in bounded memory
 MAX_SOURCES: Final = 1024  # 1024 x ~1.3 KiB; past it, the window runs to its maximum
+# No silence this short counts, whatever the rate: a SYN that met a full backlog is sent
+# again after 1 s (RFC 6298's initial timeout), a throttled pod stalls for whole 100 ms CFS
+# periods, a client pauses for garbage collection.  None of those is a router moving.
+QUIET_FLOOR_S: Final = 1.0
 _SPEND: Final = 6.0 / (math.pi ** 2)  # sum over j >= 1 of 1 / j**2 is pi**2 / 6
+# A source waiting for an answer is looked at again this often at least (its answer ends
+# no silence sooner than the floor after it).
+MIN_LOOK_AGAIN_S: Final = 0.05
 
 
 class WindowEnd(enum.Enum):
@@ -80,6 +91,7 @@ class SourceState(enum.Enum):
     SENDING = "sending"  # silent for less than its bound
     QUIET = "quiet"  # silent for longer than its own rate makes plausible
     SPARSE = "sparse"  # too few arrivals to judge: holds the window to its maximum
+    ANSWERING = "answering"  # a request of its is in flight here: not moved, as far as known
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,33 +101,44 @@ class WindowBounds:
     min_s: float
     max_s: float
     false_end_probability: float = FALSE_END_PROBABILITY
+    quiet_floor_s: float = QUIET_FLOOR_S
 
 
 class Source:
     """One peer address's recent new-connection times (ascending), and its count since
     the trigger (the index of the gap under test)."""
 
-    __slots__ = ("first_seen", "since_trigger", "times")
+    __slots__ = ("first_seen", "judged", "since_trigger", "times")
 
     def __init__(self, now: float) -> None:
         self.times: deque[float] = deque((now,), maxlen=HISTORY)
         self.first_seen = now
         self.since_trigger = 0
+        # (trigger, bounds, bound) as last computed: it changes only with an arrival, and
+        # the drain decides again far more often than one source arrives.
+        self.judged: tuple[float, WindowBounds, float | None] | None = None
 
     @property
     def last(self) -> float:
         return self.times[-1]
 
+    def bound(self, trigger_at: float, bounds: WindowBounds) -> float | None:
+        """``source_bound``, remembered until the next arrival."""
+        judged = self.judged
+        if judged is None or judged[0] != trigger_at or judged[1] != bounds:
+            self.judged = judged = (trigger_at, bounds, source_bound(self, trigger_at, bounds))
+        return judged[2]
 
-@dataclass(frozen=True, slots=True)
-class SourceVerdict:
-    """One source as the decision saw it; times are absolute (the caller's clock)."""
+
+class SourceVerdict(NamedTuple):
+    """One source as the decision saw it; times are absolute (the caller's clock).  A
+    tuple: a decision makes one per source, often."""
 
     address: str
     state: SourceState
-    last_arrival: float
+    last_arrival: float | None  # None: only seen on a connection older than the log
     arrivals_since_trigger: int
-    quiet_at: float | None  # when its silence reaches its bound; None when too sparse
+    quiet_at: float | None  # when its silence reaches its bound; None: sparse, answering
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +166,9 @@ def _gaps(times: Iterable[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
-def source_quiet_at(source: Source, trigger_at: float, false_end_probability: float,
-                    ) -> float | None:
-    """When this source's current silence reaches its bound, or None when it is too sparse
-    to judge.  The choice of gaps is the module docstring's "Which gaps"."""
+def source_bound(source: Source, trigger_at: float, bounds: WindowBounds) -> float | None:
+    """How long this source may now stay silent before it counts as quiet, or None when it
+    is too sparse to judge.  The choice of gaps is the module docstring's "Which gaps"."""
     seen_before = source.first_seen < trigger_at
     held = len(source.times)
     in_window = list(source.times)[held - min(source.since_trigger, held):]
@@ -162,33 +184,64 @@ def source_quiet_at(source: Source, trigger_at: float, false_end_probability: fl
         gaps = _gaps(in_window)
     if len(gaps) < MIN_GAPS:
         return None
-    # The gap the trigger falls in is longer than most (a fixed moment lands in a long
-    # gap more often than in a short one); from the trigger on, it is an ordinary one.
-    return max(source.last, trigger_at) + silence_bound(gaps, test, false_end_probability)
+    return max(silence_bound(gaps, test, bounds.false_end_probability), bounds.quiet_floor_s)
+
+
+def silence_start(source: Source, trigger_at: float, answered_at: float) -> float:
+    """Where a source's current silence is counted from.  Its last new connection, or its
+    last answer if later: a client told ``Connection: close`` reconnects at once if its
+    router still sends here.  Never before the trigger: the gap the trigger falls in is
+    longer than most (a fixed moment lands in a long gap more often than in a short one),
+    from the trigger on it is an ordinary one."""
+    return max(source.last, trigger_at, answered_at)
 
 
 def decide(sources: Mapping[str, Source], trigger_at: float, now: float,
-           bounds: WindowBounds, overflowed: bool = False) -> WindowDecision:
+           bounds: WindowBounds, overflowed: bool = False,
+           answering: AbstractSet[str] = frozenset(),
+           answered_at: Mapping[str, float] | None = None) -> WindowDecision:
     """Whether the window that began at ``trigger_at`` ends at ``now``.
 
     It ends at its maximum, never before its minimum, and in between once every source
     that was sending has gone quiet.  A source counts when it arrived after the trigger
     or within ``bounds.max_s`` before it; older ones were not sending (a source that
-    idled longer than the window lasts is what no window sees)."""
+    idled longer than the window lasts is what no window sees).  ``answering``: the
+    sources with a request in flight here, which are not quiet whatever their gaps
+    (their clients reconnect once answered, and where to is the evidence);
+    ``answered_at``: when a source stopped answering, in this window."""
+    answered = answered_at or {}
     minimum, maximum = trigger_at + bounds.min_s, trigger_at + bounds.max_s
+    look_again = min(maximum, now + max(bounds.quiet_floor_s, MIN_LOOK_AGAIN_S))
     verdicts: list[SourceVerdict] = []
     end_at = minimum
     for address, source in sources.items():
-        if source.since_trigger == 0 and source.last < trigger_at - bounds.max_s:
+        if address in answering:
+            verdicts.append(SourceVerdict(address, SourceState.ANSWERING, source.last,
+                                          source.since_trigger, None))
+            end_at = max(end_at, look_again)
             continue
-        quiet_at = source_quiet_at(source, trigger_at, bounds.false_end_probability)
-        if quiet_at is None:
-            state, end_at = SourceState.SPARSE, maximum
+        if source.since_trigger == 0 and source.last < trigger_at - bounds.max_s \
+                and address not in answered:
+            continue
+        bound = source.bound(trigger_at, bounds)
+        if bound is None:
+            state, quiet_at, end_at = SourceState.SPARSE, None, maximum
         else:
+            quiet_at = silence_start(source, trigger_at, answered.get(address, trigger_at)) \
+                + bound
             state = SourceState.QUIET if now >= quiet_at else SourceState.SENDING
             end_at = max(end_at, quiet_at)
         verdicts.append(SourceVerdict(address, state, source.last, source.since_trigger,
                                       quiet_at))
+    # Seen only on connections older than the log: no gaps, only their answers to go by.
+    for address in answering - sources.keys():
+        verdicts.append(SourceVerdict(address, SourceState.ANSWERING, None, 0, None))
+        end_at = max(end_at, look_again)
+    for address in answered.keys() - sources.keys() - answering:
+        quiet_at = answered[address] + bounds.quiet_floor_s
+        state = SourceState.QUIET if now >= quiet_at else SourceState.SENDING
+        verdicts.append(SourceVerdict(address, state, None, 0, quiet_at))
+        end_at = max(end_at, quiet_at)
     if overflowed:
         end_at = maximum
     end_at = min(end_at, maximum)
@@ -210,6 +263,10 @@ class ArrivalLog:
         self.trigger_at: float | None = None
         self.overflowed = False  # a source past the cap arrived in the window
         self._max_sources = max_sources
+        # In the window: who had a request in flight when last decided, and when each
+        # stopped having one (known to the moment of the decision that saw it stop).
+        self._answering: frozenset[str] = frozenset()
+        self.answered_at: dict[str, float] = {}
 
     def arrived(self, address: str, now: float) -> None:
         """A new connection from ``address``."""
@@ -221,6 +278,7 @@ class ArrivalLog:
             source = self.sources[address] = Source(now)
         else:
             source.times.append(now)
+            source.judged = None
         if self.trigger_at is not None:
             source.since_trigger += 1
 
@@ -234,17 +292,28 @@ class ArrivalLog:
 
     def trigger(self, now: float) -> None:
         """The window starts: count arrivals from here."""
+        self.untrigger()
         self.trigger_at = now
-        self.overflowed = False
         for source in self.sources.values():
             source.since_trigger = 0
+            source.judged = None
 
     def untrigger(self) -> None:
         """The drain was undone: serving again, the history stays."""
         self.trigger_at = None
         self.overflowed = False
+        self._answering = frozenset()
+        self.answered_at.clear()
 
-    def decide(self, now: float, bounds: WindowBounds) -> WindowDecision:
+    def decide(self, now: float, bounds: WindowBounds,
+               answering: frozenset[str] = frozenset()) -> WindowDecision:
+        """The window's decision at ``now``; ``answering``: the sources with a request in
+        flight here now (a source that had one at the last decision and has none now was
+        answered in between: ``now`` is the latest that can have been)."""
         if self.trigger_at is None:
             raise RuntimeError("no window to decide: the drain has not started")
-        return decide(self.sources, self.trigger_at, now, bounds, self.overflowed)
+        for address in self._answering - answering:
+            self.answered_at[address] = now
+        self._answering = answering
+        return decide(self.sources, self.trigger_at, now, bounds, self.overflowed, answering,
+                      self.answered_at)

@@ -6,6 +6,7 @@ ended and which source decided it; the summary lists the sources it judged.
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 from proxy.drain.window import SourceState, SourceVerdict, WindowDecision, WindowEnd
@@ -29,7 +30,8 @@ def window_summary(reason: WindowEnd, lasted_s: float, trigger_at: float,
         "address": v.address,
         "state": v.state.value,
         "arrivals_in_window": v.arrivals_since_trigger,
-        "last_arrival_seconds": round(v.last_arrival - trigger_at, 3),
+        "last_arrival_seconds": None if v.last_arrival is None
+        else round(v.last_arrival - trigger_at, 3),
         "quiet_after_seconds": None if v.quiet_at is None else round(v.quiet_at - trigger_at, 3),
     } for v in verdicts[:SOURCES_LISTED]]
     return summary
@@ -49,13 +51,15 @@ def explain_window_end(reason: WindowEnd, trigger_at: float, decision: WindowDec
                 f"nothing to wait for")
     if reason is WindowEnd.ROUTING_MOVED:
         last = verdicts[0]
-        return (f"routing moved: {_count(len(verdicts), 'source')} quiet, last arrival "
-                f"{last.address} at {last.last_arrival - trigger_at:+.2f} s")
+        arrival = "" if last.last_arrival is None else \
+            f", last arrival {last.address} at {last.last_arrival - trigger_at:+.2f} s"
+        return f"routing moved: {_count(len(verdicts), 'source')} quiet{arrival}"
     holding = []
     if decision is not None and decision.overflowed:
         holding.append("new sources past the cap of the ones kept")
     for state, words in ((SourceState.SPARSE, "too sparse to judge"),
-                         (SourceState.SENDING, "still sending")):
+                         (SourceState.SENDING, "still sending"),
+                         (SourceState.ANSWERING, "waiting for answers")):
         named = [v.address for v in verdicts if v.state is state]
         if named:
             shown = ", ".join(named[:_NAMED]) + (", ..." if len(named) > _NAMED else "")
@@ -64,7 +68,9 @@ def explain_window_end(reason: WindowEnd, trigger_at: float, decision: WindowDec
 
 
 def _most_recent_first(verdicts: tuple[SourceVerdict, ...]) -> list[SourceVerdict]:
-    return sorted(verdicts, key=lambda v: v.last_arrival, reverse=True)
+    """By last arrival, latest first; sources only seen on older connections last."""
+    return sorted(verdicts, key=lambda v: -math.inf if v.last_arrival is None
+                  else v.last_arrival, reverse=True)
 
 
 def _count(n: int, noun: str) -> str:

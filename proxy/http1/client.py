@@ -197,7 +197,7 @@ class ClientConnection(SharedReadProtocol):
         exchange.upstream = None
         self._finish(exchange, 101)
         to_app = self.exchanges.take_held()
-        self._tunnel = splice(self._loop, self.transport, connection.transport, to_app, tail,
+        self._tunnel = splice(self.transport, connection.transport, to_app, tail,
                               lambda tunnel, reason: self._tunnel_ended(tunnel, reason, exchange),
                               client_eof=self._peer_eof)
         self.ctx.connections.reclassify(self, Kind.TUNNEL)
@@ -311,6 +311,10 @@ class ClientConnection(SharedReadProtocol):
         clock has whole milliseconds, and connections go idle within one), None when not
         idle."""
         return self._idle_rank if self.machine.state is IDLE else None
+
+    def awaiting_answer(self) -> bool:
+        """tracker.Answering: a request is being read, forwarded or answered."""
+        return self.machine.busy
 
     def reclaim(self) -> bool:
         """tracker.Reclaimable: clients wait at --max-connections; close if still idle."""

@@ -122,6 +122,10 @@ class H2Connection:
     def active_streams(self) -> int:
         return self.session.active
 
+    def awaiting_answer(self) -> bool:
+        """tracker.Answering: a stream is in flight (GOAWAY sends the next ones elsewhere)."""
+        return self.session.active > 0
+
     # -- the drain (tracker.Drainable) and rotation ------------------------------------------
     def goaway(self, reason: str) -> None:
         self.session.goaway(reason)

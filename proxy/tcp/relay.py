@@ -3,13 +3,17 @@
 For protocols that are neither HTTP/1.1 nor HTTP/2 cleartext (Redis, Postgres, TLS
 the app terminates, ...).
 The drain follows the same timeline as HTTP: readiness fails, the listener keeps
-accepting through the window, then closes; connections then end by themselves
-until ``--tunnel-drain-timeout`` and the rest are aborted and counted.
+accepting through the window, then closes.  After the window each connection is
+closed at its first quiet moment (the app spoke last and nothing moved since, see
+``proxy.tcp.quiet``), with a FIN both ways: between two messages of a request/response
+protocol, where nothing is cut.  Whatever is still busy at ``--tunnel-drain-timeout``
+is aborted and counted.
 
-With ``--max-connection-age`` and ``--tcp-rotate-idle`` both set, a connection
-past its age is closed the first time it has been idle in both directions for
-``--tcp-rotate-idle`` seconds, so a request/response protocol is never cut in the
-middle of an exchange.
+With ``--max-connection-age`` and ``--tcp-rotate-idle`` both set, a connection past
+its age is closed at its first quiet moment the same way (reason ``max_age``).
+
+This class only feeds the quiet machine its events and carries out what it answers:
+arm its one timer, or close.
 """
 
 from __future__ import annotations
@@ -19,6 +23,17 @@ import asyncio
 from proxy.app_connect import UpstreamFailure, connect_to_app
 from proxy.context import ProxyContext
 from proxy.drain.tracker import Kind
+from proxy.tcp.quiet import (
+    APP,
+    ARM,
+    CLIENT,
+    CLOSE,
+    NOBODY,
+    Action,
+    QuietMachine,
+    Spoke,
+    quiet_period_s,
+)
 from proxy.tcp.tunnel import Tunnel, TunnelEnd
 
 
@@ -42,10 +57,12 @@ class TcpSession:
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         self._loop = asyncio.get_running_loop()
-        self.tunnel = Tunnel(self._loop, self._ended)
+        self.tunnel = Tunnel(self._ended)
         self.tunnel.client = self.client_end = _ClientEnd(self.tunnel, self)
         self._connecting: asyncio.Task[None] | None = None
-        self._rotation: asyncio.TimerHandle | None = None
+        self._rotation: asyncio.TimerHandle | None = None  # at the connection's age limit
+        self._quiet: QuietMachine | None = None  # from rotation's start, or the drain
+        self._quiet_timer: asyncio.TimerHandle | None = None
 
     def start(self, peername: object) -> None:
         now = self._loop.time()
@@ -53,9 +70,9 @@ class TcpSession:
         self._connecting = self._loop.create_task(self._connect())
         settings = self.ctx.settings
         if settings.max_connection_age_s and settings.tcp_rotate_idle_s:
-            self.tunnel.tracks_activity = True
+            self._watch(now)  # from the start: the age may run out in the middle of a quiet
             expires_at = self.ctx.rotation.expiry(now)
-            self._rotation = self._loop.call_at(expires_at, self._rotate_when_idle)
+            self._rotation = self._loop.call_at(expires_at, self._rotate)
 
     async def _connect(self) -> None:
         try:
@@ -67,27 +84,69 @@ class TcpSession:
             return
         self.tunnel.connect_ends()
 
-    def _rotate_when_idle(self) -> None:
-        idle_for = self._loop.time() - self.tunnel.last_activity
-        wait = self.ctx.settings.tcp_rotate_idle_s - idle_for
-        if wait > 0:
-            self._rotation = self._loop.call_later(wait, self._rotate_when_idle)
-            return
+    # -- the quiet machine's events and actions ---------------------------------------------
+    def _watch(self, now: float) -> QuietMachine:
+        """Start watching for quiet moments (once): every read is told from now on."""
+        if self._quiet is None:
+            quiet_s = quiet_period_s(self.ctx.settings.tcp_rotate_idle_s)
+            self._quiet = QuietMachine(quiet_s, _last_speaker(self.tunnel), now)
+            self.tunnel.on_bytes = self._on_bytes
+        return self._quiet
+
+    def _on_bytes(self, from_app: bool) -> None:
+        quiet = self._quiet
+        assert quiet is not None
+        now = self._loop.time()
+        self._act(quiet, quiet.app_bytes(now) if from_app else quiet.client_bytes(now))
+
+    def _rotate(self) -> None:
         self._rotation = None
-        self.tunnel.cut("max_age", graceful=True)  # idle both ways: nothing is cut
+        now = self._loop.time()
+        quiet = self._watch(now)
+        self._act(quiet, quiet.close_wanted("max_age", now))
+
+    def _on_timer(self) -> None:
+        self._quiet_timer = None
+        quiet = self._quiet
+        assert quiet is not None
+        self._act(quiet, quiet.timer(self._loop.time(), self.tunnel.flushed))
+
+    def _act(self, quiet: QuietMachine, action: Action) -> None:
+        if action is ARM:
+            assert quiet.timer_at is not None
+            self._quiet_timer = self._loop.call_at(quiet.timer_at, self._on_timer)
+        elif action is CLOSE:
+            assert quiet.reason is not None
+            self.tunnel.cut(quiet.reason, graceful=True)  # FIN both ways: nothing is cut
 
     def _ended(self, tunnel: Tunnel, reason: str) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
-        if self._rotation is not None:
-            self._rotation.cancel()
+        for pending in (self._connecting, self._rotation, self._quiet_timer):
+            if pending is not None:
+                pending.cancel()
+        if self._quiet is not None:
+            self._quiet.ended()
+        if reason == "drain":  # the drain closed it at a quiet moment, between messages
+            self.ctx.metrics.tunnels_closed_quiet.inc()
+            self.ctx.timeline.quiet_closed_tunnels += 1
         self.ctx.unregister(self, reason)
 
     # -- Drainable --------------------------------------------------------------------------
     def drain(self) -> None:
-        """A TCP connection cannot be told to reconnect: it runs on until it ends."""
+        """The window is over: close at the first quiet moment (``proxy.tcp.quiet``)."""
+        now = self._loop.time()
+        quiet = self._watch(now)
+        self._act(quiet, quiet.close_wanted("drain", now))
 
     def cut(self) -> int:
         """The tunnel deadline: abort both connections (no request is counted as cut)."""
         self.tunnel.cut("drain_deadline")
         return 0
+
+
+def _last_speaker(tunnel: Tunnel) -> Spoke:
+    """Who spoke last, from what the relay kept without a clock (``Tunnel.app_spoke_last``)."""
+    if tunnel.app_spoke_last:
+        return APP
+    if tunnel.client.received or tunnel.client.read_eof:
+        return CLIENT
+    return NOBODY

@@ -45,11 +45,12 @@ def reset(transport: asyncio.Transport) -> None:
 class TunnelEnd(SharedReadProtocol):
     """One connection of a tunnel."""
 
-    __slots__ = ("_early", "_early_size", "_reading_paused", "lost", "peer", "read_eof",
-                 "received", "transport", "tunnel")
+    __slots__ = ("_early", "_early_size", "_reading_paused", "is_app", "lost", "peer",
+                 "read_eof", "received", "transport", "tunnel")
 
-    def __init__(self, tunnel: Tunnel) -> None:
+    def __init__(self, tunnel: Tunnel, is_app: bool = False) -> None:
         self.tunnel = tunnel
+        self.is_app = is_app  # the connection to the app, not the client's
         self.transport: asyncio.Transport | None = None
         self.peer: TunnelEnd | None = None
         self.read_eof = False
@@ -90,8 +91,10 @@ class TunnelEnd(SharedReadProtocol):
             data = data.tobytes()
         self.received += len(data)
         tunnel = self.tunnel
-        if tunnel.tracks_activity:
-            tunnel.touch()
+        tunnel.app_spoke_last = self.is_app  # one store, no clock: the drain asks it
+        on_bytes = tunnel.on_bytes
+        if on_bytes is not None:
+            on_bytes(self.is_app)
         peer = self.peer
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
@@ -103,7 +106,7 @@ class TunnelEnd(SharedReadProtocol):
 
     def eof_received(self) -> bool:
         self.read_eof = True
-        self.tunnel.touch()
+        self.tunnel.spoke(self.is_app)  # an EOF ends a message as bytes do
         peer = self.peer
         if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
             peer.transport.write_eof()
@@ -137,24 +140,30 @@ class TunnelEnd(SharedReadProtocol):
 class Tunnel:
     """Two joined connections; reports its end once, with the reason it ended."""
 
-    __slots__ = ("_ended", "_on_end", "client", "cut_reason", "last_activity", "loop",
-                 "tracks_activity", "upstream")
+    __slots__ = ("_ended", "_on_end", "app_spoke_last", "client", "cut_reason", "on_bytes",
+                 "upstream")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 on_end: Callable[[Tunnel, str], None]) -> None:
-        self.loop = loop
+    def __init__(self, on_end: Callable[[Tunnel, str], None]) -> None:
         self._on_end = on_end
         self._ended = False
         self.cut_reason: str | None = None
-        self.last_activity = loop.time()
-        # Only an idle-rotated TCP session reads last_activity; a clock read per relayed
-        # read is a tenth of a round trip's instructions, so the others skip it.
-        self.tracks_activity = False
+        # Who sent bytes (or EOF) last; with no byte either way, False.  Kept on every
+        # read, as one store: a connection the drain reaches must be known to await an
+        # answer (the client spoke last) without having read the clock before.
+        self.app_spoke_last = False
+        # Told of every read (with whether it came from the app) while a TCP session
+        # watches for a quiet moment (``proxy.tcp.quiet``): rotation, or the drain.  A clock
+        # read per relayed read is a tenth of a round trip's instructions, so until then
+        # nothing is told.
+        self.on_bytes: Callable[[bool], None] | None = None
         self.client = TunnelEnd(self)
-        self.upstream = TunnelEnd(self)
+        self.upstream = TunnelEnd(self, is_app=True)
 
-    def touch(self) -> None:
-        self.last_activity = self.loop.time()
+    def spoke(self, from_app: bool) -> None:
+        """Bytes or an EOF came from one side (the read path inlines this)."""
+        self.app_spoke_last = from_app
+        if self.on_bytes is not None:
+            self.on_bytes(from_app)
 
     def connect_ends(self) -> None:
         self.client.join(self.upstream)
@@ -170,6 +179,12 @@ class Tunnel:
         if (self.client.lost or self.client.transport is None) and \
                 (self.upstream.lost or self.upstream.transport is None):
             self._finish("error" if exc is not None else "peer")
+
+    @property
+    def flushed(self) -> bool:
+        """Nothing relayed is still waiting to be written, on either side."""
+        return all(end.transport is None or end.transport.get_write_buffer_size() == 0
+                   for end in (self.client, self.upstream))
 
     def close(self) -> None:
         """Both directions ended cleanly: close after flushing."""
@@ -197,13 +212,13 @@ class Tunnel:
             self._on_end(self, self.cut_reason or reason)
 
 
-def splice(loop: asyncio.AbstractEventLoop, client: asyncio.Transport,
-           upstream: asyncio.Transport, to_upstream: bytes, to_client: bytes,
-           on_end: Callable[[Tunnel, str], None], client_eof: bool = False) -> Tunnel:
+def splice(client: asyncio.Transport, upstream: asyncio.Transport, to_upstream: bytes,
+           to_client: bytes, on_end: Callable[[Tunnel, str], None],
+           client_eof: bool = False) -> Tunnel:
     """Turn two HTTP connections into a tunnel after a 101 (the bytes each side sent
     past the HTTP exchange are delivered first).  ``client_eof``: the client half-closed
     while the app was deciding; the app gets that EOF after those bytes."""
-    tunnel = Tunnel(loop, on_end)
+    tunnel = Tunnel(on_end)
     tunnel.client.read_eof = client_eof  # joining passes it on
     tunnel.client.adopt(client)
     tunnel.upstream.adopt(upstream)

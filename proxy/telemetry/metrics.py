@@ -104,6 +104,10 @@ class Metrics:
             "drain_proxy_tunnels_cut",
             "Tunnels aborted at the end of --tunnel-drain-timeout or by a second signal.",
             registry=r)
+        self.tunnels_closed_quiet = Counter(
+            "drain_proxy_tunnels_closed_quiet",
+            "TCP-mode connections the drain closed at a quiet moment, between messages (the "
+            "app spoke last, then nothing moved): a FIN both ways, nothing cut.", registry=r)
         self.build = Info(
             "drain_proxy_build", "Version, and whether the per-request modules are compiled.",
             registry=r)

@@ -125,6 +125,7 @@ def test_summary() -> None:
     timeline.served_while_draining = 7
     timeline.connections_closed_by_drain = 2
     timeline.cut_requests = 1
+    timeline.quiet_closed_tunnels = 4
     timeline.forced = True
     timeline.window = {"ended_by": "fixed", "lasted_seconds": 10.0, "adaptive": False}
     assert timeline.summary(111.5) == {
@@ -134,6 +135,7 @@ def test_summary() -> None:
         "requests_served_while_draining": 7,
         "connections_closed_by_drain": 2,
         "requests_cut": 1,
+        "tunnels_closed_quiet": 4,
         "tunnels_cut": 0,
         "forced": True,
         "failed": False,

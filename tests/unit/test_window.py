@@ -12,13 +12,15 @@ import random
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from proxy.drain.window import (
     FALSE_END_PROBABILITY,
     HISTORY,
     MIN_GAPS,
+    QUIET_FLOOR_S,
     ArrivalLog,
     SourceState,
     WindowBounds,
@@ -117,19 +119,34 @@ def test_a_poisson_source_ends_the_window_soon_after_it_stops_and_not_before(
     last = stream[-1][1]
     ended_at, decision = window_end(stream, BOUNDS)
     assert decision.reason is WindowEnd.ROUTING_MOVED
-    assert ended_at > last, "ended while the source was still sending"
-    # Quiet within the Poisson bound at the last test: about ln(1/q) mean gaps.
+    assert ended_at >= last + QUIET_FLOOR_S, "ended while the source was still sending"
+    # Quiet within the Poisson bound at the last test (about ln(1/q) mean gaps), or the floor.
     arrivals = sum(1 for _, t in stream if t >= 0)
     share = FALSE_END_PROBABILITY * 6 / math.pi ** 2 / (arrivals + 1) ** 2
-    assert ended_at - last < 3 * math.log(1 / share) / rate + 0.05
+    assert ended_at - last < max(QUIET_FLOOR_S, 3 * math.log(1 / share) / rate) + 0.05
 
 
-def test_a_busy_source_is_quiet_within_a_fraction_of_a_second() -> None:
+def test_a_busy_source_is_quiet_once_the_floor_has_passed() -> None:
+    """At 1,000 connections a second the Poisson bound is about 20 ms; no silence under
+    the floor counts, whatever the rate."""
     rng = random.Random(1)
-    stream = source("10.0.1.3", poisson(rng, 200.0, -3.0, 0.3))
+    stream = source("10.0.1.3", poisson(rng, 1000.0, -1.0, 0.3))
+    last = stream[-1][1]
     ended_at, decision = window_end(stream, BOUNDS)
     assert decision.reason is WindowEnd.ROUTING_MOVED
-    assert ended_at == BOUNDS.min_s  # quiet well before the minimum
+    assert ended_at == pytest.approx(last + QUIET_FLOOR_S)
+    without_floor = WindowBounds(0.0, 10.0, quiet_floor_s=0.0)
+    ended_at, _ = window_end(stream, without_floor)
+    assert last < ended_at < last + 0.05
+
+
+def test_a_pause_shorter_than_the_floor_does_not_end_the_window() -> None:
+    # A busy client stalls for 0.8 s (a throttled pod, a collection, a retransmitted SYN)
+    # and goes on: forty times its usual gap, still not a router moving.
+    rng = random.Random(6)
+    stream = source("10.0.1.3", [*poisson(rng, 200.0, -2.0, 1.2), *poisson(rng, 200.0, 2.0, 3.0)])
+    ended_at, _ = window_end(stream, BOUNDS)
+    assert ended_at > 3.0
 
 
 def test_the_window_lasts_its_minimum_when_routing_moved_before_the_trigger() -> None:
@@ -215,9 +232,10 @@ def test_a_router_that_first_sends_after_the_window_ended_is_not_seen() -> None:
     of the same length would end at the same moment.)"""
     rng = random.Random(4)
     early = source("10.0.1.1", poisson(rng, 100.0, -3.0, 0.3))
-    too_late = source("10.0.7.7", poisson(rng, 40.0, 1.2, 2.5))
+    too_late = source("10.0.7.7", poisson(rng, 40.0, 1.5, 2.5))
     ended_at, decision = window_end(merged(early, too_late), BOUNDS)
-    assert ended_at == BOUNDS.min_s < too_late[0][1]
+    assert ended_at == pytest.approx(early[-1][1] + QUIET_FLOOR_S)
+    assert ended_at < too_late[0][1]
     assert [v.address for v in decision.sources] == ["10.0.1.1"]
 
 
@@ -247,7 +265,7 @@ def test_one_sparse_source_among_busy_ones_holds_the_maximum_and_says_so() -> No
 
 def false_ends(rate: float, seeds: int, probability: float, max_s: float) -> float:
     """The share of seeds in which a source sending throughout was judged quiet."""
-    bounds = WindowBounds(0.0, max_s, probability)
+    bounds = WindowBounds(0.0, max_s, probability, quiet_floor_s=0.0)  # the Poisson bound
     ended_early = 0
     for seed in range(seeds):
         rng = random.Random(seed)
@@ -303,44 +321,88 @@ def test_a_new_source_past_the_cap_in_the_window_holds_it_to_the_maximum() -> No
     assert "past the cap" in explain_window_end(WindowEnd.MAXIMUM, TRIGGER, decision, 10.0)
 
 
-arrival_streams = st.lists(
-    st.tuples(st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "::1"]),
-              st.floats(-12.0, 12.0, allow_nan=False)), max_size=60)
+ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "::1")
 
 
-@settings(max_examples=300, deadline=None)
-@given(arrival_streams, st.floats(0.0, 3.0), st.floats(3.0, 12.0),
-       st.lists(st.floats(0.0, 14.0), min_size=1, max_size=8))
-def test_the_decision_respects_its_bounds_for_any_stream(
-        stream: Stream, min_s: float, max_s: float, looks: list[float]) -> None:
-    bounds = WindowBounds(min_s, max_s)
-    log = ArrivalLog()
-    ordered = sorted(stream, key=lambda pair: pair[1])
-    for address, t in ordered:
-        if t < TRIGGER:
-            log.arrived(address, t)
-    log.trigger(TRIGGER)
-    for address, t in ordered:
-        if t >= TRIGGER:
-            log.arrived(address, t)
-    for now in sorted(looks):
-        decision = log.decide(now, bounds)
-        if now < min_s:
+class WindowMachine(RuleBasedStateMachine):
+    """Arrivals, looks with any set of sources waiting for answers, the trigger and its
+    undoing, interleaved in any order on a clock that only moves forward; a small cap so
+    that eviction and overflow happen.  Checked after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = ArrivalLog(max_sources=3)
+        self.now = -5.0
+        self.bounds = WindowBounds(1.0, 6.0)
+        self.decision: WindowDecision | None = None
+        self.decided_at = 0.0
+        self.answering: frozenset[str] = frozenset()
+        self.waited_on: set[str] = set()  # every source that was answering this window
+
+    @rule(dt=st.floats(0.0, 2.0))
+    def wait(self, dt: float) -> None:
+        self.now += dt
+
+    @rule(address=st.sampled_from(ADDRESSES))
+    def arrive(self, address: str) -> None:
+        self.log.arrived(address, self.now)
+
+    @precondition(lambda self: self.log.trigger_at is None)
+    @rule()
+    def trigger(self) -> None:
+        self.log.trigger(self.now)
+        self.waited_on.clear()
+
+    @precondition(lambda self: self.log.trigger_at is not None)
+    @rule()
+    def undo(self) -> None:
+        self.log.untrigger()
+        self.decision = None
+
+    @precondition(lambda self: self.log.trigger_at is not None)
+    @rule(answering=st.frozensets(st.sampled_from(ADDRESSES), max_size=2))
+    def look(self, answering: frozenset[str]) -> None:
+        self.answering = answering
+        self.waited_on |= answering
+        self.decision = self.log.decide(self.now, self.bounds, answering)
+        self.decided_at = self.now
+
+    @invariant()
+    def bounded(self) -> None:
+        assert len(self.log.sources) <= 3
+        assert set(self.log.answered_at) <= self.waited_on
+
+    @invariant()
+    def decision_keeps_its_bounds(self) -> None:
+        decision, trigger_at = self.decision, self.log.trigger_at
+        if decision is None or trigger_at is None:
+            return
+        elapsed = self.decided_at - trigger_at
+        verdicts = {v.address: v for v in decision.sources}
+        assert {a for a, v in verdicts.items() if v.state is SourceState.ANSWERING} == \
+            set(self.answering)
+        if elapsed < self.bounds.min_s:
             assert not decision.ended
-        if now >= max_s:
+        if elapsed >= self.bounds.max_s:
             assert decision.ended
         if decision.ended:
-            assert decision.reason is not None
-            assert all(v.state is SourceState.QUIET for v in decision.sources) or \
-                decision.reason is WindowEnd.MAXIMUM
+            assert decision.reason is WindowEnd.MAXIMUM or (
+                all(v.state is SourceState.QUIET for v in decision.sources)
+                and not decision.overflowed)
         else:
-            assert now < decision.decide_again_at <= max_s
-            assert any(v.state is not SourceState.QUIET for v in decision.sources) or \
-                now < min_s
+            assert self.decided_at < decision.decide_again_at <= trigger_at + self.bounds.max_s
         for verdict in decision.sources:
-            assert (verdict.quiet_at is None) == (verdict.state is SourceState.SPARSE)
+            assert (verdict.quiet_at is None) == (verdict.state in (SourceState.SPARSE,
+                                                                    SourceState.ANSWERING))
             if verdict.quiet_at is not None:
-                assert verdict.quiet_at >= verdict.last_arrival
+                assert verdict.quiet_at >= trigger_at + QUIET_FLOOR_S
+                if verdict.last_arrival is not None:
+                    assert verdict.quiet_at >= verdict.last_arrival + QUIET_FLOOR_S
+
+
+WindowMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
+                                           deadline=None)
+test_the_window_machine_keeps_its_invariants = WindowMachine.TestCase
 
 
 def test_min_gaps_is_what_makes_a_source_judgeable() -> None:
@@ -380,3 +442,70 @@ def test_the_summary_lists_the_sources_most_recent_first() -> None:
     assert sources[0]["last_arrival_seconds"] == 1.62
     assert window_summary(WindowEnd.FIXED, 10.0, TRIGGER, None) == {
         "ended_by": "fixed", "lasted_seconds": 10.0, "adaptive": False}
+
+
+# -- sources waiting for answers ---------------------------------------------------------------
+
+
+def test_a_source_waiting_for_answers_is_not_quiet_whatever_its_gaps() -> None:
+    """Closed-loop clients send their next request only once answered: an app that stalls
+    silences them all, and that silence says nothing about routing."""
+    log = ArrivalLog()
+    rng = random.Random(8)
+    for t in poisson(rng, 200.0, -1.0, 0.5):
+        if t >= TRIGGER and log.trigger_at is None:
+            log.trigger(TRIGGER)
+        log.arrived("10.0.1.3", t)
+    busy = frozenset({"10.0.1.3"})
+    decision = log.decide(3.0, BOUNDS, busy)  # silent 2.5 s, far past its bound
+    assert not decision.ended
+    assert decision.sources[0].state is SourceState.ANSWERING
+    assert decision.decide_again_at == pytest.approx(3.0 + QUIET_FLOOR_S)
+    # Answered between 3.0 and 3.2: its silence counts from 3.2, the latest it can have been.
+    decision = log.decide(3.2, BOUNDS)
+    assert not decision.ended and decision.sources[0].state is SourceState.SENDING
+    assert decision.decide_again_at == pytest.approx(3.2 + QUIET_FLOOR_S)
+    decision = log.decide(3.2 + QUIET_FLOOR_S, BOUNDS)
+    assert decision.ended and decision.reason is WindowEnd.ROUTING_MOVED
+
+
+def test_a_source_seen_only_on_an_old_connection_is_waited_for_until_answered() -> None:
+    """A keep-alive connection older than the log, busy at the trigger: its client will be
+    told to reconnect, so the window waits for that, and a floor after it."""
+    log = ArrivalLog()
+    log.trigger(TRIGGER)
+    busy = frozenset({"10.0.8.8"})
+    decision = log.decide(1.5, BOUNDS, busy)
+    assert not decision.ended
+    assert decision.sources == (("10.0.8.8", SourceState.ANSWERING, None, 0, None),)
+    decision = log.decide(2.0, BOUNDS)  # answered, and it did not come back
+    assert not decision.ended and decision.decide_again_at == 2.0 + QUIET_FLOOR_S
+    decision = log.decide(2.0 + QUIET_FLOOR_S, BOUNDS)
+    assert decision.ended and decision.reason is WindowEnd.ROUTING_MOVED
+    line = explain_window_end(decision.reason, TRIGGER, decision, BOUNDS.max_s)
+    assert line == "routing moved: 1 source quiet"
+    summary = window_summary(decision.reason, 3.0, TRIGGER, decision)
+    assert summary["sources"] == [{"address": "10.0.8.8", "state": "quiet",
+                                   "arrivals_in_window": 0, "last_arrival_seconds": None,
+                                   "quiet_after_seconds": 3.0}]
+
+
+def test_a_source_still_waiting_at_the_maximum_says_so() -> None:
+    log = ArrivalLog()
+    log.trigger(TRIGGER)
+    decision = log.decide(BOUNDS.max_s, BOUNDS, frozenset({"10.0.8.8"}))
+    assert decision.ended and decision.reason is WindowEnd.MAXIMUM
+    assert explain_window_end(WindowEnd.MAXIMUM, TRIGGER, decision, BOUNDS.max_s) == (
+        "maximum reached: 1 source waiting for answers (10.0.8.8)")
+
+
+def test_a_new_trigger_forgets_the_last_windows_answers() -> None:
+    log = ArrivalLog()
+    log.trigger(TRIGGER)
+    log.decide(0.5, BOUNDS, frozenset({"10.0.8.8"}))
+    log.decide(0.6, BOUNDS)
+    assert log.answered_at == {"10.0.8.8": 0.6}
+    log.untrigger()
+    log.trigger(100.0)
+    assert log.answered_at == {}
+    assert log.decide(101.0, BOUNDS).reason is WindowEnd.NO_TRAFFIC

@@ -1,0 +1,167 @@
+"""When a raw TCP connection may be closed without cutting a message.  Sans-IO.
+
+TCP mode relays bytes it does not parse, so it cannot see where one request or
+response ends.  What it can see is who sent bytes last and how long nothing has
+moved.  Most protocols run over TCP (Postgres, Redis, MySQL, memcached, AMQP's
+RPCs, ...) are request/response: the client asks, the app answers, the client asks
+again.  Between an answer and the next request the connection is *quiet*, and a
+close then cuts nothing: the app sees EOF with no request open (Postgres rolls back
+nothing, it was not in a statement), the client sees EOF after a complete answer,
+as when a server closes an idle pooled connection, and opens a new one.
+
+A **quiet moment** is therefore: the app spoke last (or nobody has spoken at all),
+nothing moved in either direction for the quiet period, and what was relayed has
+been written out on both sides.  A connection where the client spoke last has a
+request outstanding, however long the app takes to answer, and is never closed
+here; the drain deadline decides about it.
+
+The quiet period is ``--tcp-rotate-idle`` when set, else ``DEFAULT_QUIET_S``.  It must
+be longer than the pauses *inside* one answer (an app writing a reply in pieces, a
+large result arriving over several reads), which on a cluster network are well under
+a millisecond to a few milliseconds, and short enough that an idle pooled connection
+is found at once.  A client that sends its next request the instant an answer
+arrives (a benchmark at full speed) has no quiet moment at all: nothing that does
+not parse the protocol can tell its gaps from the pauses inside an answer, so it is
+cut at the deadline as before.
+
+Two things want a connection closed at a quiet moment: the drain (after the
+propagation window) and ``--max-connection-age`` rotation (with ``--tcp-rotate-idle``).
+Both use this machine.  It is fed events (bytes from a side, a close wanted, the
+timer firing) and answers with an ``Action``; ``proxy.tcp.relay`` carries it out.  The
+timer is re-armed lazily, when it fires, rather than on every read: bytes during a
+wait only move the moment the timer will look for.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from proxy.transitions import bit_masks, check_move
+
+# Longer than the pauses inside one answer on a cluster network (microseconds to a few
+# milliseconds), short against the drain timeout, and a pooled connection that is idle
+# is closed a tenth of a second after the window.
+DEFAULT_QUIET_S: Final = 0.1
+
+
+def quiet_period_s(tcp_rotate_idle_s: float) -> float:
+    """The quiet period: ``--tcp-rotate-idle`` when set, so rotation and the drain agree
+    on what quiet means, else the default."""
+    return tcp_rotate_idle_s if tcp_rotate_idle_s > 0 else DEFAULT_QUIET_S
+
+
+class Spoke(enum.IntEnum):
+    """Who sent bytes (or EOF) last on the connection."""
+
+    NOBODY = 0  # not a byte either way yet: nothing can be cut
+    CLIENT = 1  # a request is outstanding: never closed here
+    APP = 2  # answered: quiet for long enough, it is between messages
+    CLOSED = 3  # closed (by this machine, or it ended by itself): final
+
+
+NOBODY: Final = Spoke.NOBODY
+CLIENT: Final = Spoke.CLIENT
+APP: Final = Spoke.APP
+CLOSED: Final = Spoke.CLOSED
+
+TRANSITIONS: Final[dict[Spoke, frozenset[Spoke]]] = {
+    NOBODY: frozenset({CLIENT, APP, CLOSED}),
+    CLIENT: frozenset({CLIENT, APP, CLOSED}),
+    APP: frozenset({CLIENT, APP, CLOSED}),
+    CLOSED: frozenset(),
+}
+_ALLOWED: Final = bit_masks(TRANSITIONS)
+
+
+class Action(enum.IntEnum):
+    """What the adapter does after an event."""
+
+    NOTHING = 0
+    ARM = 1  # call ``timer`` at ``QuietMachine.timer_at`` (no timer is armed now)
+    CLOSE = 2  # close gracefully now: FIN both ways after flushing
+
+
+NOTHING: Final = Action.NOTHING
+ARM: Final = Action.ARM
+CLOSE: Final = Action.CLOSE
+
+
+class QuietMachine:
+    """One TCP connection's last speaker and quiet time, and whether to close it now.
+
+    ``spoke`` and ``last_at`` start as the adapter knows them when watching begins: at
+    the tunnel's start for rotation, at the drain for the others (until then nothing
+    read the clock, so the quiet is counted from then)."""
+
+    __slots__ = ("last_at", "quiet_s", "reason", "spoke", "timer_at")
+
+    def __init__(self, quiet_s: float, spoke: Spoke, now: float) -> None:
+        self.quiet_s = quiet_s
+        self.spoke = spoke
+        self.last_at = now  # when bytes last moved (or watching began)
+        self.reason: str | None = None  # why a close is wanted: "drain", "max_age"
+        self.timer_at: float | None = None  # the armed timer, if any
+
+    def _move(self, spoke: Spoke) -> None:
+        check_move(_ALLOWED, "tcp quiet", self.spoke, spoke)
+        self.spoke = spoke
+
+    @property
+    def closable(self) -> bool:
+        """Nobody has a message open: the app spoke last, or nobody spoke."""
+        return self.spoke is APP or self.spoke is NOBODY
+
+    # -- events ---------------------------------------------------------------------------------
+    def client_bytes(self, now: float) -> Action:
+        """The client sent bytes or EOF: a request is (or may be) outstanding."""
+        if self.spoke is CLOSED:
+            return NOTHING
+        self._move(CLIENT)
+        self.last_at = now
+        return NOTHING  # an armed timer finds the client spoke last and waits for the app
+
+    def app_bytes(self, now: float) -> Action:
+        """The app sent bytes or EOF: an answer, or part of one."""
+        if self.spoke is CLOSED:
+            return NOTHING
+        self._move(APP)
+        self.last_at = now
+        return self._arm(now + self.quiet_s)
+
+    def close_wanted(self, reason: str, now: float) -> Action:
+        """The drain reached the connection, or rotation found it past its age.  The
+        drain's reason wins over rotation's: the close is then the drain's, and counted
+        so."""
+        if self.spoke is CLOSED:
+            return NOTHING
+        if self.reason != "drain":
+            self.reason = reason
+        return self._arm(max(now, self.last_at + self.quiet_s))
+
+    def timer(self, now: float, flushed: bool) -> Action:
+        """The armed timer fired.  ``flushed``: nothing relayed is still waiting to be
+        written on either side (a slow reader still being fed is not quiet)."""
+        self.timer_at = None
+        if self.spoke is CLOSED or self.reason is None or not self.closable:
+            return NOTHING  # the client spoke last: the app's answer arms the next look
+        quiet_until = self.last_at + self.quiet_s
+        if not flushed:
+            return self._arm(now + self.quiet_s)
+        if now < quiet_until:
+            return self._arm(quiet_until)  # bytes moved while the timer waited
+        self._move(CLOSED)
+        return CLOSE
+
+    def ended(self) -> None:
+        """The connection ended by itself (or was cut): nothing more is decided."""
+        if self.spoke is not CLOSED:
+            self._move(CLOSED)
+        self.timer_at = None
+
+    def _arm(self, at: float) -> Action:
+        """Arm the timer unless it is armed, or nothing wants a close."""
+        if self.reason is None or self.timer_at is not None:
+            return NOTHING
+        self.timer_at = at
+        return ARM
