@@ -592,10 +592,10 @@ def main() -> int:
             print(f"\nthe machine's load average (1 min) as a run started: median "
                   f"{statistics.median(averages):.2f}, max {max(averages):.2f} "
                   f"({os.cpu_count()} CPUs)")
-    # drain-proxy's own words on its window's end: every run's, or with several runs those
-    # that did not end the usual way for their setup ("routing_moved", "fixed").
+    # drain-proxy's own words on its window's end (with several runs, the adaptive ones'
+    # only: a fixed window ends the same way every time).
     words = [f"{r.setup} #{r.run}: {r.window_words}" for r in results if r.window_words
-             and (args.runs <= 1 or r.window_reason not in ("routing_moved", "fixed"))]
+             and (args.runs <= 1 or r.window_reason != "fixed")]
     if words:
         print("\nwhy the window ended:\n" + "\n".join(words))
     # One run: every setup's losses; several: drain-proxy's (the others' are in the table).
