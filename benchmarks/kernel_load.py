@@ -1,32 +1,47 @@
 """The kernel rollout's load: HTTP/1.1 clients of the Service's virtual IP.
 
-The clients run in the node namespace and connect to ``SERVICE_IP:SERVICE_PORT``
+The clients run in a node namespace and connect to ``SERVICE_IP:SERVICE_PORT``
 only; nftables picks the pod on a connection's first packet and conntrack keeps it
 there, so which pod served a request is known only from the answer (the app sends
 its pod's name).
 
-Two kinds of client, neither of which retries silently:
+Three kinds of client, none of which retries silently:
 
 - **keep-alive**: request, think, request on the same connection, until the server
   says ``Connection: close`` or closes it (checked before each reuse, as connection
   pools do: reconnecting then is not a retry);
-- **per-request**: a new connection with ``Connection: close`` for every request.
+- **per-request**: a new connection with ``Connection: close`` for every request;
+- **sparse**: a keep-alive client with one request every 1 to 2 s (its connection
+  sits idle in between, as a pool's does).
 
-A request that fails on a *reused* connection before any response byte arrived is
-sent once more on a new connection and counted as retried (RFC 9112 section 9.3.1
-allows that for idempotent requests; a POST would have failed).  Everything else
-counts as failed, by kind: refused (RST to the SYN), reset, closed before the
-response, cut mid-response, no route to the pod, timed out, error status.
+With ``retry`` (the one-node run), a request that fails on a *reused* connection
+before any response byte arrived is sent once more on a new connection and counted
+as retried (RFC 9112 section 9.3.1 allows that for idempotent requests; a POST would
+have failed).  Without it (the several-node run) that request is lost like any
+other.  Everything else counts as failed, by kind: refused (RST to the SYN), reset,
+closed before the response, cut mid-response, no route to the pod, timed out, error
+status; each failure is also recorded with its time and its client's kind.
+
+Run as a script, it is one node's clients in a process of its own (started with
+``ip netns exec <node> python kernel_load.py ...``): it says ``ready`` on stdout,
+starts its clients on a ``start`` line on stdin, prints its tally as one JSON line
+every half second, and on ``stop`` (or the end of stdin) lets each client finish the
+request it has under way, prints the final tally (``"final": true``) and exits.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import errno
+import json
 import random
+import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from netns import SERVICE_IP, SERVICE_PORT
 
@@ -37,6 +52,9 @@ CUT = "cut mid-response"
 UNREACHABLE = "no route"
 TIMED_OUT = "timed out"
 ERROR_STATUS = "error status"
+KEEP_ALIVE, PER_REQUEST, SPARSE = "keep-alive", "per-request", "sparse"
+SPARSE_PAUSE_S = (1.0, 2.0)
+MAX_RECORDED_FAILURES = 200
 
 
 @dataclass
@@ -47,10 +65,34 @@ class Tally:
     retries: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     served_by: Counter[str] = field(default_factory=Counter)  # pod name -> responses
+    # (time.monotonic() at the failure, kind, the client's kind), the first ones only
+    lost: list[tuple[float, str, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
         return sum(self.failures.values())
+
+    def fail(self, kind: str, client: str) -> None:
+        self.failures[kind] += 1
+        if len(self.lost) < MAX_RECORDED_FAILURES:
+            self.lost.append((time.monotonic(), kind, client))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "retries": self.retries,
+                "failures": dict(self.failures), "served_by": dict(self.served_by),
+                "lost": self.lost}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Tally:
+        return cls(data["requests"], data["retries"], Counter(data["failures"]),
+                   Counter(data["served_by"]), [tuple(item) for item in data["lost"]])
+
+    def add(self, other: Tally) -> None:
+        self.requests += other.requests
+        self.retries += other.retries
+        self.failures.update(other.failures)
+        self.served_by.update(other.served_by)
+        self.lost.extend(other.lost)
 
 
 class Failed(Exception):
@@ -126,9 +168,12 @@ def _parse_head(head: bytes) -> tuple[int, int, bool]:
 class Session:
     """One client program: reuse its connection, reconnect, retry once as RFC 9112 allows."""
 
-    def __init__(self, tally: Tally, timeout_s: float) -> None:
+    def __init__(self, tally: Tally, timeout_s: float, retry: bool = True,
+                 client: str = KEEP_ALIVE) -> None:
         self._tally = tally
         self._timeout_s = timeout_s
+        self._retry = retry
+        self._client = client
         self._connection: Connection | None = None
 
     async def request(self, keep_alive: bool) -> None:
@@ -141,14 +186,14 @@ class Session:
             await self._attempt(connection, keep_alive)
             return
         except Failed as failure:
-            if connection is None or failure.started:
-                self._tally.failures[failure.kind] += 1
+            if connection is None or failure.started or not self._retry:
+                self._tally.fail(failure.kind, self._client)
                 return
         self._tally.retries += 1
         try:
             await self._attempt(None, keep_alive)
         except Failed as failure:
-            self._tally.failures[failure.kind] += 1
+            self._tally.fail(failure.kind, self._client)
 
     async def _attempt(self, connection: Connection | None, keep_alive: bool) -> None:
         try:  # bounds the connect too: a SYN to an unplugged pod is never answered
@@ -185,25 +230,139 @@ class Load:
     think_s: float
     timeout_s: float
     seed: int
+    sparse_clients: int = 0
+    retry: bool = True
     tally: Tally = field(default_factory=Tally)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
         rng = random.Random(self.seed)
-        kinds = [True] * self.keep_alive_clients + [False] * self.per_request_clients
+        kinds = ([KEEP_ALIVE] * self.keep_alive_clients + [PER_REQUEST] * self.per_request_clients
+                 + [SPARSE] * self.sparse_clients)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._client(keep_alive, rng)) for keep_alive in kinds]
+        self._tasks = [loop.create_task(self._client(kind, rng)) for kind in kinds]
 
-    async def _client(self, keep_alive: bool, rng: random.Random) -> None:
-        session = Session(self.tally, self.timeout_s)
+    async def _client(self, kind: str, rng: random.Random) -> None:
+        session = Session(self.tally, self.timeout_s, self.retry, kind)
+        if kind == SPARSE:  # not all in step with the others' start
+            await self._pause(rng.uniform(0.0, SPARSE_PAUSE_S[0]))
         while not self._stopping.is_set():
-            await session.request(keep_alive)
-            pause = self.think_s * rng.uniform(0.5, 1.5)  # +-50 %: clients out of step
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), pause)
+            await session.request(kind != PER_REQUEST)
+            if kind == SPARSE:
+                await self._pause(rng.uniform(*SPARSE_PAUSE_S))
+            else:
+                await self._pause(self.think_s * rng.uniform(0.5, 1.5))  # clients out of step
         session.close()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def stop(self) -> None:
         self._stopping.set()
         await asyncio.gather(*self._tasks)
+
+
+async def _serve(load: Load) -> None:
+    """One node's clients, driven by lines on stdin, reporting on stdout."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def report(final: bool = False) -> None:
+        sys.stdout.write(json.dumps({**load.tally.to_json(), "final": final}) + "\n")
+        sys.stdout.flush()
+
+    print("ready", flush=True)
+    line = await reader.readline()
+    if line.strip() == b"start":
+        load.start()
+
+        async def every_half_second() -> None:
+            while True:
+                await asyncio.sleep(0.5)
+                report()
+
+        reporter = loop.create_task(every_half_second())
+        await reader.readline()  # "stop", or the end of stdin
+        await load.stop()
+        reporter.cancel()
+    report(final=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="One node's clients of the Service.")
+    parser.add_argument("--keep-alive", type=int, default=0, metavar="N")
+    parser.add_argument("--per-request", type=int, default=0, metavar="N")
+    parser.add_argument("--sparse", type=int, default=0, metavar="N")
+    parser.add_argument("--think", type=float, default=0.02, metavar="S")
+    parser.add_argument("--timeout", type=float, default=3.0, metavar="S")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--retry", action="store_true",
+                        help="retry once a request that failed on a reused connection "
+                        "before any response byte (counted in retries)")
+    args = parser.parse_args()
+    load = Load(args.keep_alive, args.per_request, args.think, args.timeout, args.seed,
+                sparse_clients=args.sparse, retry=args.retry)
+    asyncio.run(_serve(load))
+
+
+if __name__ == "__main__":
+    main()
+
+
+class NodeClients:
+    """The orchestrator's handle on one node's load process (this file run as a script in
+    the node's namespace): ``spawn``, ``start``, ``stop``; ``tally`` is its latest report."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.tally = Tally()
+        self._process: asyncio.subprocess.Process | None = None
+        self._final = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def spawn(self, netns: str, argv: list[str], timeout_s: float = 10.0) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", netns, sys.executable, __file__, *argv,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert self._process.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            line = await self._process.stdout.readline()
+        if line.strip() != b"ready":
+            raise RuntimeError(f"node {self.node}'s clients did not start: {line!r}")
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        async for line in self._process.stdout:
+            report = json.loads(line)
+            self.tally = Tally.from_json(report)
+            if report["final"]:
+                self._final.set()
+                return
+
+    def _say(self, word: str) -> None:
+        assert self._process is not None and self._process.stdin is not None
+        self._process.stdin.write(word.encode() + b"\n")
+
+    def start(self) -> None:
+        self._say("start")
+
+    async def stop(self, timeout_s: float) -> Tally:
+        """Stop the clients (each finishes its request under way) and return the final
+        tally; a process that does not report within ``timeout_s`` is an error."""
+        assert self._process is not None
+        self._say("stop")
+        async with asyncio.timeout(timeout_s):
+            await self._final.wait()
+            await self._process.wait()
+        return self.tally
+
+    async def kill(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()

@@ -9,6 +9,9 @@ here is real and nothing is in the root namespace:
 - a "node" namespace holding a bridge (the node's pod network), the clients, and the
   nftables table that stands for kube-proxy (hook ``output``: the clients are local);
 - one namespace per pod, on a veth pair into the bridge, with its own address;
+- optionally, client nodes: one namespace each, on a veth pair into the bridge with an
+  address of its own (what the pods see as the peer of its connections, like a node's
+  SNAT address), and a kube-proxy table of its own that is updated on its own schedule;
 - the Service's rules in the shape of kube-proxy's nftables mode: a ``services`` map
   from VIP . protocol . port to a service chain, whose ``numgen random`` verdict map
   picks an endpoint chain that does the ``dnat``.
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 SUBNET = "10.77.0"  # the pods' network on the bridge; it exists only in our namespaces
 NODE_ADDRESS = f"{SUBNET}.1"
+MAX_CLIENT_NODES = 9  # client nodes take 10.77.0.2 to .10; pods start at .11
 SERVICE_IP = "10.96.0.10"
 SERVICE_PORT = 80
 POD_PORT = 8080
@@ -113,13 +117,37 @@ def removal_update(remaining: Sequence[PodNet], removed: Sequence[PodNet]) -> st
     return "\n".join(lines) + "\n"
 
 
-class Cluster:
-    """The namespaces of one run: ``create``, ``enter_node``, ..., ``destroy``."""
+@dataclass(frozen=True, slots=True)
+class ClientNode:
+    """A node of its own for clients: its namespace, its address on the bridge (the peer
+    address the pods see for all of its connections) and its veth's name on the bridge."""
 
-    def __init__(self, tag: str, pod_names: Sequence[str]) -> None:
+    name: str
+    netns: str
+    address: str
+    bridge_port: str
+
+
+class Cluster:
+    """The namespaces of one run: ``create``, ``enter_node``, ..., ``destroy``.
+
+    Without ``client_nodes`` the clients live in the node namespace that holds the bridge
+    (one node).  With them, each client node is a namespace of its own on the bridge,
+    with its own kube-proxy table (``load_rules(script, node)``)."""
+
+    def __init__(self, tag: str, pod_names: Sequence[str],
+                 client_nodes: Sequence[str] = ()) -> None:
+        if len(client_nodes) > MAX_CLIENT_NODES:
+            raise ValueError(f"at most {MAX_CLIENT_NODES} client nodes")
+        for name in client_nodes:  # "vn-<name>" must fit an interface name (15 bytes)
+            if not name.isidentifier() or len(name) > 10:
+                raise ValueError(f"client node name {name!r}: up to 10 letters, digits, _")
         self.node = f"{tag}-node"
         self.pods = {name: PodNet(name, f"{tag}-pod-{name}", f"{SUBNET}.{11 + i}", f"veth-{name}")
                      for i, name in enumerate(pod_names)}
+        self.client_nodes = {
+            name: ClientNode(name, f"{tag}-n-{name}", f"{SUBNET}.{2 + i}", f"vn-{name}")
+            for i, name in enumerate(client_nodes)}
         self._created: list[str] = []
         self._home: int | None = None  # our original network namespace, to come back to
 
@@ -139,6 +167,15 @@ class Cluster:
             run(*node, "link", "set", pod.bridge_port, "master", "br0", "up")
             run("ip", "-n", pod.netns, "addr", "add", f"{pod.address}/24", "dev", "eth0")
             run("ip", "-n", pod.netns, "link", "set", "eth0", "up")
+        for client in self.client_nodes.values():
+            self._add_netns(client.netns)
+            run(*node, "link", "add", client.bridge_port, "type", "veth",
+                "peer", "name", "eth0", "netns", client.netns)
+            run(*node, "link", "set", client.bridge_port, "master", "br0", "up")
+            inside = ("ip", "-n", client.netns)
+            run(*inside, "addr", "add", f"{client.address}/24", "dev", "eth0")
+            run(*inside, "link", "set", "eth0", "up")
+            run(*inside, "route", "add", f"{SERVICE_IP}/32", "dev", "eth0")
 
     def _add_netns(self, name: str) -> None:
         run("ip", "netns", "add", name)
@@ -151,9 +188,15 @@ class Cluster:
         self._home = os.open("/proc/self/ns/net", os.O_RDONLY)
         _setns(f"/run/netns/{self.node}")
 
-    def load_rules(self, script: str) -> None:
-        """Apply an nftables script in the node namespace, atomically (one ``nft -f``)."""
-        run("ip", "netns", "exec", self.node, "nft", "-f", "-", stdin=script)
+    def load_rules(self, script: str, node: str | None = None) -> None:
+        """Apply an nftables script in the node namespace, or in client node ``node``'s,
+        atomically (one ``nft -f``)."""
+        netns = self.node if node is None else self.client_nodes[node].netns
+        run("ip", "netns", "exec", netns, "nft", "-f", "-", stdin=script)
+
+    def rules_command(self, node: str) -> list[str]:
+        """The argv that applies a script given on stdin to client node ``node``'s rules."""
+        return ["ip", "netns", "exec", self.client_nodes[node].netns, "nft", "-f", "-"]
 
     def unplug(self, pod: PodNet) -> None:
         """The sandbox teardown after a pod's containers exited: its veth goes away."""
