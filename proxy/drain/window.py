@@ -42,11 +42,12 @@ batch every few seconds has short gaps inside bursts and long ones between them)
 ``QUIET_FLOOR_S``, whatever the rate; silence is only the time a source was free to
 connect (while a request of its is in flight here it is *answering*: a client waiting for
 an answer sends nothing, and an app that stalls silences every such client); and the
-drain looks at the listener's backlog before it believes a silence.  A source with fewer than ``MIN_GAPS`` gaps is *too
-sparse to judge* and holds the window to its maximum.  What no rule sees is a router that sends
-nothing at all until after the window: a client that stays idle on a keep-alive
-connection through the window, or a router whose first new connection comes later.
-A fixed window of the same length misses it the same way.
+drain looks at the listener's backlog before it believes a silence.  A source with
+fewer than ``MIN_GAPS`` gaps is *too sparse to judge* and holds the window to its
+maximum.  What no rule sees is a router that sends nothing at all until after the
+window: a client that stays idle on a keep-alive connection through the window, or a
+router whose first new connection comes later.  A fixed window of the same length
+misses it the same way.
 
 **Bounded memory.**  At most ``MAX_SOURCES`` sources are kept.  Before the trigger,
 the source seen least recently makes room for a new one; after the trigger no source
