@@ -222,12 +222,7 @@ async def _schedule(config: Config, setup: str, cluster: Cluster, pod_a: Pod,
     await asyncio.sleep(config.before_s)
     note("SIGTERM to pod A")
     endpoints = loop.create_task(_drop_pod_a(config, cluster, note))
-    await _await_exit(config, pod_a, note)
-    result.exit_s = loop.time() - t0
-    result.window_s, result.window_reason, result.window_words = _window(config, setup, pod_a)
-    await asyncio.sleep(config.teardown_s)
-    cluster.unplug(cluster.pods["A"])
-    note("pod A's sandbox torn down: its veth is gone")
+    await _terminate_and_tear_down(config, setup, cluster, pod_a, result, t0, note)
     await endpoints
     await asyncio.sleep(max(0.0, config.propagation_lag_s - (loop.time() - t0)) + config.tail_s)
     note("load stops: no client starts another request")
@@ -235,6 +230,17 @@ async def _schedule(config: Config, setup: str, cluster: Cluster, pod_a: Pod,
     progress.cancel()
     result.count(load.tally)
     return result
+
+
+async def _terminate_and_tear_down(config: Config, setup: str, cluster: Cluster, pod_a: Pod,
+                                   result: Result, t0: float, note: kernel_pods.Note) -> None:
+    """Pod A's termination to its exit, what its window was, then its sandbox's teardown."""
+    await _await_exit(config, pod_a, note)
+    result.exit_s = asyncio.get_running_loop().time() - t0
+    result.window_s, result.window_reason, result.window_words = _window(config, setup, pod_a)
+    await asyncio.sleep(config.teardown_s)
+    cluster.unplug(cluster.pods["A"])
+    note("pod A's sandbox torn down: its veth is gone")
 
 
 async def _schedule_nodes(config: Config, setup: str, cluster: Cluster, pod_a: Pod,
@@ -265,12 +271,7 @@ async def _schedule_nodes(config: Config, setup: str, cluster: Cluster, pod_a: P
                  for node in config.nodes]
         later += [loop.create_task(_start_at(node, clients[node.name], t0, note))
                   for node in config.nodes if node.start_s is not None]
-        await _await_exit(config, pod_a, note)
-        result.exit_s = loop.time() - t0
-        result.window_s, result.window_reason, result.window_words = _window(config, setup, pod_a)
-        await asyncio.sleep(config.teardown_s)
-        cluster.unplug(cluster.pods["A"])
-        note("pod A's sandbox torn down: its veth is gone")
+        await _terminate_and_tear_down(config, setup, cluster, pod_a, result, t0, note)
         await asyncio.gather(*later)
         last = max(max(node.lag_s, node.start_s or 0.0) for node in config.nodes)
         await asyncio.sleep(max(0.0, last - (loop.time() - t0)) + config.tail_s)
