@@ -87,8 +87,10 @@ def test_the_window_ends_once_every_source_has_gone_quiet(
             lines = [r.getMessage() for r in caplog.records
                      if r.getMessage().startswith("propagation window ended")]
             assert len(lines) == 1
-            assert re.search(r"after 1\.\d\d s: routing moved: 2 sources quiet, last arrival "
-                             r"127\.0\.0\.3 at \+0\.[56]\d s$", lines[0]), lines[0]
+            # The last router moved at +0.6 s; no silence under 1 s counts.
+            assert re.search(r"after \d\.\d\d s: routing moved: 2 sources quiet, last arrival "
+                             r"127\.0\.0\.3 at \+0\.\d\d s$", lines[0]), lines[0]
+            assert lasted >= 1.5, lasted
 
     with caplog.at_level(logging.INFO, logger="drain_proxy.drain"):
         run(scenario())
