@@ -380,6 +380,7 @@ def test_slow_readers_cost_at_most_64_kib_each_and_memory_comes_back(
             proxy = await ProxyProcess.start(app_port, "--propagation-window", "0",
                                              "--max-connections", "2000", "--loop", loop_kind,
                                              "--log-level", "debug")
+            slow: list[asyncio.StreamWriter] = []
             try:
                 baseline = await _settled_rss(proxy.process.pid)
                 slow = await _open_many(proxy.port, 1000, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -388,6 +389,7 @@ def test_slow_readers_cost_at_most_64_kib_each_and_memory_comes_back(
                 assert per_reader <= 64 * 1024, f"{per_reader / 1024:.1f} KiB per slow reader"
                 for writer in slow:
                     writer.close()
+                slow = []
                 # The last trim runs once every reader has gone (it used to be put off by
                 # the interval and never come); the RSS says it mattered.  Not all of it
                 # comes back: Python's arenas keep some, a larger share of a small load.
@@ -398,6 +400,8 @@ def test_slow_readers_cost_at_most_64_kib_each_and_memory_comes_back(
                     f"freed memory went back to the system: {(after - baseline) / 2**20:.1f} " \
                     f"of {(loaded - baseline) / 2**20:.1f} MiB still held"
             finally:
+                for writer in slow:  # a failed check must not leave 1000 transports behind
+                    writer.close()
                 proxy.signal(signal.SIGTERM)
                 await proxy.wait()
 
