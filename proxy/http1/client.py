@@ -1,6 +1,6 @@
 """Client connections: the asyncio side of ``client_state`` and ``client_exchanges``.
 
-This protocol reads requests (``client_requests.RequestReader``, llhttp's callbacks),
+This protocol reads requests (``client_requests.RequestReader``, the parser's events),
 has the ``client_forwarding.Forwarder`` send them to the app and relay the responses,
 and ends exchanges and the connection.  Which request is where (read, answered, queued),
 whose a refusal is and what the read timer means is ``client_exchanges.ExchangeQueue``'s
@@ -88,7 +88,7 @@ class ClientConnection(SharedReadProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self._gate.transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
-        self._peer = self._reader.peer = self.ctx.peer(peername)
+        self._peer = self._reader.parser.peer = self.ctx.peer(peername)
         limit_writes(self.transport)
         self._read_timer.arm()
         # After the timer: a drain under way sets the first request's grace.
@@ -162,7 +162,7 @@ class ClientConnection(SharedReadProtocol):
         a pipeline of dropped Upgrades must not grow the stack."""
         reader = self._reader
         while True:
-            refused = reader.feed(data)
+            refused = reader.read(data)
             if refused is not None:
                 self._reject(refused)
             ready = self.exchanges.take_ready()
@@ -236,7 +236,7 @@ class ClientConnection(SharedReadProtocol):
         log.debug("rejecting a request from %s: %d %s", self._peer.ip.decode(),
                   error.status, error.reason)
         exchange, when, created = self.exchanges.refuse()
-        if created:  # refused before llhttp saw a request begin
+        if created:  # refused before the parser saw a request begin
             self.ctx.requests_in_flight += 1
         exchange.error = http_response.error_response(error.status, error.reason)
         exchange.status = error.status

@@ -1,11 +1,11 @@
 """Which request is where on one client connection, whose a refusal is, and what the read
 timer means.  Sans-IO.
 
-HTTP/1.1 answers requests strictly in order, and llhttp parses everything a read brings,
+HTTP/1.1 answers requests strictly in order, and the parser reads everything a read brings,
 so one connection holds up to four kinds of exchange at once:
 
-* ``parsing``: the request llhttp is reading (its head, then its body), with the
-  ``collector`` of its head while the head is incomplete;
+* ``parsing``: the request being read (its head, then its body; ``reading_head`` while
+  the head is incomplete);
 * ``ready``: a request whose head completed in the read being parsed, to forward once
   the whole read has parsed (a request malformed later in that read is then refused
   with nothing sent to the app);
@@ -17,12 +17,12 @@ HTTP nor tunnel data until the app decides.  The same exchange may be ``parsing`
 ``active`` (a request being answered while its body still arrives).
 
 Every event that moves an exchange goes through ``ExchangeQueue``, which also moves the
-connection's ``ClientMachine``; the asyncio adapter (``proxy.http1.client``) feeds llhttp's
+connection's ``ClientMachine``; the asyncio adapter (``proxy.http1.client``) feeds the parser's
 events, counts requests in flight, and carries out what it is told.  Three decisions
 live here because they depend on which exchange is where:
 
 * **error attribution** (``refuse``): a request that cannot be read is the one being
-  parsed, or a new one when llhttp had not begun one; it is answered in its turn, after
+  parsed, or a new one when the parser had not begun one; it is answered in its turn, after
   the requests before it, and if part of it already went to the app that app
   connection must be reset (``ANSWER_NOW`` with an app connection attached);
 * **what the read timer means** (``read_wait``): the whole head (``--header-timeout``),
@@ -47,7 +47,6 @@ from proxy.http1.client_state import (
     ClientMachine,
 )
 from proxy.http1.exchange import Exchange
-from proxy.http1.http_policy import HeadCollector
 from proxy.limits import RequestLimits
 
 MAX_HELD_BYTES: Final = 64 * 1024  # bytes past an Upgrade request, while the app decides
@@ -102,38 +101,38 @@ EOF_REFUSE_BODY: Final = AfterEof.REFUSE_BODY
 class ExchangeQueue:
     """The exchanges of one client connection, in order."""
 
-    __slots__ = ("active", "collector", "held", "machine", "parsing", "queue", "ready")
+    __slots__ = ("active", "held", "machine", "parsing", "queue", "reading_head", "ready")
 
     def __init__(self, machine: ClientMachine) -> None:
         self.machine = machine
         self.parsing: Exchange | None = None
-        self.collector: HeadCollector | None = None
+        self.reading_head = False  # the request being parsed is still in its head
         self.ready: Exchange | None = None
         self.active: Exchange | None = None
         self.queue: deque[Exchange] = deque()
         self.held: bytearray | None = None
 
-    # -- the request side (llhttp's events) ------------------------------------------------------
-    def begin(self, collector: HeadCollector) -> Exchange:
+    # -- the request side (the parser's events) -----------------------------------------------
+    def begin(self) -> Exchange:
         """The first byte of a request: it is in flight from now on."""
         exchange = self.parsing = Exchange()
-        self.collector = collector
+        self.reading_head = True
         self.machine.request_begins()
         return exchange
 
-    def head_complete(self) -> HeadCollector:
+    def head_complete(self) -> Exchange:
         """The head of the request being parsed (still ``parsing``) is complete: it is
         answered next, or waits behind the one being answered (and reading stops:
-        ``PIPELINE``).  Returns what its head collected."""
-        exchange, collector = self.parsing, self.collector
-        assert exchange is not None and collector is not None
-        self.collector = None
+        ``PIPELINE``).  Returns its exchange."""
+        exchange = self.parsing
+        assert exchange is not None and self.reading_head
+        self.reading_head = False
         if self.active is None:
             self.active = self.ready = exchange
         else:
             self.queue.append(exchange)
             self.machine.request_queued()
-        return collector
+        return exchange
 
     def message_complete(self) -> Exchange:
         """The request being parsed is whole (its last chunk built, its trailer checked)."""
@@ -150,14 +149,14 @@ class ExchangeQueue:
 
     def refuse(self) -> tuple[Exchange, Refusal, bool]:
         """A request could not be read: nothing more is parsed.  Returns its exchange (a
-        new one, ``True``, when llhttp had not begun a request) and when it is answered."""
+        new one, ``True``, when the parser had not begun a request) and when it is answered."""
         self.machine.input_closed = True
         exchange = self.parsing
         created = exchange is None
         if exchange is None:
             exchange = Exchange()
             self.machine.request_begins()
-        self.parsing = self.collector = None
+        self.parsing, self.reading_head = None, False
         if self.ready is exchange:
             self.ready = None  # it was not forwarded: nothing of it reached the app
         if self.active is None or exchange is self.active:
@@ -177,7 +176,7 @@ class ExchangeQueue:
         partial = self.parsing
         if partial is not None and partial.request is not None:
             return EOF_REFUSE_BODY, None
-        self.parsing = self.collector = None
+        self.parsing, self.reading_head = None, False
         owed = self.active is not None or bool(self.queue)
         return (EOF_ANSWER_OUTSTANDING if owed else EOF_CLOSE), partial
 
@@ -218,7 +217,7 @@ class ExchangeQueue:
         answered; returns the requests left unanswered."""
         dropped = self.unfinished()
         self.queue.clear()
-        self.parsing = self.collector = None
+        self.parsing, self.reading_head = None, False
         return dropped
 
     def switched(self) -> Exchange:
@@ -245,7 +244,7 @@ class ExchangeQueue:
         if machine.paused_by or machine.input_closed:
             return WAIT_NOTHING  # a client we do not read cannot be slow
         if self.parsing is not None:
-            return WAIT_HEAD if self.collector is not None else WAIT_BODY
+            return WAIT_HEAD if self.reading_head else WAIT_BODY
         if state is FRESH or state is IDLE:  # idle ones close when the drain reaches them
             return WAIT_GRACE if machine.drain_reached else WAIT_REQUEST
         return WAIT_NOTHING

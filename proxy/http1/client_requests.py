@@ -1,26 +1,22 @@
-"""Reading requests off a client connection: llhttp's callbacks, recorded on the
-``ExchangeQueue``; and, before them, whether the connection is HTTP/2 instead.
+"""Reading requests off a client connection: the request parser's events, recorded on
+the ``ExchangeQueue``; and, before them, whether the connection is HTTP/2 instead.
 
-``RequestReader.feed`` parses one read.  Each callback moves the request being read
-through the queue, checks its head against ``http_policy`` and streams its body to the
-app connection (or into the exchange's bounded buffer until there is one).  What the
-connection does about it (forward a ready request, answer a refusal, hold the bytes
-after an Upgrade, re-arm the read timer) is decided after the read, by
-``client.ClientConnection``; the reader only says what happened.
+``RequestReader.read`` parses one read (``request_parser``).  Each event moves the
+request being read through the queue and streams its body to the app connection (or into
+the exchange's bounded buffer until there is one).  What the connection does about it
+(forward a ready request, answer a refusal, hold the bytes after an Upgrade, re-arm the
+read timer) is decided after the read, by ``client.ClientConnection``; the reader only
+says what happened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
-from typing import Final
-
-import httptools
 
 from proxy import flow
 from proxy.drain.deadline import Deadline
-from proxy.http1 import http_policy, http_response
+from proxy.http1 import http_response
 from proxy.http1.client_exchanges import (
     WAIT_BODY,
     WAIT_HEAD,
@@ -29,117 +25,79 @@ from proxy.http1.client_exchanges import (
     read_timeout_s,
 )
 from proxy.http1.context import HttpContext
-from proxy.http1.http_policy import Framing, HeadCollector, HttpError, Peer
+from proxy.http1.http_policy import Framing, Headers, HttpError, Peer
+from proxy.http1.request_parser import (
+    BEGIN,
+    BODY_READ,
+    HEAD_READ,
+    NEED_DATA,
+    NO_UPGRADE,
+    RequestParser,
+)
 from proxy.http2.frames import PREFACE
-
-_METHOD_LIKE: Final = re.compile(rb"[A-Z][A-Z0-9_-]* ")
-
-
-def refusal(error: httptools.HttpParserError, data: memoryview | bytes) -> HttpError:
-    """What to answer a request llhttp could not parse: our own refusal from inside a
-    callback; 501 for a well-formed method llhttp does not know (RFC 9110 section 9.1);
-    400 for anything else, such as a TLS handshake sent to the HTTP port."""
-    cause = error.__context__
-    if isinstance(cause, HttpError):
-        return cause
-    unknown = isinstance(error, httptools.HttpParserInvalidMethodError)
-    if unknown and _METHOD_LIKE.match(bytes(data[:32])) is not None:
-        return HttpError(501, "method not implemented")
-    return HttpError(400, str(error))
 
 
 class RequestReader:
-    """The llhttp parser of one client connection and its callbacks."""
+    """What the request parser of one client connection finds, done."""
+
+    __slots__ = ("began", "body_progress", "ctx", "exchanges", "parser", "upgrade_tail")
 
     def __init__(self, exchanges: ExchangeQueue, ctx: HttpContext, peer: Peer) -> None:
         self.exchanges = exchanges
         self.ctx = ctx
-        self.peer = peer
+        self.parser = RequestParser(ctx.limits, peer, ctx.upstream_authority)
         self.upgrade_tail: memoryview | bytes | None = None  # what followed an Upgrade's head
         # What the last read brought, for the read timer: a new head, body bytes.
         self.began = False
         self.body_progress = False
-        self._parser = httptools.HttpRequestParser(self)
 
-    def feed(self, data: memoryview | bytes) -> HttpError | None:
-        """Parse one read; the refusal it ended in, if any.  After an Upgrade request
-        llhttp stops and ``upgrade_tail`` holds the rest of the read."""
+    def read(self, data: memoryview | bytes) -> HttpError | None:
+        """Parse one read; the refusal it ended in, if any.  After an Upgrade request the
+        parser stops and ``upgrade_tail`` holds the rest of the read."""
         self.upgrade_tail = None
         self.began = self.body_progress = False
-        # One name per except clause: mypyc types a local from its first binding, so a
-        # name reused for another exception type raises TypeError in the compiled build.
+        parser = self.parser
+        parser.feed(data)
         try:
-            self._parser.feed_data(data)
-            collector = self.exchanges.collector
-            if collector is not None:  # a head is still incomplete after this read
-                collector.add_raw(len(data))
+            while True:
+                event = parser.next_event()
+                if event == NEED_DATA:
+                    return None
+                if event == BEGIN:
+                    self.exchanges.begin()
+                    self.ctx.requests_in_flight += 1  # in flight from its first byte
+                    self.began = True
+                elif event == HEAD_READ:
+                    self.exchanges.head_complete().request = parser.request
+                elif event == BODY_READ:
+                    self._body(parser.body)
+                else:
+                    self._end(parser.trailers)
+                    if parser.upgrade_at != NO_UPGRADE:
+                        self.upgrade_tail = data[parser.upgrade_at:]
+                        return None
         except HttpError as refused:
             return refused
-        except httptools.HttpParserUpgrade as upgrade:
-            self.upgrade_tail = data[upgrade.args[0]:]
-        except httptools.HttpParserError as parse_error:
-            return refusal(parse_error, data)
-        return None
 
-    # -- llhttp callbacks -----------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        limits = self.ctx.limits
-        self.exchanges.begin(HeadCollector(
-            limits.max_request_line_bytes, limits.max_header_bytes, limits.max_header_count))
-        self.ctx.requests_in_flight += 1  # a request is in flight from its first byte
-        self.began = True
-
-    def on_url(self, url: bytes) -> None:
-        collector = self.exchanges.collector
-        assert collector is not None
-        collector.add_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        collector = self.exchanges.collector
-        if collector is not None:
-            collector.add_header(name, value)
-        else:  # a field of a chunked request's trailer section
-            self._add_trailer(name, value)
-
-    def on_headers_complete(self) -> None:
-        collector = self.exchanges.head_complete()
-        exchange = self.exchanges.parsing
-        assert exchange is not None
-        parser = self._parser
-        exchange.request = http_policy.check_request(
-            parser.get_method(), collector.url, parser.get_http_version(), collector.headers,
-            parser.should_keep_alive(), self.peer, self.ctx.upstream_authority,
-            parser.should_upgrade())
-
-    def on_body(self, body: bytes) -> None:
+    def _body(self, data: bytes) -> None:
         exchange = self.exchanges.parsing
         assert exchange is not None and exchange.request is not None
-        data = http_response.chunk(body) if exchange.request.framing is Framing.CHUNKED else body
+        if exchange.request.framing is Framing.CHUNKED:
+            data = http_response.chunk(data)
         self.body_progress = True
         if exchange.add_body(data):  # no app connection yet, and its buffer is full
             self.exchanges.machine.pause(flow.CONNECTING, True)
 
-    def on_message_complete(self) -> None:
+    def _end(self, trailers: Headers) -> None:
         exchange = self.exchanges.parsing
         assert exchange is not None and exchange.request is not None
         if exchange.request.framing is Framing.CHUNKED:
-            trailers = exchange.trailers.headers if exchange.trailers is not None else []
             # May refuse a trailer field: the request is still the one being parsed then,
             # so the refusal is its own (and ends what the app has of it).
             exchange.add_body(http_response.last_chunk(trailers, request=True))
         self.exchanges.message_complete()
         if exchange.upstream is not None:
             exchange.upstream.request_sent()
-
-    def _add_trailer(self, name: bytes, value: bytes) -> None:
-        """Trailer fields are held to the limits of a head (431 beyond them)."""
-        exchange = self.exchanges.parsing
-        assert exchange is not None
-        if exchange.trailers is None:
-            limits = self.ctx.limits
-            exchange.trailers = HeadCollector(limits.max_request_line_bytes,
-                                              limits.max_header_bytes, limits.max_header_count)
-        exchange.trailers.add_header(name, value)
 
 
 class PrefaceSniffer:

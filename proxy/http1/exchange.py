@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from proxy.http1.http_policy import ForwardRequest, HeadCollector
+from proxy.http1.http_policy import ForwardRequest
 from proxy.http1.upstream import UpstreamConnection
 
 MAX_PENDING_BODY_BYTES: Final = 256 * 1024  # a few socket reads; beyond it, backpressure
@@ -30,8 +30,8 @@ class Exchange:
     __slots__ = (
         "detail", "dispatched_at", "error", "finished", "framing_chunked", "head_flushed",
         "head_sent", "pending", "pending_bytes", "replay", "replay_bytes", "request",
-        "request_complete", "retried", "sent_bytes", "started_at", "status", "trailers",
-        "upstream", "upstream_s",
+        "request_complete", "retried", "sent_bytes", "started_at", "status", "upstream",
+        "upstream_s",
     )
 
     def __init__(self) -> None:
@@ -40,7 +40,6 @@ class Exchange:
         self.error: bytes | None = None  # a response the proxy must send instead
         self.detail = ""  # why the app failed it: for the access log, not for the client
         self.request_complete = False  # the whole request (body, trailers) was read
-        self.trailers: HeadCollector | None = None  # a chunked request's trailer fields
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.replay: list[bytes] | None = []

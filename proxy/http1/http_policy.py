@@ -55,45 +55,6 @@ HOP_BY_HOP: Final = frozenset({
 NEVER_STRIPPED: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 # Names an app framework (CGI-style) may map onto a framing header.
 FRAMING_ALIASES: Final = frozenset({b"content_length", b"transfer_encoding"})
-_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-
-
-class HeadCollector:
-    """Accumulates a request head from parser callbacks and enforces its limits.
-
-    The limits are checked on every callback, so they hold however the bytes
-    are split across reads (a whole oversized head in one read included).
-    """
-
-    __slots__ = ("_max_bytes", "_max_count", "_max_line", "field_bytes", "head_bytes", "headers",
-                 "url")
-
-    def __init__(self, max_line_bytes: int, max_header_bytes: int, max_count: int) -> None:
-        self._max_line = max_line_bytes
-        self._max_bytes = max_header_bytes
-        self._max_count = max_count
-        self.url = b""
-        self.headers: Headers = []
-        self.field_bytes = 0  # name + value + ": " + CRLF, per complete field
-        self.head_bytes = 0  # raw bytes read while the head was incomplete
-
-    def add_url(self, piece: bytes) -> None:
-        self.url += piece
-        if len(self.url) > self._max_line:
-            raise HttpError(414, "request target too long")
-
-    def add_raw(self, size: int) -> None:
-        """Bytes read while this head is still incomplete: bounds a trickled long line."""
-        self.head_bytes += size
-        # The raw count includes the request line (method and version: < 64 bytes).
-        if self.head_bytes > self._max_bytes + len(self.url) + 64:
-            raise HttpError(431, "request header fields too large")
-
-    def add_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        self.field_bytes += len(name) + len(value) + 4
-        if len(self.headers) > self._max_count or self.field_bytes > self._max_bytes:
-            raise HttpError(431, "request header fields too large")
 
 
 class ForwardRequest:
@@ -104,11 +65,11 @@ class ForwardRequest:
     built for every request."""
 
     __slots__ = ("client_keep_alive", "expects_continue", "framing", "head", "http_10",
-                 "idempotent", "method", "target", "upgrade")
+                 "idempotent", "length", "method", "target", "upgrade")
 
     def __init__(self, method: bytes, head: bytes, framing: Framing, http_10: bool,
                  client_keep_alive: bool, expects_continue: bool, idempotent: bool,
-                 upgrade: bool = False, target: bytes = b"") -> None:
+                 upgrade: bool = False, target: bytes = b"", length: int = 0) -> None:
         self.method = method
         self.head = head
         self.framing = framing
@@ -118,9 +79,10 @@ class ForwardRequest:
         self.idempotent = idempotent
         self.upgrade = upgrade  # forwarded with its Upgrade: a 101 turns it into a tunnel
         self.target = target  # as forwarded, in origin form (the access log shows it)
+        self.length = length  # the body's, with Framing.LENGTH
 
 
-def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
+def origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
     """Return the origin-form target and, for absolute-form, its authority.  A fragment
     is the client's business (RFC 9110 section 4.2.5): it is not sent on."""
     fragment = url.find(b"#")
@@ -151,28 +113,28 @@ def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
 # One dict lookup per header keeps the common case to a single pass (measured:
 # the set-building version cost 13 us per request, this one about 4).
 # Final, so that the compiled build inlines them instead of looking each one up per header.
-_HOP: Final = 0
-_LENGTH: Final = 1
-_ENCODING: Final = 2
-_HOST: Final = 3
-_CONNECTION: Final = 4
-_XFF: Final = 5
-_XFP: Final = 6
-_XFH: Final = 7
-_EXPECT: Final = 8
-_ALIAS: Final = 9
-_UPGRADE: Final = 10
-_CLAIM: Final = 11
+HOP: Final = 0
+LENGTH: Final = 1
+ENCODING: Final = 2
+HOST: Final = 3
+CONNECTION: Final = 4
+XFF: Final = 5
+XFP: Final = 6
+XFH: Final = 7
+EXPECT: Final = 8
+ALIAS: Final = 9
+UPGRADE: Final = 10
+CLAIM: Final = 11
 # Fields by which a client claims where a request came from: kept (and X-Forwarded-For
 # appended to) from a trusted proxy, dropped from anyone else (--trusted-proxies).
 _CLAIMS: Final = frozenset({b"forwarded", b"x-real-ip", b"x-forwarded-port",
                             b"x-forwarded-prefix", b"x-forwarded-server", b"x-forwarded-ssl"})
 _REQUEST_ROLES: Final = {
-    **dict.fromkeys(HOP_BY_HOP, _HOP), b"upgrade": _UPGRADE,
-    b"content-length": _LENGTH, b"transfer-encoding": _ENCODING, b"host": _HOST,
-    b"connection": _CONNECTION, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
-    b"x-forwarded-host": _XFH, b"expect": _EXPECT,
-    **dict.fromkeys(FRAMING_ALIASES, _ALIAS), **dict.fromkeys(_CLAIMS, _CLAIM),
+    **dict.fromkeys(HOP_BY_HOP, HOP), b"upgrade": UPGRADE,
+    b"content-length": LENGTH, b"transfer-encoding": ENCODING, b"host": HOST,
+    b"connection": CONNECTION, b"x-forwarded-for": XFF, b"x-forwarded-proto": XFP,
+    b"x-forwarded-host": XFH, b"expect": EXPECT,
+    **dict.fromkeys(FRAMING_ALIASES, ALIAS), **dict.fromkeys(_CLAIMS, CLAIM),
 }
 # RFC 3986 authority as a Host value: a bracketed IPv6 literal or reg-name characters
 # (unreserved, pct-encoded, sub-delims), then an optional port.  No space, '/', '@'.
@@ -189,9 +151,9 @@ def _has_underscore(name: bytes) -> bool:
 
 # Unlisted names get a kind above the roles: pass, plus a bit for each reason a peer's
 # policy may drop them.
-_UNLISTED: Final = 16
-_UNDERSCORED: Final = 1  # a CGI-style alias of another name (X_Forwarded_For)
-_ORIGIN_CLAIM: Final = 2  # another X-Forwarded-* field: who sent the request
+UNLISTED: Final = 16
+UNDERSCORED: Final = 1  # a CGI-style alias of another name (X_Forwarded_For)
+ORIGIN_CLAIM: Final = 2  # another X-Forwarded-* field: who sent the request
 # Names as sent, with their kind: clients send the same few names on every request, and
 # one lookup replaces a lower(), a role lookup and the checks below (counted: a tenth of a
 # proxied request's instructions).  Bounded in entries and in name length.
@@ -200,21 +162,30 @@ NAME_MEMO_BYTES: Final = 64
 _name_kinds: Final[dict[bytes, int]] = {}
 
 
-def _name_kind(name: bytes) -> int:
-    """A header name's role, or ``_UNLISTED`` with the bits of its drop reasons."""
+# The bytes of a token (RFC 9110 section 5.6.2): a field name is made of them only.
+TOKEN_BYTES: Final = (b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                      b"abcdefghijklmnopqrstuvwxyz")
+
+
+def name_kind(name: bytes) -> int:
+    """A field name's role, or ``UNLISTED`` with the bits of its drop reasons.  A name that
+    is not a token (empty, whitespace before the colon, a line folded onto the one
+    before) is refused: HttpError 400.  Only valid names are remembered."""
     kind = _name_kinds.get(name)
     if kind is not None:
         return kind
+    if not name or name.translate(None, TOKEN_BYTES):
+        raise HttpError(400, "invalid header field name")
     lowered = name.lower()
     role = _REQUEST_ROLES.get(lowered)
     if role is not None:
         kind = role
     else:
-        kind = _UNLISTED
+        kind = UNLISTED
         if _has_underscore(lowered):
-            kind |= _UNDERSCORED
+            kind |= UNDERSCORED
         if lowered.startswith(b"x-forwarded-"):
-            kind |= _ORIGIN_CLAIM
+            kind |= ORIGIN_CLAIM
     remember(_name_kinds, name, kind, NAME_MEMO_BYTES)
     return kind
 
@@ -256,22 +227,6 @@ NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 _PLAIN_TOKEN_SETS: Final = {token: frozenset({token}) for token in PLAIN_CONNECTION_TOKENS}
 
 
-class _RequestScan:
-    """What one pass over the request headers found."""
-
-    __slots__ = ("expects", "forwarded_host", "forwarded_proto", "framing", "host", "hosts",
-                 "length", "lines", "tokens", "upgrade", "xff")
-
-    def __init__(self) -> None:
-        self.framing, self.length, self.hosts = Framing.NONE, 0, 0
-        self.host: bytes | None = None
-        self.xff = b""
-        self.forwarded_proto = self.forwarded_host = self.expects = False
-        self.tokens = NO_TOKENS  # replaced, not updated: most requests have no Connection
-        self.upgrade = b""
-        self.lines: list[bytes] = []
-
-
 def connection_tokens(value: bytes) -> frozenset[bytes]:
     """The lowercased tokens of one Connection field value (most are one plain token)."""
     plain = _PLAIN_TOKEN_SETS.get(value.lower())
@@ -280,69 +235,15 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(token.strip().lower() for token in value.split(b","))
 
 
-def _scan_request_headers(headers: Headers, http_10: bool, authority: bytes | None,
-                          strip: frozenset[bytes], peer: Peer) -> _RequestScan:
-    scan = _RequestScan()
-    lines = scan.lines
-    for name, value in headers:
-        if value and (value[-1] == 32 or value[-1] == 9):
-            value = value.rstrip(b" \t")  # llhttp keeps trailing OWS; other parsers drop it
-        role = _name_kind(name)
-        if strip and name.lower() in strip:
-            continue  # named in Connection (rare: the second pass)
-        if role >= _UNLISTED:
-            if role & _UNDERSCORED and not peer.underscores:
-                continue  # an alias of another field for CGI-style apps (X_Forwarded_For)
-            if role & _ORIGIN_CLAIM and not peer.trusted:
-                continue  # a claim about the request's origin from an untrusted peer
-            lines += (name, b": ", value, b"\r\n")
-        elif role == _CLAIM:
-            if peer.trusted:
-                lines += (name, b": ", value, b"\r\n")
-        elif role == _XFF:
-            if peer.trusted:  # otherwise the proxy's own replaces it below
-                scan.xff = scan.xff + b", " + value if scan.xff else value
-        elif role == _XFP:
-            if peer.trusted:
-                scan.forwarded_proto = True
-                lines += (name, b": ", value, b"\r\n")
-        elif role == _XFH:
-            if peer.trusted:
-                scan.forwarded_host = True
-                lines += (name, b": ", value, b"\r\n")
-        elif role == _EXPECT:
-            scan.expects = value.strip().lower() == b"100-continue"
-            lines += (name, b": ", value, b"\r\n")
-        elif role == _LENGTH:
-            scan.framing, scan.length = Framing.LENGTH, int(value)  # llhttp: digits, single
-        elif role == _ENCODING:
-            if http_10 or value.strip().lower() != b"chunked":
-                raise HttpError(400, "unsupported transfer-encoding")
-            scan.framing = Framing.CHUNKED
-        elif role == _HOST:
-            if not valid_host(value):
-                raise HttpError(400, "invalid Host header")
-            scan.hosts += 1
-            scan.host = value
-            lines += (name, b": ", authority or value, b"\r\n")
-        elif role == _CONNECTION:
-            scan.tokens = scan.tokens | connection_tokens(value)
-        elif role == _ALIAS:
-            raise HttpError(400, "ambiguous framing header name")
-        elif role == _UPGRADE:
-            scan.upgrade = value
-    return scan
-
-
-def _tunnel_upgrade(scan: _RequestScan, http_10: bool) -> bytes | None:
+def tunnel_upgrade(upgrade: bytes, tokens: frozenset[bytes], http_10: bool) -> bytes | None:
     """The Upgrade to forward, or None.  h2c is never forwarded: an h2c tunnel
     through a proxy bypasses every rule the proxy applies (h2c smuggling)."""
-    if not scan.upgrade or b"upgrade" not in scan.tokens or http_10:
+    if not upgrade or b"upgrade" not in tokens or http_10:
         return None
-    protocols = [p.strip().lower() for p in scan.upgrade.split(b",")]
+    protocols = [p.strip().lower() for p in upgrade.split(b",")]
     if any(p.startswith(b"h2c") for p in protocols):
         return None
-    return scan.upgrade
+    return upgrade
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,60 +254,3 @@ class Peer:
     ip: bytes
     trusted: bool = False
     underscores: bool = False
-
-
-def check_request(
-    method: bytes, url: bytes, version: str, headers: Headers, keep_alive: bool,
-    peer: Peer, default_host: bytes, upgrade_requested: bool = False,
-) -> ForwardRequest:
-    """Validate a parsed request head and build the head to forward, or raise HttpError.
-
-    From a trusted proxy, ``X-Forwarded-For`` is appended to and the other forwarding
-    fields pass; from anyone else they are all replaced by the proxy's own, so a client
-    cannot claim another address, scheme or host to the app."""
-    if version != "1.1" and version != "1.0":
-        raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
-    if method == b"CONNECT":
-        raise HttpError(405, "CONNECT is not supported")
-    http_10 = version == "1.0"
-    target, authority = _origin_form(method, url)
-    scan = _scan_request_headers(headers, http_10, authority, NO_TOKENS, peer)
-    extra_tokens = scan.tokens and scan.tokens - PLAIN_CONNECTION_TOKENS - NEVER_STRIPPED
-    if extra_tokens:  # rare: Connection names end-to-end-looking headers to drop
-        scan = _scan_request_headers(headers, http_10, authority, extra_tokens, peer)
-    if scan.hosts > 1 or (scan.hosts == 0 and not http_10):
-        raise HttpError(400, "HTTP/1.1 requests need exactly one Host header")
-    upgrade = None
-    if upgrade_requested:
-        # llhttp reads no body for an Upgrade request; one that declares a body
-        # would have it parsed as the next request.
-        if scan.framing is not Framing.NONE:
-            raise HttpError(400, "an Upgrade request must not have a body")
-        upgrade = _tunnel_upgrade(scan, http_10)
-    lines = [method, b" ", target, b" HTTP/1.1\r\n", *scan.lines]
-    if upgrade is not None:
-        lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
-    if scan.host is None:
-        lines += (b"Host: ", authority or default_host, b"\r\n")
-    client_ip = peer.ip
-    lines += (b"X-Forwarded-For: ", scan.xff + b", " + client_ip if scan.xff else client_ip,
-              b"\r\n")
-    if not scan.forwarded_proto:
-        lines.append(b"X-Forwarded-Proto: http\r\n")
-    forwarded_host = authority or scan.host  # absolute form: the target's authority wins
-    if not scan.forwarded_host and forwarded_host is not None:
-        lines += (b"X-Forwarded-Host: ", forwarded_host, b"\r\n")
-    lines.append(_framing_line(scan.framing, scan.length))
-    return ForwardRequest(
-        method=method, head=b"".join(lines), framing=scan.framing, http_10=http_10,
-        client_keep_alive=keep_alive, expects_continue=scan.expects and not http_10,
-        idempotent=method in _IDEMPOTENT, upgrade=upgrade is not None, target=target,
-    )
-
-
-def _framing_line(framing: Framing, length: int) -> bytes:
-    if framing is Framing.LENGTH:
-        return b"Content-Length: %d\r\n\r\n" % length
-    if framing is Framing.CHUNKED:
-        return b"Transfer-Encoding: chunked\r\n\r\n"
-    return b"\r\n"

@@ -10,7 +10,7 @@ import math
 from proxy import flow
 from proxy.http1.client_exchanges import AfterEof, ExchangeQueue, ReadWait, Refusal
 from proxy.http1.client_state import AfterResponse, ClientMachine, ClientState
-from proxy.http1.http_policy import ForwardRequest, Framing, HeadCollector
+from proxy.http1.http_policy import ForwardRequest, Framing
 
 S = ClientState
 
@@ -22,7 +22,7 @@ def queue() -> ExchangeQueue:
 def read_request(q: ExchangeQueue, framing: Framing = Framing.NONE,
                  complete: bool = True, upgrade: bool = False) -> None:
     """llhttp's events for one request: begin, head, and (``complete``) its end."""
-    exchange = q.begin(HeadCollector(8192, 65536, 100))
+    exchange = q.begin()
     q.head_complete()
     exchange.request = ForwardRequest(b"POST", b"", framing, False, True, False, False,
                                       upgrade=upgrade)
@@ -33,7 +33,7 @@ def read_request(q: ExchangeQueue, framing: Framing = Framing.NONE,
 def test_a_request_is_answered_then_the_connection_waits_for_the_next() -> None:
     q = queue()
     assert q.read_wait() == ReadWait.REQUEST
-    exchange = q.begin(HeadCollector(8192, 65536, 100))
+    exchange = q.begin()
     assert q.read_wait() == ReadWait.HEAD
     q.head_complete()
     exchange.request = ForwardRequest(b"POST", b"", Framing.LENGTH, False, True, False, False)
@@ -99,7 +99,7 @@ def test_what_the_clients_eof_means() -> None:
     read_request(q, Framing.LENGTH, complete=False)
     assert q.client_half_closed()[0] is AfterEof.REFUSE_BODY
     q = queue()
-    q.begin(HeadCollector(8192, 65536, 100))
+    q.begin()
     after, dropped = q.client_half_closed()
     assert after is AfterEof.CLOSE and dropped is not None, "half a head: dropped"
 

@@ -3,6 +3,7 @@ is also parsed back with h11."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import h11
@@ -11,11 +12,9 @@ import pytest
 from proxy.http1.http_policy import (
     ForwardRequest,
     Framing,
-    HeadCollector,
     Headers,
     HttpError,
     Peer,
-    check_request,
 )
 from proxy.http1.http_response import (
     LAST_CHUNK,
@@ -25,6 +24,9 @@ from proxy.http1.http_response import (
     client_response_framing,
     error_response,
 )
+from proxy.http1.request_head import check_request
+from proxy.limits import RequestLimits
+from proxy.settings import Settings, parse_settings
 
 CLIENT_IP = b"10.0.0.1"
 HOST = [(b"Host", b"app.test")]
@@ -32,9 +34,22 @@ TRUSTED = Peer(CLIENT_IP, trusted=True)  # an ingress controller in front of the
 UNTRUSTED = Peer(b"203.0.113.7")  # a client reaching the pod directly
 
 
+SETTINGS = parse_settings(["--upstream", "127.0.0.1:8080"], {})
+
+
+def head(headers: Headers, url: bytes = b"/", method: bytes = b"GET",
+         version: str = "1.1") -> bytes:
+    """A request head as a client sends it."""
+    fields = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    return b"%s %s HTTP/%s\r\n%s\r\n" % (method, url, version.encode(), fields)
+
+
 def forward(headers: Headers, url: bytes = b"/", method: bytes = b"GET",
-            version: str = "1.1", peer: Peer = TRUSTED) -> ForwardRequest:
-    return check_request(method, url, version, headers, True, peer, b"default.test")
+            version: str = "1.1", peer: Peer = TRUSTED,
+            settings: Settings = SETTINGS) -> ForwardRequest:
+    request, _ = check_request(head(headers, url, method, version)[:-4], peer,
+                               b"default.test", RequestLimits(settings))
+    return request
 
 
 def parse_request(head: bytes) -> h11.Request:
@@ -166,7 +181,7 @@ def test_expects_continue_and_idempotent(method: bytes, version: str, expect: by
     request = forward(HOST + ([(b"Expect", expect)] if expect else []), b"/", method, version)
     assert (request.method, request.expects_continue) == (method, continues)
     assert request.idempotent is idempotent
-    assert request.client_keep_alive is True
+    assert request.client_keep_alive is (version == "1.1")  # 1.0: only if asked for
 
 
 @pytest.mark.parametrize(
@@ -191,13 +206,11 @@ def test_rejections(method: bytes, url: bytes, version: str, headers: Headers,
     assert caught.value.status == status
 
 
-def test_url_limit_holds_across_small_pieces() -> None:
-    collector = HeadCollector(max_line_bytes=10, max_header_bytes=1000, max_count=10)
-    for _ in range(10):
-        collector.add_url(b"a")
-    assert collector.url == b"a" * 10
+def test_a_target_over_the_request_line_limit_is_414() -> None:
+    small = dataclasses.replace(SETTINGS, max_request_line_bytes=10)
+    assert forward(HOST, url=b"/" + b"a" * 9, settings=small).target == b"/" + b"a" * 9
     with pytest.raises(HttpError) as caught:
-        collector.add_url(b"a")
+        forward(HOST, url=b"/" + b"a" * 10, settings=small)
     assert caught.value.status == 414
 
 
@@ -207,14 +220,14 @@ def test_url_limit_holds_across_small_pieces() -> None:
      (20, 100, [(b"A", b"x" * 15), (b"B", b"")]), (20, 100, [(b"A", b"x" * 16)])],
 )
 def test_header_limits(max_bytes: int, max_count: int, headers: Headers) -> None:
-    """Every header but the last fits exactly; the last one crosses a limit."""
-    collector = HeadCollector(max_line_bytes=100, max_header_bytes=max_bytes, max_count=max_count)
-    *fitting, last = headers
-    for name, value in fitting:
-        collector.add_header(name, value)
-    assert collector.headers == fitting
+    """Every field but the last fits exactly (``name: value`` and CRLF); the last one
+    crosses a limit."""
+    small = dataclasses.replace(SETTINGS, max_header_bytes=max_bytes, max_header_count=max_count)
+    check_request(head(headers[:-1], version="1.0")[:-4], TRUSTED, b"app.test",
+                  RequestLimits(small))
     with pytest.raises(HttpError) as caught:
-        collector.add_header(*last)
+        check_request(head(headers, version="1.0")[:-4], TRUSTED, b"app.test",
+                      RequestLimits(small))
     assert caught.value.status == 431
 
 

@@ -1,25 +1,38 @@
 """Fuzz the request path without sockets: what would reach the app is always canonical.
 
-For mutated client bytes, ``forwarded`` replays what ``ClientConnection`` does
-with llhttp, the HeadCollector and ``check_request``: each complete request
-before the first error is re-framed and forwarded.  The invariant (RFC 9112
-section 6 and the CL.TE / TE.CL / TE.TE families): every forwarded request is
-one request that llhttp and h11 parse to the same method, target, headers and
-body, never two, and never more requests than llhttp found in what was sent.
+For mutated client bytes, ``forwarded`` replays what ``ClientConnection`` does with
+the request parser: each complete request before the first error (and up to one that
+ends the connection) is re-framed and forwarded.  The invariants (RFC 9112 section 6 and
+the CL.TE / TE.CL / TE.TE families): every forwarded request is one request that llhttp
+and h11 parse to the same method, target, headers and body, never two; never more
+requests are forwarded than llhttp found in what was sent; and each forwarded request is
+the one h11 read at its place in what was sent (same method, target and body): the
+proxy never reads a request where h11 reads another.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+from dataclasses import dataclass
 
 import h11
 import httptools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.http1 import http_policy, http_response
-from proxy.http1.http_policy import Framing, HeadCollector, HttpError
+from proxy.http1 import http_response
+from proxy.http1.http_policy import Framing, HttpError, Peer
+from proxy.http1.request_parser import (
+    BODY_READ,
+    END,
+    HEAD_READ,
+    NEED_DATA,
+    NO_UPGRADE,
+    RequestParser,
+)
+from proxy.limits import RequestLimits
+from proxy.settings import parse_settings
 
 SEEDS = [
     b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
@@ -31,60 +44,86 @@ SEEDS = [
     b"DELETE /d HTTP/1.1\r\nHost: x\r\nConnection: close, X-Drop\r\nX-Drop: 1\r\n\r\n",
 ]
 MEANINGFUL = b"\r\n :;,\t\x00\x7f-+0123456789aAfFxX_"
+LIMITS = RequestLimits(parse_settings(["--upstream", "app:8080"], {}))
 
 
-class _Replay:
-    """The client side of the proxy, sans-IO: collects what it would forward."""
+@dataclass
+class Forwarded:
+    """One request as the proxy would send it, and what it read: target and body."""
 
-    def __init__(self) -> None:
-        self.parser = httptools.HttpRequestParser(self)
-        self.collector: HeadCollector | None = None
-        self.request: http_policy.ForwardRequest | None = None
-        self.body: list[bytes] = []
-        self.forwarded: list[bytes] = []
-        self.parsed = 0
-
-    def on_message_begin(self) -> None:
-        self.collector = HeadCollector(8192, 65536, 100)
-        self.body = []
-
-    def on_url(self, url: bytes) -> None:
-        assert self.collector is not None
-        self.collector.add_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.collector is not None
-        self.collector.add_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        assert self.collector is not None
-        self.request = http_policy.check_request(
-            self.parser.get_method(), self.collector.url, self.parser.get_http_version(),
-            self.collector.headers, self.parser.should_keep_alive(), http_policy.Peer(b"10.0.0.1"),
-            b"app:8080",
-            self.parser.should_upgrade())
-
-    def on_body(self, body: bytes) -> None:
-        assert self.request is not None
-        chunked = self.request.framing is Framing.CHUNKED
-        self.body.append(http_response.chunk(body) if chunked else body)
-
-    def on_message_complete(self) -> None:
-        assert self.request is not None
-        self.parsed += 1
-        last = http_response.LAST_CHUNK if self.request.framing is Framing.CHUNKED else b""
-        self.forwarded.append(b"".join([self.request.head, *self.body, last]))
+    wire: bytes
+    method: bytes
+    target: bytes
+    body: bytes
 
 
-def forwarded(raw: bytes, cuts: list[int] | None = None) -> tuple[list[bytes], int]:
-    """Feed ``raw`` as the proxy would, in reads split at ``cuts``."""
-    replay = _Replay()
+def forwarded(raw: bytes, cuts: list[int] | None = None) -> tuple[list[Forwarded], int]:
+    """Feed ``raw`` as the proxy would, in reads split at ``cuts``: the requests
+    forwarded, and how many llhttp parsed in ``raw``."""
+    parser = RequestParser(LIMITS, Peer(b"10.0.0.1"), b"app:8080")
+    out: list[Forwarded] = []
+    pieces: list[bytes] = []
+    body = b""
     bounds = [0, *sorted(set(cuts or [])), len(raw)]
     # Refused: what was complete before the error is all that was forwarded.
-    with contextlib.suppress(HttpError, httptools.HttpParserError, httptools.HttpParserUpgrade):
+    with contextlib.suppress(HttpError):
         for start, end in itertools.pairwise(bounds):
-            replay.parser.feed_data(raw[start:end])
-    return replay.forwarded, replay.parsed
+            parser.feed(raw[start:end])
+            while (event := parser.next_event()) != NEED_DATA:
+                request = parser.request
+                chunked = request.framing is Framing.CHUNKED
+                if event == HEAD_READ:
+                    pieces, body = [request.head], b""
+                elif event == BODY_READ:
+                    body += parser.body
+                    pieces.append(http_response.chunk(parser.body) if chunked else parser.body)
+                elif event == END:
+                    if chunked:
+                        pieces.append(http_response.last_chunk(parser.trailers, request=True))
+                    out.append(Forwarded(b"".join(pieces), request.method, request.target,
+                                         body))
+                    # The connection forwards nothing after an Upgrade, nor after a request
+                    # that ends it (pipelined ones are dropped).
+                    if parser.upgrade_at != NO_UPGRADE or not request.client_keep_alive:
+                        return out, _llhttp_count(raw)
+    return out, _llhttp_count(raw)
+
+
+def _llhttp_count(raw: bytes) -> int:
+    class Counter:
+        parsed = 0
+
+        def on_message_complete(self) -> None:
+            self.parsed += 1
+
+    counter = Counter()
+    with contextlib.suppress(httptools.HttpParserError, httptools.HttpParserUpgrade):
+        httptools.HttpRequestParser(counter).feed_data(raw)
+    return counter.parsed
+
+
+def _read_by_h11(raw: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """The requests h11 reads in ``raw`` (method, target, body) up to its first error, or
+    a request after which the connection must close."""
+    connection = h11.Connection(h11.SERVER)
+    connection.receive_data(raw)
+    read: list[tuple[bytes, bytes, bytes]] = []
+    method = target = body = b""
+    with contextlib.suppress(h11.ProtocolError):
+        while True:
+            event = connection.next_event()
+            if isinstance(event, h11.Request):
+                method, target, body = event.method, event.target, b""
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                read.append((method, target, body))
+                connection.send(h11.Response(status_code=204, headers=[]))
+                connection.send(h11.EndOfMessage())
+                connection.start_next_cycle()
+            else:
+                break
+    return read
 
 
 def _one_request_h11(data: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]:
@@ -104,23 +143,34 @@ def _one_request_h11(data: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes
 
 
 def _one_request_llhttp(data: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]:
-    replay = _Replay()
-    replay.parser.feed_data(data)
-    assert replay.parsed == 1, "a forwarded request must be exactly one request"
-    assert replay.collector is not None
-    body = b"".join(replay.body)
-    if replay.request is not None and replay.request.framing is Framing.CHUNKED:
-        body = _dechunk(body)
-    headers = [(n.lower(), v) for n, v in replay.collector.headers]
-    return replay.parser.get_method(), replay.collector.url, headers, body
+    class Collector:
+        def __init__(self) -> None:
+            self.parser = httptools.HttpRequestParser(self)
+            self.url, self.body = b"", b""
+            self.headers: list[tuple[bytes, bytes]] = []
+            self.parsed = 0
+            self.parsed_head = False
 
+        def on_url(self, url: bytes) -> None:
+            self.url += url
 
-def _dechunk(framed: bytes) -> bytes:
-    out, rest = b"", framed
-    while rest:
-        size_line, rest = rest.split(b"\r\n", 1)
-        out, rest = out + rest[: int(size_line, 16)], rest[int(size_line, 16) + 2:]
-    return out
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if not self.parsed_head:  # trailer fields are not compared
+                self.headers.append((name.lower(), value))
+
+        def on_headers_complete(self) -> None:
+            self.parsed_head = True
+
+        def on_body(self, body: bytes) -> None:
+            self.body += body
+
+        def on_message_complete(self) -> None:
+            self.parsed += 1
+
+    collector = Collector()
+    collector.parser.feed_data(data)
+    assert collector.parsed == 1, "a forwarded request must be exactly one request"
+    return collector.parser.get_method(), collector.url, collector.headers, collector.body
 
 
 def _mutate(data: st.DataObject, raw: bytes) -> bytes:
@@ -151,12 +201,14 @@ def test_forwarded_requests_are_canonical_under_mutation(data: st.DataObject) ->
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=4))  # read boundaries
     requests, parsed = forwarded(raw, cuts)
     assert len(requests) <= parsed
+    for request, read in zip(requests, _read_by_h11(raw), strict=False):
+        assert (request.method, request.target, request.body) == read, raw
     for request in requests:
-        assert _one_request_llhttp(request) == _one_request_h11(request), request
+        assert _one_request_llhttp(request.wire) == _one_request_h11(request.wire), request
 
 
 def test_the_seeds_are_forwarded_whole() -> None:
     for seed in SEEDS:
         requests, _ = forwarded(seed)
         assert len(requests) == 1, seed
-        assert _one_request_llhttp(requests[0]) == _one_request_h11(requests[0])
+        assert _one_request_llhttp(requests[0].wire) == _one_request_h11(requests[0].wire)
