@@ -58,8 +58,9 @@ class Exchange:
     def take_pending(self) -> bytes:
         """The head and any body received so far, to send on a new app connection."""
         assert self.request is not None
-        data = b"".join([self.request.head, *self.pending])
-        self.pending.clear()
+        pending = self.pending
+        data = b"".join([self.request.head, *pending]) if pending else self.request.head
+        pending.clear()
         self.pending_bytes = 0
         self.remember(data)
         return data

@@ -243,7 +243,7 @@ class RequestLine:
     """A request line, read: what the head to forward starts with, and what the policy
     needs of it."""
 
-    __slots__ = ("authority", "forwarded", "http_10", "method", "target")
+    __slots__ = ("authority", "forwarded", "http_10", "idempotent", "method", "target")
 
     def __init__(self, line: bytes, limits: RequestLimits) -> None:
         parts = line.split(b" ")
@@ -265,6 +265,7 @@ class RequestLine:
         if method == b"CONNECT":
             raise HttpError(405, "CONNECT is not supported")
         self.method = method
+        self.idempotent = method in _IDEMPOTENT
         self.http_10 = version == b"HTTP/1.0"
         self.target, self.authority = origin_form(method, url)
         self.forwarded = (line if self.target is url and not self.http_10
@@ -306,7 +307,7 @@ def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestL
     if found.hosts > 1 or (found.hosts == 0 and not http_10):
         raise HttpError(400, "HTTP/1.1 requests need exactly one Host header")
     tokens = found.tokens
-    upgrade_requested = bool(found.upgrade) and b"upgrade" in tokens
+    upgrade_requested = bool(found.upgrade) and bool(tokens) and b"upgrade" in tokens
     upgrade = None
     if upgrade_requested:
         # No body is read for an Upgrade request; one that declares a body would have
@@ -314,7 +315,10 @@ def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestL
         if found.framing is not Framing.NONE:
             raise HttpError(400, "an Upgrade request must not have a body")
         upgrade = tunnel_upgrade(found.upgrade, tokens, http_10)
-    keep_alive = b"keep-alive" in tokens if http_10 else b"close" not in tokens
+    if not tokens:
+        keep_alive = not http_10
+    else:
+        keep_alive = b"keep-alive" in tokens if http_10 else b"close" not in tokens
     at = len(lines[0])
     pieces = [first.forwarded]
     for cut_from, cut_to, replacement in found.edits:
@@ -326,21 +330,24 @@ def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestL
     if at < len(head):
         pieces.append(head[at:])
     if upgrade is not None:
-        pieces += (b"\r\nConnection: upgrade\r\nUpgrade: ", upgrade)
+        pieces.append(b"\r\nConnection: upgrade\r\nUpgrade: ")
+        pieces.append(upgrade)
     if found.host is None:
-        pieces += (b"\r\nHost: ", authority or default_host)
-    client_ip = peer.ip
-    pieces += (b"\r\nX-Forwarded-For: ", found.xff + b", " + client_ip if found.xff else client_ip)
+        pieces.append(b"\r\nHost: ")
+        pieces.append(authority or default_host)
+    pieces.append(b"\r\nX-Forwarded-For: ")
+    pieces.append(found.xff + b", " + peer.ip if found.xff else peer.ip)
     if not found.forwarded_proto:
         pieces.append(b"\r\nX-Forwarded-Proto: http")
     forwarded_host = authority or found.host  # absolute form: the target's authority wins
     if not found.forwarded_host and forwarded_host is not None:
-        pieces += (b"\r\nX-Forwarded-Host: ", forwarded_host)
+        pieces.append(b"\r\nX-Forwarded-Host: ")
+        pieces.append(forwarded_host)
     pieces.append(framing_line(found.framing, found.length))
     request = ForwardRequest(
         method=first.method, head=b"".join(pieces), framing=found.framing, http_10=http_10,
         client_keep_alive=keep_alive, expects_continue=found.expects and not http_10,
-        idempotent=first.method in _IDEMPOTENT, upgrade=upgrade is not None,
+        idempotent=first.idempotent, upgrade=upgrade is not None,
         target=first.target, length=found.length,
     )
     return request, upgrade_requested

@@ -29,7 +29,7 @@ from proxy.transitions import bit_masks, check_move
 _HEAD_END: Final = b"\r\n\r\n"
 # How much of a read is copied to look for a head's end: a whole small read; of a large
 # one (a body arriving with its head) only this much, so the body is copied once.
-HEAD_PROBE_BYTES: Final = 16 * 1024
+HEAD_PROBE_BYTES: Final = 4096
 NO_UPGRADE: Final = -1
 
 # The events (plain ints: compiled, they are compared with no object in between).
@@ -149,17 +149,17 @@ class RequestParser:
             head = bytes(held[:end])
             held.clear()
         else:
-            probe = bytes(data[at:at + HEAD_PROBE_BYTES])
-            end = probe.find(_HEAD_END)
-            if end < 0 and len(probe) == HEAD_PROBE_BYTES:
-                probe = bytes(data[at:])
-                end = probe.find(_HEAD_END, HEAD_PROBE_BYTES - 3)
-            if end < 0:
+            probe = bytes(data) if not at and size <= HEAD_PROBE_BYTES else bytes(
+                data[at:at + HEAD_PROBE_BYTES])
+            head, found, _ = probe.partition(_HEAD_END)
+            if not found and len(probe) == HEAD_PROBE_BYTES:
+                probe = bytes(data[at:])  # a large head: look further
+                head, found, _ = probe.partition(_HEAD_END)
+            if not found:
                 held += probe
                 refuse_early(held, 0, self.limits)
                 return NEED_DATA
-            taken = end + 4
-            head = probe[:end]
+            taken = len(head) + 4
         self.request, self._upgrade = check_request(head, self.peer, self.default_host,
                                                     self.limits)
         self._at = at + taken
