@@ -1,18 +1,17 @@
-"""The request and response policy on top of llhttp: sans-IO, no sockets, no asyncio.
+"""What the request and response policies share, and what a request's fields mean to the
+proxy.  Sans-IO, no sockets, no asyncio.
 
-llhttp (through httptools) already rejects most ambiguous framing: Content-Length
-together with Transfer-Encoding, duplicate or non-decimal Content-Length,
-obs-fold, bare LF, control bytes in names and values, chunk-size overflow.  This
-module adds what a *proxy* must decide on top of a parser, because a proxy that
-forwards a message its upstream reads differently is a request-smuggling hole:
+A proxy that forwards a message its upstream reads differently is a request-smuggling
+hole, so on top of a strict parser (``request_parser`` for requests, llhttp for
+responses) it decides:
 
 * only HTTP/1.0 and HTTP/1.1; Transfer-Encoding must be exactly ``chunked`` and is
   refused on HTTP/1.0; ``Content_Length``-style names that an app framework may
   normalise into a framing header are refused; HTTP/1.1 needs exactly one Host;
-* the forwarded head is rebuilt from validated fields: hop-by-hop headers and
-  those named in ``Connection`` are removed, framing is re-declared canonically
-  (``Content-Length: <int>`` or ``Transfer-Encoding: chunked``), the target is
-  turned into origin form, and ``X-Forwarded-*`` are added;
+* hop-by-hop headers and those named in ``Connection`` are removed, framing is
+  re-declared canonically (``Content-Length: <int>`` or ``Transfer-Encoding: chunked``),
+  the target is turned into origin form, and ``X-Forwarded-*`` are added
+  (``request_head`` splices the forwarded head; ``name_kind`` says what each name means);
 * responses get the same treatment in ``http_response``, which also chooses their
   framing towards the client (length, chunked, close-delimited or none).
 """
