@@ -25,7 +25,7 @@ import logging
 from typing import cast
 
 from proxy import flow
-from proxy.buffers import SharedReadProtocol, limit_writes
+from proxy.buffers import limit_writes
 from proxy.drain.deadline import Deadline
 from proxy.drain.tracker import Kind
 from proxy.http1 import http_response
@@ -39,7 +39,7 @@ from proxy.http1.client_exchanges import (
     WAIT_NOTHING,
     ExchangeQueue,
 )
-from proxy.http1.client_forwarding import Forwarder
+from proxy.http1.client_forwarding import ClientSide, Forwarder
 from proxy.http1.client_requests import PrefaceSniffer, ReadTimer, RequestReader
 from proxy.http1.client_state import (
     CLOSING,
@@ -62,7 +62,7 @@ from proxy.tcp.tunnel import Tunnel, reset, splice
 log = logging.getLogger("drain_proxy.client")
 
 
-class ClientConnection(SharedReadProtocol):
+class ClientConnection(ClientSide):
     """One downstream connection, answering its requests strictly in order."""
 
     def __init__(self, ctx: HttpContext) -> None:

@@ -13,42 +13,49 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
 
 from proxy import flow
 from proxy.app_connect import UpstreamFailure
+from proxy.buffers import SharedReadProtocol
 from proxy.http1 import http_response
 from proxy.http1.client_exchanges import ExchangeQueue
 from proxy.http1.context import HttpContext
 from proxy.http1.exchange import Exchange
 from proxy.http1.http_policy import Framing, Headers
-from proxy.http1.upstream import UpstreamConnection
+from proxy.http1.upstream import ResponseSink, UpstreamConnection
 from proxy.http1.upstream_state import may_retry
 
 
-class ClientSide(Protocol):
-    """What the forwarder asks of its client connection."""
+class ClientSide(SharedReadProtocol):
+    """What the forwarder asks of its client connection (``client.ClientConnection``).  A
+    class to inherit rather than a Protocol: compiled, a call through it is a direct call,
+    not a lookup by name."""
 
     transport: asyncio.Transport | None
 
     def complete(self, exchange: Exchange) -> None:
         """The response to ``exchange`` has been written whole."""
+        raise NotImplementedError
 
     def answer_with_error(self, exchange: Exchange) -> None:
         """Answer ``exchange.error`` in its place."""
+        raise NotImplementedError
 
     def abort(self) -> None:
         """End with a reset: what the client got is incomplete."""
+        raise NotImplementedError
 
     def pause_reading(self, reason: int, paused: bool) -> None:
         """Pause or resume reading the client for ``reason`` (a ``flow`` reason)."""
+        raise NotImplementedError
 
     def switch_to_tunnel(self, connection: UpstreamConnection, reason: bytes, headers: Headers,
                          tail: bytes) -> None:
         """The app answered 101: the connection becomes a byte tunnel."""
+        raise NotImplementedError
 
 
-class Forwarder:
+class Forwarder(ResponseSink):
     """The app side of one client connection."""
 
     __slots__ = ("_connect_task", "_loop", "_out", "_write_paused", "client", "ctx", "exchanges")
