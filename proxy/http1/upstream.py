@@ -165,9 +165,7 @@ class UpstreamConnection(SharedReadProtocol):
             self.close()
             return
         self._response_bytes = True
-        if self.machine.responding:  # progress: the read timer restarts
-            self._read_deadline.set(self.pool.limits.upstream_timeout_s)
-        elif self.machine.awaiting_head and self._heads.whole_read(data):
+        if self.machine.awaiting_head and self._heads.whole_read(data):
             if not self._parse(data, b"", False):  # a whole read in one llhttp call
                 return
             if self._sink is not None and self.machine.awaiting_head:  # the head goes on
@@ -286,8 +284,7 @@ class UpstreamConnection(SharedReadProtocol):
         # Read it now: llhttp resets the flag once the message is complete.
         self._keep_alive = self._parser.should_keep_alive()
         self._close_delimited = framing is Framing.CLOSE
-        self.machine.response_begins()
-        self._read_deadline.set(self.pool.limits.upstream_timeout_s)
+        self.machine.response_begins()  # the read timer restarts after the read
         self._trailers = []
         sink.response_head(status, self._reason, self._headers, framing)
         if self._head_request:  # llhttp cannot know: a response to HEAD ends with its head
@@ -319,8 +316,13 @@ class UpstreamConnection(SharedReadProtocol):
 
     def _after_read(self) -> None:
         """Once a read is parsed: flush it to the client, or pool or close the connection
-        whose response it completed (only now: stray bytes in the same read poison it)."""
+        whose response it completed (only now: stray bytes in the same read poison it).
+        A response still arriving made progress: its read timer restarts, here rather than
+        at its head, so that a response whole in one read never arms it."""
         if self._sink is not None:
+            # Before the flush, which clears it again if the client turns out full.
+            if self.machine.responding and not self.gate.paused:
+                self._read_deadline.set(self.pool.limits.upstream_timeout_s)
             self._sink.response_flush()
         elif self.machine.state is IDLE and not self._poisoned:
             self.pool.release(self)
