@@ -14,7 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.http1.chunked import DATA, DATA_END, DONE, SIZE, TRAILERS, ChunkedBody
+from proxy.http1.chunked import (
+    DATA,
+    DATA_END,
+    DONE,
+    MAX_CHUNK_LINE_BYTES,
+    SIZE,
+    TRAILERS,
+    ChunkedBody,
+)
 from proxy.http1.http_policy import Headers, HttpError
 
 from helpers import parse_with_h11, parse_with_llhttp
@@ -186,4 +194,15 @@ def test_a_chunk_line_too_long_to_be_one_is_refused_before_its_end() -> None:
     with pytest.raises(HttpError) as refused:
         for _ in range(100):
             decoder.feed(b";a=" + b"b" * 100, 0, [])
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("cut", [None, 10, MAX_CHUNK_LINE_BYTES // 2, MAX_CHUNK_LINE_BYTES + 2])
+def test_a_chunk_line_too_long_is_refused_in_one_read_as_in_several(cut: int | None) -> None:
+    """A line over MAX_CHUNK_LINE_BYTES is "not a chunk line" when the read cuts it: one
+    that arrives whole is not one either, or the body's acceptance would depend on where
+    the client's reads were cut."""
+    line = b"1;a=" + b"b" * MAX_CHUNK_LINE_BYTES
+    with pytest.raises(HttpError) as refused:
+        decode(line + b"\r\nx\r\n0\r\n\r\n", [] if cut is None else [cut])
     assert refused.value.status == 400
