@@ -83,6 +83,47 @@ def test_drawn_bodies_are_read_as_llhttp_and_h11_read_them(
     assert (by_h11.body, by_h11.trailers) == (sent, lowered)
 
 
+MEANINGFUL = b"\r\n :;,\t\"\\=\x00\x7f\x80-+0123456789aAfFxXgG_"
+
+
+def mutated(data: st.DataObject, wire: bytes) -> bytes:
+    """``wire`` with one to three bytes deleted, replaced or inserted."""
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(wire) - 1))
+        byte = bytes([data.draw(st.sampled_from(MEANINGFUL))])
+        kind = data.draw(st.sampled_from(["delete", "replace", "insert"]))
+        if kind == "delete":
+            wire = wire[:at] + wire[at + 1:]
+        elif kind == "replace":
+            wire = wire[:at] + byte + wire[at + 1:]
+        else:
+            wire = wire[:at] + byte + wire[at:]
+    return wire
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked_bodies(), st.data())
+def test_mutated_bodies_the_decoder_accepts_are_read_alike(
+        body: tuple[bytes, bytes, Headers], data: st.DataObject) -> None:
+    """A body the decoder accepts ends where llhttp and h11 end it, with the same data
+    and trailers (llhttp keeps a trailer value's trailing whitespace: it is not forwarded)."""
+    wire = mutated(data, body[0])
+    try:
+        sent, trailers, ended = decode(wire + AFTER, [])
+    except HttpError:
+        return
+    if ended is None:  # a mutation made a size larger: still waiting for data
+        return
+    [by_llhttp] = parse_with_llhttp(HEAD + wire[:ended])
+    [by_h11] = parse_with_h11(HEAD + wire[:ended])
+    lowered = [(name.lower(), value) for name, value in trailers]
+    llhttp_trailers = [(name, value.rstrip(b" \t")) for name, value in by_llhttp.trailers]
+    assert (by_llhttp.body, llhttp_trailers) == (sent, lowered)
+    assert (by_h11.body, by_h11.trailers) == (sent, lowered)
+    cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=6))
+    assert decode(wire + AFTER, cuts) == (sent, trailers, ended)
+
+
 @settings(max_examples=200, deadline=None)
 @given(chunked_bodies())
 def test_a_body_ends_where_it_ends_at_every_cut(body: tuple[bytes, bytes, Headers]) -> None:

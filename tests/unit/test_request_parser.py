@@ -51,8 +51,8 @@ from test_bad_requests import BAD_REQUESTS
 
 LIMITS = RequestLimits(parse_settings(["--upstream", "app:8080"], {}))
 PEER = Peer(b"10.0.0.1")
-FAST = settings(max_examples=300, deadline=None)
-STATEFUL = settings(max_examples=150, stateful_step_count=30, deadline=None)
+FAST = settings(max_examples=200, deadline=None)
+STATEFUL = settings(max_examples=100, stateful_step_count=30, deadline=None)
 NAMES = {BEGIN: "begin", HEAD_READ: "head", BODY_READ: "body", END: "end"}
 # What may follow each event within one connection (None: nothing yet).
 NEXT_EVENTS: dict[int | None, frozenset[int]] = {
