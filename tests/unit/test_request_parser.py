@@ -37,6 +37,7 @@ from proxy.http1.request_parser import (
     END,
     FAILED,
     HEAD,
+    HEAD_PROBE_BYTES,
     HEAD_READ,
     IDLE,
     NEED_DATA,
@@ -608,6 +609,19 @@ def test_a_head_at_the_limit_is_accepted_however_split(from_end: int) -> None:
     raw = head_at_the_limit()
     log, _ = replay(raw, [len(raw) - from_end])
     assert (log.status, len(log.completed)) == (None, 1)
+
+
+@pytest.mark.parametrize("end_at", range(HEAD_PROBE_BYTES - 5, HEAD_PROBE_BYTES + 2))
+def test_a_head_ending_across_the_probe_is_found(end_at: int) -> None:
+    """A large read is searched for the head's end in two steps (a probe, then the rest):
+    an end cut by the probe's edge is found, and the body after it is read whole."""
+    start = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nX: "
+    raw = start + b"v" * (end_at - len(start)) + b"\r\n\r\nabc" + SEEDS[0]
+    assert raw.index(b"\r\n\r\n") == end_at
+    for cuts in ([], [1], [len(raw) - 10]):
+        log, state = replay(raw, cuts)
+        assert [read.body for read in log.completed] == [b"abc", b""]
+        assert (log.status, state) == (None, IDLE)
 
 
 def test_empty_lines_before_a_request_are_skipped() -> None:
