@@ -115,13 +115,15 @@ class ChunkedBody:
         if held.find(b"\n") >= 0:
             raise HttpError(400, "bare LF in a chunked body")
         if self.part is SIZE:
-            if len(held) > MAX_CHUNK_LINE_BYTES:
+            if len(held) > MAX_CHUNK_LINE_BYTES + 1:  # + 1: the CR that may end it
                 raise HttpError(400, "chunk extensions too long")
         elif self._trailer_bytes + len(held) > self._max_trailer_bytes:
             raise HttpError(431, "request header fields too large")
         self._held = held
 
     def _size_line(self, line: bytes) -> None:
+        if len(line) > MAX_CHUNK_LINE_BYTES:  # however the reads split it
+            raise HttpError(400, "chunk extensions too long")
         match = _CHUNK_LINE.fullmatch(line)
         if match is None:
             raise HttpError(400, "invalid chunk size")

@@ -105,7 +105,7 @@ def refuse_early(held: bytearray, checked: int, limits: RequestLimits) -> None:
     if line_end < 0:
         if len(held) > limits.max_request_line_bytes + REQUEST_LINE_EXTRA:
             raise HttpError(414, "request target too long")
-    elif len(held) - line_end > limits.max_header_bytes + 2:
+    elif len(held) - line_end > limits.max_header_bytes + 3:  # + 3: CR LF CR of the end
         raise HttpError(431, "request header fields too large")
 
 
@@ -211,8 +211,9 @@ def _read_fields(lines: list[bytes], http_10: bool, authority: bytes | None, pee
             found.lengths += 1
             found.framing, found.length = Framing.LENGTH, int(value)
         elif kind == ENCODING:
+            # A tab after the value: llhttp refuses it, h11 reads "chunked".
             if (http_10 or found.framing is Framing.CHUNKED
-                    or read.value.lower() != b"chunked"):
+                    or read.value.lower() != b"chunked" or line.rstrip(b" ")[-1] == 9):
                 raise HttpError(400, "unsupported transfer-encoding")
             found.framing = Framing.CHUNKED
         elif kind == HOST:
