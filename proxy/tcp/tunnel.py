@@ -24,7 +24,7 @@ import struct
 from collections.abc import Callable
 from typing import Final, cast
 
-from proxy.buffers import SharedReadProtocol, limit_writes
+from proxy.buffers import SharedCopyProtocol, limit_writes
 
 MAX_EARLY_BYTES: Final = 64 * 1024  # read before the far end is connected; then pause
 
@@ -42,7 +42,7 @@ def reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
-class TunnelEnd(SharedReadProtocol):
+class TunnelEnd(SharedCopyProtocol):
     """One connection of a tunnel."""
 
     __slots__ = ("_early", "_early_size", "_reading_paused", "is_app", "lost", "peer",
@@ -80,15 +80,7 @@ class TunnelEnd(SharedReadProtocol):
             peer.transport.write_eof()
         self._set_reading(True)
 
-    def data_received(self, data: memoryview | bytes) -> None:
-        # Tested as "not bytes": compiled, that is an inline check, where testing for a
-        # memoryview would look the name up in builtins on every read.
-        if not isinstance(data, bytes):
-            # A copy: the peer's transport may keep what it could not send yet.  Bytes, not
-            # a bytearray: uvloop wraps anything else in a memoryview before sending it.
-            # ``tobytes`` copies in one call, where ``bytes(view)`` goes through the buffer
-            # protocol at several times the cost (``bench_instructions.py --mode tcp``).
-            data = data.tobytes()
+    def data_received(self, data: bytes) -> None:
         self.received += len(data)
         tunnel = self.tunnel
         tunnel.app_spoke_last = self.is_app  # one store, no clock: the drain asks it
