@@ -45,8 +45,8 @@ def reset(transport: asyncio.Transport) -> None:
 class TunnelEnd(SharedCopyProtocol):
     """One connection of a tunnel."""
 
-    __slots__ = ("_early", "_early_size", "_reading_paused", "is_app", "lost", "peer",
-                 "read_eof", "received", "transport", "tunnel")
+    __slots__ = ("_early", "_early_size", "_reading_paused", "_write_peer", "is_app", "lost",
+                 "peer", "read_eof", "received", "transport", "tunnel")
 
     def __init__(self, tunnel: Tunnel, is_app: bool = False) -> None:
         self.tunnel = tunnel
@@ -59,6 +59,9 @@ class TunnelEnd(SharedCopyProtocol):
         self._early: list[bytes] = []  # bytes read before the peer existed
         self._early_size = 0
         self._reading_paused = False
+        # The peer's ``transport.write``, bound once at ``join``: every read calls it, and a
+        # bound method spares looking ``write`` up on the transport's type each time.
+        self._write_peer: Callable[[bytes], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -73,6 +76,8 @@ class TunnelEnd(SharedCopyProtocol):
     def join(self, peer: TunnelEnd) -> None:
         """The far end is connected: flush what was read early, and relay from now on."""
         self.peer = peer
+        if peer.transport is not None:
+            self._write_peer = peer.transport.write
         if self._early and peer.transport is not None:
             peer.transport.write(b"".join(self._early))
         self._early.clear()
@@ -87,9 +92,9 @@ class TunnelEnd(SharedCopyProtocol):
         on_bytes = tunnel.on_bytes
         if on_bytes is not None:
             on_bytes(self.is_app)
-        peer = self.peer
-        if peer is not None and peer.transport is not None:
-            peer.transport.write(data)
+        write_peer = self._write_peer
+        if write_peer is not None:
+            write_peer(data)
             return
         self._early.append(data)
         self._early_size += len(data)
