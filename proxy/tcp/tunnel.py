@@ -87,11 +87,7 @@ class TunnelEnd(SharedCopyProtocol):
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
-        tunnel = self.tunnel
-        tunnel.app_spoke_last = self.is_app  # one store, no clock: the drain asks it
-        on_bytes = tunnel.on_bytes
-        if on_bytes is not None:
-            on_bytes(self.is_app)
+        self.tunnel.app_spoke_last = self.is_app  # one store, no clock: the drain asks it
         write_peer = self._write_peer
         if write_peer is not None:
             write_peer(data)
@@ -103,7 +99,7 @@ class TunnelEnd(SharedCopyProtocol):
 
     def eof_received(self) -> bool:
         self.read_eof = True
-        self.tunnel.spoke(self.is_app)  # an EOF ends a message as bytes do
+        self.tunnel.app_spoke_last = self.is_app  # an EOF ends a message as bytes do
         peer = self.peer
         if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
             peer.transport.write_eof()
@@ -137,30 +133,25 @@ class TunnelEnd(SharedCopyProtocol):
 class Tunnel:
     """Two joined connections; reports its end once, with the reason it ended."""
 
-    __slots__ = ("_ended", "_on_end", "app_spoke_last", "client", "cut_reason", "on_bytes",
-                 "upstream")
+    __slots__ = ("_ended", "_on_end", "app_spoke_last", "client", "cut_reason", "upstream")
 
     def __init__(self, on_end: Callable[[Tunnel, str], None]) -> None:
         self._on_end = on_end
         self._ended = False
         self.cut_reason: str | None = None
         # Who sent bytes (or EOF) last; with no byte either way, False.  Kept on every
-        # read, as one store: a connection the drain reaches must be known to await an
-        # answer (the client spoke last) without having read the clock before.
+        # read, as one store: the quiet machine (``proxy.tcp.quiet``) looks at it, and at
+        # ``moves``, when it decides, rather than being told of every read with a clock.
         self.app_spoke_last = False
-        # Told of every read (with whether it came from the app) while a TCP session
-        # watches for a quiet moment (``proxy.tcp.quiet``): rotation, or the drain.  A clock
-        # read per relayed read is a tenth of a round trip's instructions, so until then
-        # nothing is told.
-        self.on_bytes: Callable[[bool], None] | None = None
         self.client = TunnelEnd(self)
         self.upstream = TunnelEnd(self, is_app=True)
 
-    def spoke(self, from_app: bool) -> None:
-        """Bytes or an EOF came from one side (the read path inlines this)."""
-        self.app_spoke_last = from_app
-        if self.on_bytes is not None:
-            self.on_bytes(from_app)
+    @property
+    def moves(self) -> int:
+        """A count that grows whenever bytes or an EOF move, either way: from the byte
+        counts the relay keeps anyway, so reads pay nothing for it."""
+        client, upstream = self.client, self.upstream
+        return client.received + upstream.received + client.read_eof + upstream.read_eof
 
     def connect_ends(self) -> None:
         self.client.join(self.upstream)
