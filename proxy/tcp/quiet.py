@@ -26,7 +26,7 @@ cut at the deadline as before.
 
 Two things want a connection closed at a quiet moment: the drain (after the
 propagation window) and ``--max-connection-age`` rotation (with ``--tcp-rotate-idle``).
-Both use this machine.  It is told nothing per read: a clock read and a call on every
+Both use this machine.  It is not told of every read: a clock read and a call on every
 relayed read would cost a sixth of a round trip's instructions.  The relay keeps, with
 no clock, who spoke last and a count that grows whenever bytes or an EOF move
 (``Tunnel.moves``); the machine *looks* at them when a close is wanted and when its one
@@ -34,8 +34,10 @@ timer fires, and answers with an ``Action`` that ``proxy.tcp.relay`` carries out
 Bytes found to have moved since the previous look are taken to have moved at this
 look, the latest they can have: so a close never comes before a full quiet period,
 and comes at most one quiet period later than a clock on every read would have
-closed it.  While a close is wanted the timer stays armed, at least a quiet period
-apart, until the connection is closed or ends.
+closed it.  A request outstanding (the client spoke last) needs no timer: the machine
+asks to be told at the next move (``WAIT``), once, and the app's answer starts the
+quiet from then.  While a close is wanted one of the two is always set, until the
+connection is closed or ends.
 """
 
 from __future__ import annotations
@@ -86,11 +88,13 @@ class Action(enum.IntEnum):
     NOTHING = 0
     ARM = 1  # call ``timer`` at ``QuietMachine.timer_at`` (no timer is armed now)
     CLOSE = 2  # close gracefully now: FIN both ways after flushing
+    WAIT = 3  # call ``moved`` at the next bytes or EOF either way, once (nothing is armed)
 
 
 NOTHING: Final = Action.NOTHING
 ARM: Final = Action.ARM
 CLOSE: Final = Action.CLOSE
+WAIT: Final = Action.WAIT
 
 
 class QuietMachine:
@@ -100,7 +104,7 @@ class QuietMachine:
     and the quiet is counted from then: a quiet period before the age for rotation, at
     the drain otherwise."""
 
-    __slots__ = ("last_at", "moves", "quiet_s", "reason", "spoke", "timer_at")
+    __slots__ = ("last_at", "moves", "quiet_s", "reason", "spoke", "timer_at", "waiting")
 
     def __init__(self, quiet_s: float, spoke: Spoke, moves: int, now: float) -> None:
         self.quiet_s = quiet_s
@@ -109,6 +113,7 @@ class QuietMachine:
         self.last_at = now  # the look that found bytes moved (or watching began)
         self.reason: str | None = None  # why a close is wanted: "drain", "max_age"
         self.timer_at: float | None = None  # the armed timer, if any
+        self.waiting = False  # to be told at the next move (``WAIT``)
 
     def _move(self, spoke: Spoke) -> None:
         check_move(_ALLOWED, "tcp quiet", self.spoke, spoke)
@@ -138,6 +143,8 @@ class QuietMachine:
         self._look(spoke, moves, now)
         if self.reason != "drain":
             self.reason = reason
+        if not self.closable:
+            return self._wait()
         return self._arm(max(now, self.last_at + self.quiet_s))
 
     def timer(self, spoke: Spoke, moves: int, now: float, flushed: bool) -> Action:
@@ -148,20 +155,31 @@ class QuietMachine:
             return NOTHING
         self._look(spoke, moves, now)
         quiet_until = self.last_at + self.quiet_s
-        if not self.closable or not flushed:
-            # A request outstanding, or bytes still being written: look again a quiet
-            # period on (the app's answer is found there, and its quiet counted from then).
-            return self._arm(now + self.quiet_s)
+        if not self.closable:
+            return self._wait()
+        if not flushed:
+            return self._arm(now + self.quiet_s)  # a slow reader: look again later
         if now < quiet_until:
             return self._arm(quiet_until)  # bytes moved since the last look
         self._move(CLOSED)
         return CLOSE
+
+    def moved(self, spoke: Spoke, moves: int, now: float) -> Action:
+        """Bytes or an EOF moved after a ``WAIT``: now, so the quiet is counted exactly."""
+        self.waiting = False
+        if self.spoke is CLOSED:
+            return NOTHING
+        self._look(spoke, moves, now)
+        if not self.closable:
+            return self._wait()  # more of the request
+        return self._arm(self.last_at + self.quiet_s)
 
     def ended(self) -> None:
         """The connection ended by itself (or was cut): nothing more is decided."""
         if self.spoke is not CLOSED:
             self._move(CLOSED)
         self.timer_at = None
+        self.waiting = False
 
     def _arm(self, at: float) -> Action:
         """Arm the timer unless it is armed."""
@@ -169,3 +187,10 @@ class QuietMachine:
             return NOTHING
         self.timer_at = at
         return ARM
+
+    def _wait(self) -> Action:
+        """Ask to be told at the next move, unless asked already or a timer will look."""
+        if self.waiting or self.timer_at is not None:
+            return NOTHING
+        self.waiting = True
+        return WAIT

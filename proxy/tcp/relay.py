@@ -12,8 +12,9 @@ is aborted and counted.
 With ``--max-connection-age`` and ``--tcp-rotate-idle`` both set, a connection past
 its age is closed at its first quiet moment the same way (reason ``max_age``).
 
-This class only tells the quiet machine when to look (a close wanted, its timer), with
-what the relay kept by then, and carries out what it answers: arm its one timer, or close.
+This class only tells the quiet machine when to look (a close wanted, its timer, the
+next move it waits for), with what the relay kept by then, and carries out what it
+answers: arm its one timer, wait for the next move, or close.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from proxy.tcp.quiet import (
     CLIENT,
     CLOSE,
     NOBODY,
+    WAIT,
     Action,
     QuietMachine,
     Spoke,
@@ -114,10 +116,18 @@ class TcpSession:
         self._act(quiet, quiet.timer(_last_speaker(tunnel), tunnel.moves, self._loop.time(),
                                      tunnel.flushed))
 
+    def _on_move(self) -> None:
+        quiet = self._quiet
+        assert quiet is not None
+        tunnel = self.tunnel
+        self._act(quiet, quiet.moved(_last_speaker(tunnel), tunnel.moves, self._loop.time()))
+
     def _act(self, quiet: QuietMachine, action: Action) -> None:
         if action is ARM:
             assert quiet.timer_at is not None
             self._quiet_timer = self._loop.call_at(quiet.timer_at, self._on_timer)
+        elif action is WAIT:
+            self.tunnel.on_move = self._on_move
         elif action is CLOSE:
             assert quiet.reason is not None
             self.tunnel.cut(quiet.reason, graceful=True)  # FIN both ways: nothing is cut
@@ -128,6 +138,7 @@ class TcpSession:
                 pending.cancel()
         if self._quiet is not None:
             self._quiet.ended()
+        tunnel.on_move = None
         if reason == "drain":  # the drain closed it at a quiet moment, between messages
             self.ctx.metrics.tunnels_closed_quiet.inc()
             self.ctx.timeline.quiet_closed_tunnels += 1

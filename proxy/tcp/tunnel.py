@@ -87,7 +87,10 @@ class TunnelEnd(SharedCopyProtocol):
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
-        self.tunnel.app_spoke_last = self.is_app  # one store, no clock: the drain asks it
+        tunnel = self.tunnel
+        tunnel.app_spoke_last = self.is_app  # one store, no clock: the drain asks it
+        if tunnel.on_move is not None:
+            tunnel.moved()
         write_peer = self._write_peer
         if write_peer is not None:
             write_peer(data)
@@ -99,7 +102,10 @@ class TunnelEnd(SharedCopyProtocol):
 
     def eof_received(self) -> bool:
         self.read_eof = True
-        self.tunnel.app_spoke_last = self.is_app  # an EOF ends a message as bytes do
+        tunnel = self.tunnel
+        tunnel.app_spoke_last = self.is_app  # an EOF ends a message as bytes do
+        if tunnel.on_move is not None:
+            tunnel.moved()
         peer = self.peer
         if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
             peer.transport.write_eof()
@@ -133,7 +139,8 @@ class TunnelEnd(SharedCopyProtocol):
 class Tunnel:
     """Two joined connections; reports its end once, with the reason it ended."""
 
-    __slots__ = ("_ended", "_on_end", "app_spoke_last", "client", "cut_reason", "upstream")
+    __slots__ = ("_ended", "_on_end", "app_spoke_last", "client", "cut_reason", "on_move",
+                 "upstream")
 
     def __init__(self, on_end: Callable[[Tunnel, str], None]) -> None:
         self._on_end = on_end
@@ -143,8 +150,18 @@ class Tunnel:
         # read, as one store: the quiet machine (``proxy.tcp.quiet``) looks at it, and at
         # ``moves``, when it decides, rather than being told of every read with a clock.
         self.app_spoke_last = False
+        # Called once at the next bytes or EOF either way, then unset: the quiet machine
+        # waiting for the app's answer to a request (``quiet.WAIT``).
+        self.on_move: Callable[[], None] | None = None
         self.client = TunnelEnd(self)
         self.upstream = TunnelEnd(self, is_app=True)
+
+    def moved(self) -> None:
+        """Bytes or an EOF moved while ``on_move`` was set: call it, once."""
+        on_move = self.on_move
+        self.on_move = None
+        if on_move is not None:
+            on_move()
 
     @property
     def moves(self) -> int:

@@ -1,14 +1,15 @@
 """The TCP quiet machine (``proxy.tcp.quiet``): examples, then random interleavings.
 
-The machine is told nothing per read: it looks at what the relay kept (who spoke last,
-a count of moves) when a close is wanted and when its timer fires.  The model test
-moves bytes from either side, wants a close (drain or rotation), fires the timer (only
-when armed, at or after its time, with the write buffers flushed or not) and ends the
-connection, on a virtual clock, and checks after every step that a close never comes
-while the client spoke last, comes at most once, only after a full quiet period with
-everything written and at the first look that can tell, and that a connection waiting
-for its quiet moment always has its timer armed (nothing is left to the deadline by
-mistake).
+The machine is not told of every read: it looks at what the relay kept (who spoke last,
+a count of moves) when a close is wanted, when its timer fires, and at the first move
+after it asked to wait for one.  The model test moves bytes from either side, wants a
+close (drain or rotation), fires the timer (only when armed, at or after its time, with
+the write buffers flushed or not) and ends the connection, on a virtual clock, and
+checks after every step that a close never comes while the client spoke last, comes at
+most once, only after a full quiet period with everything written and at the first
+look that can tell, and that a connection waiting for its quiet moment always has its
+timer armed or, with a request outstanding, waits for the next move (nothing is left to
+the deadline by mistake).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from proxy.tcp.quiet import (
     DEFAULT_QUIET_S,
     NOBODY,
     NOTHING,
+    WAIT,
     QuietMachine,
     Spoke,
     quiet_period_s,
@@ -66,21 +68,30 @@ def test_a_quiet_watched_before_the_close_is_wanted_closes_at_once() -> None:
 def test_bytes_between_looks_count_as_moved_at_the_later_look() -> None:
     machine = QuietMachine(Q, APP, 0, 10.0)
     assert machine.close_wanted("drain", APP, 0, 10.0) is ARM
-    assert machine.timer(CLIENT, 1, 10.1, flushed=True) is ARM  # a request: look again
-    assert machine.timer_at == pytest.approx(10.2)
-    assert machine.timer(APP, 5, 10.2, flushed=True) is ARM  # answered since: quiet from now
-    assert machine.timer_at == pytest.approx(10.3)
-    assert machine.timer(APP, 6, 10.3, flushed=True) is ARM  # more of the answer
-    assert machine.timer(APP, 6, 10.4, flushed=False) is ARM  # still being written out
-    assert machine.timer_at == pytest.approx(10.5)
-    assert machine.timer(APP, 6, 10.5, flushed=True) is CLOSE
+    assert machine.timer(APP, 4, 10.1, flushed=True) is ARM  # a request and its answer
+    assert machine.timer_at == pytest.approx(10.2)  # quiet counted from this look
+    assert machine.timer(APP, 6, 10.2, flushed=True) is ARM  # more of the answer
+    assert machine.timer(APP, 6, 10.3, flushed=False) is ARM  # still being written out
+    assert machine.timer_at == pytest.approx(10.4)
+    assert machine.timer(APP, 6, 10.4, flushed=True) is CLOSE
+
+
+def test_a_request_outstanding_waits_for_the_answer_without_a_timer() -> None:
+    machine = QuietMachine(Q, APP, 0, 10.0)
+    assert machine.close_wanted("drain", APP, 0, 10.0) is ARM
+    assert machine.timer(CLIENT, 1, 10.1, flushed=True) is WAIT  # no timer until it moves
+    assert machine.timer_at is None and machine.waiting
+    assert machine.moved(CLIENT, 2, 10.5) is WAIT  # more of the request
+    assert machine.moved(APP, 3, 10.9) is ARM  # the answer: quiet counted from it exactly
+    assert machine.timer_at == pytest.approx(11.0) and not machine.waiting
+    assert machine.timer(APP, 3, 11.0, flushed=True) is CLOSE
 
 
 def test_a_request_outstanding_is_never_closed() -> None:
     machine = QuietMachine(Q, CLIENT, 1, 0.0)
-    assert machine.close_wanted("drain", CLIENT, 1, 0.0) is ARM
-    assert machine.timer(CLIENT, 1, 100.0, flushed=True) is ARM  # waits for the answer
-    assert machine.spoke is CLIENT
+    assert machine.close_wanted("drain", CLIENT, 1, 0.0) is WAIT
+    assert machine.close_wanted("max_age", CLIENT, 1, 5.0) is NOTHING  # waiting already
+    assert machine.spoke is CLIENT and machine.reason == "drain"
 
 
 def test_a_silent_connection_closes_and_rotation_yields_to_the_drain() -> None:
@@ -115,6 +126,7 @@ class QuietModel(RuleBasedStateMachine):
         self.looked_at = self.now  # the machine's last look...
         self.moved_since_look = False  # ...and whether bytes moved after it
         self.armed = False  # the adapter's one timer
+        self.waiting = False  # the adapter's hook at the next move
         self.wanted = False
         self.closes = 0
         self.ended = False
@@ -124,6 +136,10 @@ class QuietModel(RuleBasedStateMachine):
             assert not self.armed, "a second timer armed"
             assert self.machine.timer_at is not None and self.machine.timer_at >= self.now - 1e-9
             self.armed = True
+        elif action is WAIT:
+            assert not self.armed and not self.waiting, "waits with a look already coming"
+            assert self.spoke is CLIENT, "waits with no request outstanding"
+            self.waiting = True
         elif action is CLOSE:
             assert self.spoke is not CLIENT, "closed while the client awaits an answer"
             assert self.wanted, "closed though nothing wanted it"
@@ -141,10 +157,18 @@ class QuietModel(RuleBasedStateMachine):
 
     @rule(spoke=st.sampled_from([CLIENT, APP]), count=st.integers(1, 3))
     def bytes_move(self, spoke: Spoke, count: int) -> None:
-        if not self.closes and not self.ended:
-            self.spoke, self.last_at = spoke, self.now
-            self.moves += count
-            self.moved_since_look = True
+        if self.closes or self.ended:
+            return
+        self.spoke, self.last_at = spoke, self.now
+        self.moves += count
+        self.moved_since_look = True
+        if self.waiting:  # the adapter's hook: once, at this move
+            self.waiting = False
+            action = self.machine.moved(self.spoke, self.moves, self.now)
+            self._looked()
+            self._apply(action)
+            if action is ARM:
+                assert self.machine.timer_at == pytest.approx(self.now + self.quiet_s)
 
     @rule(reason=st.sampled_from(["drain", "max_age"]))
     def close_wanted(self, reason: str) -> None:
@@ -175,7 +199,7 @@ class QuietModel(RuleBasedStateMachine):
     def connection_ends(self) -> None:
         self.machine.ended()
         self.ended = True
-        self.armed = False  # the adapter cancels it
+        self.armed = self.waiting = False  # the adapter cancels both
 
     @invariant()
     def at_most_one_close(self) -> None:
@@ -185,10 +209,12 @@ class QuietModel(RuleBasedStateMachine):
 
     @invariant()
     def a_wanted_close_is_never_forgotten(self) -> None:
-        """Waiting for a quiet moment (a close wanted) means a timer is armed, whoever
-        spoke last: a request outstanding is looked at again for its answer."""
+        """Waiting for a quiet moment (a close wanted) means a timer is armed or, with a
+        request outstanding, the next move will be told."""
         if self.wanted and not self.closes and not self.ended:
-            assert self.armed, "a connection waits for its quiet moment with no timer"
+            assert self.armed or (self.waiting and self.spoke is CLIENT), \
+                "a connection waits for its quiet moment with nothing to look again"
+            assert self.machine.waiting == self.waiting
 
     @invariant()
     def the_next_look_is_within_a_quiet_period(self) -> None:
