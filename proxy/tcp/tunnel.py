@@ -88,7 +88,7 @@ class TunnelEnd(SharedCopyProtocol):
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
         tunnel = self.tunnel
-        tunnel.app_spoke_last = self.is_app  # one store, no clock: the drain asks it
+        tunnel.app_spoke_last = self.is_app  # ``Tunnel.spoke``, inlined
         if tunnel.on_move is not None:
             tunnel.moved()
         write_peer = self._write_peer
@@ -102,10 +102,7 @@ class TunnelEnd(SharedCopyProtocol):
 
     def eof_received(self) -> bool:
         self.read_eof = True
-        tunnel = self.tunnel
-        tunnel.app_spoke_last = self.is_app  # an EOF ends a message as bytes do
-        if tunnel.on_move is not None:
-            tunnel.moved()
+        self.tunnel.spoke(self.is_app)  # an EOF ends a message as bytes do
         peer = self.peer
         if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
             peer.transport.write_eof()
@@ -155,6 +152,13 @@ class Tunnel:
         self.on_move: Callable[[], None] | None = None
         self.client = TunnelEnd(self)
         self.upstream = TunnelEnd(self, is_app=True)
+
+    def spoke(self, from_app: bool) -> None:
+        """Bytes or an EOF came from one side (the read path inlines this): one store, no
+        clock, for the quiet machine to look at, and ``on_move`` if set."""
+        self.app_spoke_last = from_app
+        if self.on_move is not None:
+            self.moved()
 
     def moved(self) -> None:
         """Bytes or an EOF moved while ``on_move`` was set: call it, once."""
