@@ -20,6 +20,7 @@ import argparse
 import http.client
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,8 +47,8 @@ def requests(port: int, count: int, connections: int = 4) -> None:
         connection.close()
 
 
-def measure(python: str, loop: str, count: int, workdir: Path, mode: str = "http"
-            ) -> tuple[str, float]:
+def measure(python: str, loop: str, count: int, workdir: Path, mode: str = "http",
+            extra: tuple[str, ...] = ()) -> tuple[str, float]:
     """(build description, instructions per request) for one python's drain-proxy."""
     build = subprocess.run(
         [python, "-c", "import proxy; print(proxy.__version__, proxy.build())"],
@@ -59,7 +60,7 @@ def measure(python: str, loop: str, count: int, workdir: Path, mode: str = "http
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python, "-m", "proxy",
          "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{app_port}", "--admin",
          f"127.0.0.1:{admin}", "--loop", loop, "--log-level", "warning",
-         "--max-requests-per-connection", "0", "--mode", mode],
+         "--max-requests-per-connection", "0", "--mode", mode, *extra],
         cwd=proxy_home(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_200(admin, "/readyz", 120)  # valgrind starts Python slowly
@@ -86,6 +87,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--mode", choices=("http", "tcp"), default="http",
                         help="the proxy's mode: in tcp mode a request is a relayed round trip")
+    parser.add_argument("--proxy-args", default="",
+                        help="more proxy flags, e.g. \"--max-connection-age 3600 "
+                             "--tcp-rotate-idle 1\" (a configuration's own per-read cost)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("bench_instructions: valgrind is not installed (apt-get install valgrind)",
@@ -100,12 +104,14 @@ def main() -> int:
             first = 0.0
             for python in pythons:
                 print(f"{loop}: {python}", file=sys.stderr)
-                build, per_request = measure(python, loop, args.requests, Path(tmp), args.mode)
+                build, per_request = measure(python, loop, args.requests, Path(tmp), args.mode,
+                                             tuple(shlex.split(args.proxy_args)))
                 first = first or per_request
                 rows.append(f"| drain-proxy {build} | `{python}` | {loop} | {per_request:,.0f} "
                             f"| {per_request / first:.3f}x |")
     print(f"{args.requests} keep-alive GETs over 4 connections (tiny body), after 300 to "
-          f"warm up; --mode {args.mode}; callgrind instruction counts of the proxy process\n")
+          f"warm up; --mode {args.mode} {args.proxy_args}".rstrip()
+          + "; callgrind instruction counts of the proxy process\n")
     print("\n".join(rows))
     return 0
 

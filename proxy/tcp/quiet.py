@@ -26,10 +26,18 @@ cut at the deadline as before.
 
 Two things want a connection closed at a quiet moment: the drain (after the
 propagation window) and ``--max-connection-age`` rotation (with ``--tcp-rotate-idle``).
-Both use this machine.  It is fed events (bytes from a side, a close wanted, the
-timer firing) and answers with an ``Action``; ``proxy.tcp.relay`` carries it out.  The
-timer is re-armed lazily, when it fires, rather than on every read: bytes during a
-wait only move the moment the timer will look for.
+Both use this machine.  It is not told of every read: a clock read and a call on every
+relayed read would cost a sixth of a round trip's instructions.  The relay keeps, with
+no clock, who spoke last and a count that grows whenever bytes or an EOF move
+(``Tunnel.moves``); the machine *looks* at them when a close is wanted and when its one
+timer fires, and answers with an ``Action`` that ``proxy.tcp.relay`` carries out.
+Bytes found to have moved since the previous look are taken to have moved at this
+look, the latest they can have: so a close never comes before a full quiet period,
+and comes at most one quiet period later than a clock on every read would have
+closed it.  A request outstanding (the client spoke last) needs no timer: the machine
+asks to be told at the next move (``WAIT``), once, and the app's answer starts the
+quiet from then.  While a close is wanted one of the two is always set, until the
+connection is closed or ends.
 """
 
 from __future__ import annotations
@@ -80,28 +88,32 @@ class Action(enum.IntEnum):
     NOTHING = 0
     ARM = 1  # call ``timer`` at ``QuietMachine.timer_at`` (no timer is armed now)
     CLOSE = 2  # close gracefully now: FIN both ways after flushing
+    WAIT = 3  # call ``moved`` at the next bytes or EOF either way, once (nothing is armed)
 
 
 NOTHING: Final = Action.NOTHING
 ARM: Final = Action.ARM
 CLOSE: Final = Action.CLOSE
+WAIT: Final = Action.WAIT
 
 
 class QuietMachine:
     """One TCP connection's last speaker and quiet time, and whether to close it now.
 
-    ``spoke`` and ``last_at`` start as the adapter knows them when watching begins: at
-    the tunnel's start for rotation, at the drain for the others (until then nothing
-    read the clock, so the quiet is counted from then)."""
+    Watching starts with what the relay kept then (who spoke last, its count of moves),
+    and the quiet is counted from then: a quiet period before the age for rotation, at
+    the drain otherwise."""
 
-    __slots__ = ("last_at", "quiet_s", "reason", "spoke", "timer_at")
+    __slots__ = ("last_at", "moves", "quiet_s", "reason", "spoke", "timer_at", "waiting")
 
-    def __init__(self, quiet_s: float, spoke: Spoke, now: float) -> None:
+    def __init__(self, quiet_s: float, spoke: Spoke, moves: int, now: float) -> None:
         self.quiet_s = quiet_s
         self.spoke = spoke
-        self.last_at = now  # when bytes last moved (or watching began)
+        self.moves = moves  # the relay's count at the last look
+        self.last_at = now  # the look that found bytes moved (or watching began)
         self.reason: str | None = None  # why a close is wanted: "drain", "max_age"
         self.timer_at: float | None = None  # the armed timer, if any
+        self.waiting = False  # to be told at the next move (``WAIT``)
 
     def _move(self, spoke: Spoke) -> None:
         check_move(_ALLOWED, "tcp quiet", self.spoke, spoke)
@@ -112,56 +124,73 @@ class QuietMachine:
         """Nobody has a message open: the app spoke last, or nobody spoke."""
         return self.spoke is APP or self.spoke is NOBODY
 
+    def _look(self, spoke: Spoke, moves: int, now: float) -> None:
+        """Take in what the relay kept: bytes that moved since the last look moved, at
+        the latest, now."""
+        if moves != self.moves:
+            self.moves = moves
+            self.last_at = now
+        if spoke is not self.spoke:
+            self._move(spoke)
+
     # -- events ---------------------------------------------------------------------------------
-    def client_bytes(self, now: float) -> Action:
-        """The client sent bytes or EOF: a request is (or may be) outstanding."""
-        if self.spoke is CLOSED:
-            return NOTHING
-        self._move(CLIENT)
-        self.last_at = now
-        return NOTHING  # an armed timer finds the client spoke last and waits for the app
-
-    def app_bytes(self, now: float) -> Action:
-        """The app sent bytes or EOF: an answer, or part of one."""
-        if self.spoke is CLOSED:
-            return NOTHING
-        self._move(APP)
-        self.last_at = now
-        return self._arm(now + self.quiet_s)
-
-    def close_wanted(self, reason: str, now: float) -> Action:
+    def close_wanted(self, reason: str, spoke: Spoke, moves: int, now: float) -> Action:
         """The drain reached the connection, or rotation found it past its age.  The
         drain's reason wins over rotation's: the close is then the drain's, and counted
         so."""
         if self.spoke is CLOSED:
             return NOTHING
+        self._look(spoke, moves, now)
         if self.reason != "drain":
             self.reason = reason
+        if not self.closable:
+            return self._wait()
         return self._arm(max(now, self.last_at + self.quiet_s))
 
-    def timer(self, now: float, flushed: bool) -> Action:
+    def timer(self, spoke: Spoke, moves: int, now: float, flushed: bool) -> Action:
         """The armed timer fired.  ``flushed``: nothing relayed is still waiting to be
         written on either side (a slow reader still being fed is not quiet)."""
         self.timer_at = None
-        if self.spoke is CLOSED or self.reason is None or not self.closable:
-            return NOTHING  # the client spoke last: the app's answer arms the next look
+        if self.spoke is CLOSED or self.reason is None:
+            return NOTHING
+        self._look(spoke, moves, now)
         quiet_until = self.last_at + self.quiet_s
+        if not self.closable:
+            return self._wait()
         if not flushed:
-            return self._arm(now + self.quiet_s)
+            return self._arm(now + self.quiet_s)  # a slow reader: look again later
         if now < quiet_until:
-            return self._arm(quiet_until)  # bytes moved while the timer waited
+            return self._arm(quiet_until)  # bytes moved since the last look
         self._move(CLOSED)
         return CLOSE
+
+    def moved(self, spoke: Spoke, moves: int, now: float) -> Action:
+        """Bytes or an EOF moved after a ``WAIT``: now, so the quiet is counted exactly."""
+        self.waiting = False
+        if self.spoke is CLOSED:
+            return NOTHING
+        self._look(spoke, moves, now)
+        if not self.closable:
+            return self._wait()  # more of the request
+        return self._arm(self.last_at + self.quiet_s)
 
     def ended(self) -> None:
         """The connection ended by itself (or was cut): nothing more is decided."""
         if self.spoke is not CLOSED:
             self._move(CLOSED)
         self.timer_at = None
+        self.waiting = False
 
     def _arm(self, at: float) -> Action:
-        """Arm the timer unless it is armed, or nothing wants a close."""
-        if self.reason is None or self.timer_at is not None:
+        """Arm the timer unless it is armed."""
+        if self.timer_at is not None:
             return NOTHING
         self.timer_at = at
         return ARM
+
+    def _wait(self) -> Action:
+        """Ask to be told at the next move, unless asked already or a timer will look."""
+        if self.waiting or self.timer_at is not None:
+            return NOTHING
+        self.waiting = True
+        return WAIT

@@ -12,8 +12,9 @@ is aborted and counted.
 With ``--max-connection-age`` and ``--tcp-rotate-idle`` both set, a connection past
 its age is closed at its first quiet moment the same way (reason ``max_age``).
 
-This class only feeds the quiet machine its events and carries out what it answers:
-arm its one timer, or close.
+This class only tells the quiet machine when to look (a close wanted, its timer, the
+next move it waits for), with what the relay kept by then, and carries out what it
+answers: arm its one timer, wait for the next move, or close.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from proxy.tcp.quiet import (
     CLIENT,
     CLOSE,
     NOBODY,
+    WAIT,
     Action,
     QuietMachine,
     Spoke,
@@ -60,8 +62,8 @@ class TcpSession:
         self.tunnel = Tunnel(self._ended)
         self.tunnel.client = self.client_end = _ClientEnd(self.tunnel, self)
         self._connecting: asyncio.Task[None] | None = None
-        self._rotation: asyncio.TimerHandle | None = None  # at the connection's age limit
-        self._quiet: QuietMachine | None = None  # from rotation's start, or the drain
+        self._rotation: asyncio.TimerHandle | None = None  # near, then at, the age limit
+        self._quiet: QuietMachine | None = None  # from before the age, or the drain
         self._quiet_timer: asyncio.TimerHandle | None = None
 
     def start(self, peername: object) -> None:
@@ -70,9 +72,11 @@ class TcpSession:
         self._connecting = self._loop.create_task(self._connect())
         settings = self.ctx.settings
         if settings.max_connection_age_s and settings.tcp_rotate_idle_s:
-            self._watch(now)  # from the start: the age may run out in the middle of a quiet
             expires_at = self.ctx.rotation.expiry(now)
-            self._rotation = self._loop.call_at(expires_at, self._rotate)
+            # Watching starts a quiet period before the age: a connection quiet since then
+            # (the age ran out in the middle of a quiet) is closed at the age itself.
+            watch_at = expires_at - quiet_period_s(settings.tcp_rotate_idle_s)
+            self._rotation = self._loop.call_at(watch_at, self._near_age, expires_at)
 
     async def _connect(self) -> None:
         try:
@@ -86,35 +90,44 @@ class TcpSession:
 
     # -- the quiet machine's events and actions ---------------------------------------------
     def _watch(self, now: float) -> QuietMachine:
-        """Start watching for quiet moments (once): every read is told from now on."""
+        """Start watching for quiet moments (once), from what the relay has kept so far."""
         if self._quiet is None:
             quiet_s = quiet_period_s(self.ctx.settings.tcp_rotate_idle_s)
-            self._quiet = QuietMachine(quiet_s, _last_speaker(self.tunnel), now)
-            self.tunnel.on_bytes = self._on_bytes
+            tunnel = self.tunnel
+            self._quiet = QuietMachine(quiet_s, _last_speaker(tunnel), tunnel.moves, now)
         return self._quiet
 
-    def _on_bytes(self, from_app: bool) -> None:
-        quiet = self._quiet
-        assert quiet is not None
-        now = self._loop.time()
-        self._act(quiet, quiet.app_bytes(now) if from_app else quiet.client_bytes(now))
+    def _near_age(self, expires_at: float) -> None:
+        self._watch(self._loop.time())
+        self._rotation = self._loop.call_at(expires_at, self._rotate)
 
     def _rotate(self) -> None:
         self._rotation = None
         now = self._loop.time()
         quiet = self._watch(now)
-        self._act(quiet, quiet.close_wanted("max_age", now))
+        tunnel = self.tunnel
+        self._act(quiet, quiet.close_wanted("max_age", _last_speaker(tunnel), tunnel.moves, now))
 
     def _on_timer(self) -> None:
         self._quiet_timer = None
         quiet = self._quiet
         assert quiet is not None
-        self._act(quiet, quiet.timer(self._loop.time(), self.tunnel.flushed))
+        tunnel = self.tunnel
+        self._act(quiet, quiet.timer(_last_speaker(tunnel), tunnel.moves, self._loop.time(),
+                                     tunnel.flushed))
+
+    def _on_move(self) -> None:
+        quiet = self._quiet
+        assert quiet is not None
+        tunnel = self.tunnel
+        self._act(quiet, quiet.moved(_last_speaker(tunnel), tunnel.moves, self._loop.time()))
 
     def _act(self, quiet: QuietMachine, action: Action) -> None:
         if action is ARM:
             assert quiet.timer_at is not None
             self._quiet_timer = self._loop.call_at(quiet.timer_at, self._on_timer)
+        elif action is WAIT:
+            self.tunnel.on_move = self._on_move
         elif action is CLOSE:
             assert quiet.reason is not None
             self.tunnel.cut(quiet.reason, graceful=True)  # FIN both ways: nothing is cut
@@ -125,6 +138,7 @@ class TcpSession:
                 pending.cancel()
         if self._quiet is not None:
             self._quiet.ended()
+        tunnel.on_move = None
         if reason == "drain":  # the drain closed it at a quiet moment, between messages
             self.ctx.metrics.tunnels_closed_quiet.inc()
             self.ctx.timeline.quiet_closed_tunnels += 1
@@ -135,7 +149,8 @@ class TcpSession:
         """The window is over: close at the first quiet moment (``proxy.tcp.quiet``)."""
         now = self._loop.time()
         quiet = self._watch(now)
-        self._act(quiet, quiet.close_wanted("drain", now))
+        tunnel = self.tunnel
+        self._act(quiet, quiet.close_wanted("drain", _last_speaker(tunnel), tunnel.moves, now))
 
     def cut(self) -> int:
         """The tunnel deadline: abort both connections (no request is counted as cut)."""

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Callable
 from typing import Final, cast
 
-from proxy.buffers import SharedReadProtocol, limit_writes
+from proxy.buffers import SharedCopyProtocol, limit_writes
 
 MAX_EARLY_BYTES: Final = 64 * 1024  # read before the far end is connected; then pause
 
@@ -42,11 +42,11 @@ def reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
-class TunnelEnd(SharedReadProtocol):
+class TunnelEnd(SharedCopyProtocol):
     """One connection of a tunnel."""
 
-    __slots__ = ("_early", "_early_size", "_reading_paused", "is_app", "lost", "peer",
-                 "read_eof", "received", "transport", "tunnel")
+    __slots__ = ("_early", "_early_size", "_reading_paused", "_write_peer", "is_app", "lost",
+                 "peer", "read_eof", "received", "transport", "tunnel")
 
     def __init__(self, tunnel: Tunnel, is_app: bool = False) -> None:
         self.tunnel = tunnel
@@ -59,6 +59,9 @@ class TunnelEnd(SharedReadProtocol):
         self._early: list[bytes] = []  # bytes read before the peer existed
         self._early_size = 0
         self._reading_paused = False
+        # The peer's ``transport.write``, bound once at ``join``: every read calls it, and a
+        # bound method spares looking ``write`` up on the transport's type each time.
+        self._write_peer: Callable[[bytes], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -73,6 +76,8 @@ class TunnelEnd(SharedReadProtocol):
     def join(self, peer: TunnelEnd) -> None:
         """The far end is connected: flush what was read early, and relay from now on."""
         self.peer = peer
+        if peer.transport is not None:
+            self._write_peer = peer.transport.write
         if self._early and peer.transport is not None:
             peer.transport.write(b"".join(self._early))
         self._early.clear()
@@ -80,24 +85,15 @@ class TunnelEnd(SharedReadProtocol):
             peer.transport.write_eof()
         self._set_reading(True)
 
-    def data_received(self, data: memoryview | bytes) -> None:
-        # Tested as "not bytes": compiled, that is an inline check, where testing for a
-        # memoryview would look the name up in builtins on every read.
-        if not isinstance(data, bytes):
-            # A copy: the peer's transport may keep what it could not send yet.  Bytes, not
-            # a bytearray: uvloop wraps anything else in a memoryview before sending it.
-            # ``tobytes`` copies in one call, where ``bytes(view)`` goes through the buffer
-            # protocol at several times the cost (``bench_instructions.py --mode tcp``).
-            data = data.tobytes()
+    def data_received(self, data: bytes) -> None:
         self.received += len(data)
         tunnel = self.tunnel
-        tunnel.app_spoke_last = self.is_app  # one store, no clock: the drain asks it
-        on_bytes = tunnel.on_bytes
-        if on_bytes is not None:
-            on_bytes(self.is_app)
-        peer = self.peer
-        if peer is not None and peer.transport is not None:
-            peer.transport.write(data)
+        tunnel.app_spoke_last = self.is_app  # ``Tunnel.spoke``, inlined
+        if tunnel.on_move is not None:
+            tunnel.moved()
+        write_peer = self._write_peer
+        if write_peer is not None:
+            write_peer(data)
             return
         self._early.append(data)
         self._early_size += len(data)
@@ -140,7 +136,7 @@ class TunnelEnd(SharedReadProtocol):
 class Tunnel:
     """Two joined connections; reports its end once, with the reason it ended."""
 
-    __slots__ = ("_ended", "_on_end", "app_spoke_last", "client", "cut_reason", "on_bytes",
+    __slots__ = ("_ended", "_on_end", "app_spoke_last", "client", "cut_reason", "on_move",
                  "upstream")
 
     def __init__(self, on_end: Callable[[Tunnel, str], None]) -> None:
@@ -148,22 +144,35 @@ class Tunnel:
         self._ended = False
         self.cut_reason: str | None = None
         # Who sent bytes (or EOF) last; with no byte either way, False.  Kept on every
-        # read, as one store: a connection the drain reaches must be known to await an
-        # answer (the client spoke last) without having read the clock before.
+        # read, as one store: the quiet machine (``proxy.tcp.quiet``) looks at it, and at
+        # ``moves``, when it decides, rather than being told of every read with a clock.
         self.app_spoke_last = False
-        # Told of every read (with whether it came from the app) while a TCP session
-        # watches for a quiet moment (``proxy.tcp.quiet``): rotation, or the drain.  A clock
-        # read per relayed read is a tenth of a round trip's instructions, so until then
-        # nothing is told.
-        self.on_bytes: Callable[[bool], None] | None = None
+        # Called once at the next bytes or EOF either way, then unset: the quiet machine
+        # waiting for the app's answer to a request (``quiet.WAIT``).
+        self.on_move: Callable[[], None] | None = None
         self.client = TunnelEnd(self)
         self.upstream = TunnelEnd(self, is_app=True)
 
     def spoke(self, from_app: bool) -> None:
-        """Bytes or an EOF came from one side (the read path inlines this)."""
+        """Bytes or an EOF came from one side (the read path inlines this): one store, no
+        clock, for the quiet machine to look at, and ``on_move`` if set."""
         self.app_spoke_last = from_app
-        if self.on_bytes is not None:
-            self.on_bytes(from_app)
+        if self.on_move is not None:
+            self.moved()
+
+    def moved(self) -> None:
+        """Bytes or an EOF moved while ``on_move`` was set: call it, once."""
+        on_move = self.on_move
+        self.on_move = None
+        if on_move is not None:
+            on_move()
+
+    @property
+    def moves(self) -> int:
+        """A count that grows whenever bytes or an EOF move, either way: from the byte
+        counts the relay keeps anyway, so reads pay nothing for it."""
+        client, upstream = self.client, self.upstream
+        return client.received + upstream.received + client.read_eof + upstream.read_eof
 
     def connect_ends(self) -> None:
         self.client.join(self.upstream)
