@@ -95,8 +95,9 @@ class ClientConnection(ClientSide):
         self.ctx.register(self, self._loop.time(), peername=peername)
 
     def data_received(self, data: memoryview | bytes) -> None:
-        """Bytes from the client; a view of the shared read buffer, so whatever must outlive
-        this call is copied (held bytes, an Upgrade's tail)."""
+        """Bytes from the client, a copy of the shared read buffer (``SharedCopyProtocol``):
+        the request parser needs a request's head as bytes, and a body that fills a read is
+        forwarded as this same object."""
         if self.machine.input_closed:
             return  # after EOF, an error, or the last response: discard
         if self.exchanges.held is not None:  # an Upgrade is with the app: not HTTP, not yet

@@ -16,7 +16,7 @@ import time
 
 from proxy import flow
 from proxy.app_connect import UpstreamFailure
-from proxy.buffers import SharedReadProtocol
+from proxy.buffers import SharedCopyProtocol
 from proxy.http1 import http_response
 from proxy.http1.client_exchanges import ExchangeQueue
 from proxy.http1.context import HttpContext
@@ -26,7 +26,7 @@ from proxy.http1.upstream import ResponseSink, UpstreamConnection
 from proxy.http1.upstream_state import may_retry
 
 
-class ClientSide(SharedReadProtocol):
+class ClientSide(SharedCopyProtocol):
     """What the forwarder asks of its client connection (``client.ClientConnection``).  A
     class to inherit rather than a Protocol: compiled, a call through it is a direct call,
     not a lookup by name."""
