@@ -67,6 +67,7 @@ from proxy.http1.http_policy import (
     connection_tokens,
     name_kind,
     origin_form,
+    remember,
     tunnel_upgrade,
     valid_host,
 )
@@ -112,7 +113,6 @@ def refuse_early(held: bytearray, checked: int, limits: RequestLimits) -> None:
 # What a field line means, remembered: most are passed on as they are.
 PASS: Final = 64  # a kind above every role and UNLISTED bit: forward the line untouched
 _MEMO_LINE_BYTES: Final = 256  # longer lines (cookies, tokens) are read every time
-_MEMO_ENTRIES: Final = 4096
 
 
 class FieldLine:
@@ -148,10 +148,7 @@ def field_line(line: bytes) -> FieldLine:
     if kind == UNLISTED and kept is line:
         kind = PASS
     read = FieldLine(kind, name, trimmed, kept)
-    if len(line) <= _MEMO_LINE_BYTES:
-        if len(_field_lines) >= _MEMO_ENTRIES:
-            _field_lines.clear()
-        _field_lines[line] = read
+    remember(_field_lines, line, read, _MEMO_LINE_BYTES)
     return read
 
 
@@ -282,10 +279,7 @@ def request_line(line: bytes, limits: RequestLimits) -> RequestLine:
     if known is not None and len(line) <= limits.max_request_line_bytes:
         return known
     read = RequestLine(line, limits)
-    if len(line) <= _MEMO_LINE_BYTES:
-        if len(_request_lines) >= _MEMO_ENTRIES:
-            _request_lines.clear()
-        _request_lines[line] = read
+    remember(_request_lines, line, read, _MEMO_LINE_BYTES)
     return read
 
 
