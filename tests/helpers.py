@@ -21,6 +21,7 @@ from typing import Self
 
 import h11
 import httptools
+from hypothesis import strategies as st
 
 from proxy.server import ProxyServer
 from proxy.settings import parse_settings
@@ -472,3 +473,28 @@ CHILD_CWD = tempfile.gettempdir()
 def child_env() -> dict[str, str]:
     """The environment of a ``python -m proxy`` child: no DRAIN_PROXY_* settings leak in."""
     return {k: v for k, v in os.environ.items() if not k.startswith("DRAIN_PROXY_")}
+
+
+def mutated(data: st.DataObject, raw: bytes, meaningful: bytes, lines: bool = True) -> bytes:
+    """``raw`` with one to three bytes (drawn from ``meaningful``) deleted, replaced or
+    inserted, or, with ``lines``, a line doubled: the mutations the fuzz tests feed the
+    parsers, near the bytes that decide framing."""
+    kinds = ["delete", "replace", "insert", "duplicate"] if lines else ["delete", "replace",
+                                                                        "insert"]
+    for _ in range(data.draw(st.integers(1, 3))):
+        if not raw:
+            break
+        at = data.draw(st.integers(0, len(raw) - 1))
+        kind = data.draw(st.sampled_from(kinds))
+        byte = bytes([data.draw(st.sampled_from(meaningful))])
+        if kind == "delete":
+            raw = raw[:at] + raw[at + 1:]
+        elif kind == "replace":
+            raw = raw[:at] + byte + raw[at + 1:]
+        elif kind == "insert":
+            raw = raw[:at] + byte + raw[at:]
+        else:
+            end = raw.find(b"\r\n", at)
+            raw = raw[:at] + (raw[at:end + 2] if end >= 0 else b"") + raw[at:]
+    return raw
+

@@ -25,7 +25,7 @@ from proxy.http1.chunked import (
 )
 from proxy.http1.http_policy import Headers, HttpError
 
-from helpers import parse_with_h11, parse_with_llhttp
+from helpers import mutated, parse_with_h11, parse_with_llhttp
 
 HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
 EXTENSIONS = [b"", b";a", b";a=b", b';a="q\\"s"', b";a=b;c=d", b';a="x y";b', b";A-1=~"]
@@ -86,28 +86,13 @@ def test_drawn_bodies_are_read_as_llhttp_and_h11_read_them(
 MEANINGFUL = b"\r\n :;,\t\"\\=\x00\x7f\x80-+0123456789aAfFxXgG_"
 
 
-def mutated(data: st.DataObject, wire: bytes) -> bytes:
-    """``wire`` with one to three bytes deleted, replaced or inserted."""
-    for _ in range(data.draw(st.integers(1, 3))):
-        at = data.draw(st.integers(0, len(wire) - 1))
-        byte = bytes([data.draw(st.sampled_from(MEANINGFUL))])
-        kind = data.draw(st.sampled_from(["delete", "replace", "insert"]))
-        if kind == "delete":
-            wire = wire[:at] + wire[at + 1:]
-        elif kind == "replace":
-            wire = wire[:at] + byte + wire[at + 1:]
-        else:
-            wire = wire[:at] + byte + wire[at:]
-    return wire
-
-
 @settings(max_examples=300, deadline=None)
 @given(chunked_bodies(), st.data())
 def test_mutated_bodies_the_decoder_accepts_are_read_alike(
         body: tuple[bytes, bytes, Headers], data: st.DataObject) -> None:
     """A body the decoder accepts ends where llhttp and h11 end it, with the same data
     and trailers (llhttp keeps a trailer value's trailing whitespace: it is not forwarded)."""
-    wire = mutated(data, body[0])
+    wire = mutated(data, body[0], MEANINGFUL, lines=False)
     try:
         sent, trailers, ended = decode(wire + AFTER, [])
     except HttpError:

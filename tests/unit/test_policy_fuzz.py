@@ -34,6 +34,8 @@ from proxy.http1.request_parser import (
 from proxy.limits import RequestLimits
 from proxy.settings import parse_settings
 
+from helpers import mutated
+
 SEEDS = [
     b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
     b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
@@ -173,31 +175,11 @@ def _one_request_llhttp(data: bytes) -> tuple[bytes, bytes, list[tuple[bytes, by
     return collector.parser.get_method(), collector.url, collector.headers, collector.body
 
 
-def _mutate(data: st.DataObject, raw: bytes) -> bytes:
-    for _ in range(data.draw(st.integers(1, 3))):
-        if not raw:
-            break
-        at = data.draw(st.integers(0, len(raw) - 1))
-        kind = data.draw(st.sampled_from(["delete", "replace", "insert", "duplicate"]))
-        byte = bytes([data.draw(st.sampled_from(MEANINGFUL))])
-        if kind == "delete":
-            raw = raw[:at] + raw[at + 1:]
-        elif kind == "replace":
-            raw = raw[:at] + byte + raw[at + 1:]
-        elif kind == "insert":
-            raw = raw[:at] + byte + raw[at:]
-        else:
-            end = raw.find(b"\r\n", at)
-            line = raw[at:end + 2] if end >= 0 else b""
-            raw = raw[:at] + line + raw[at:]
-    return raw
-
-
 @settings(max_examples=400, deadline=None)
 @given(st.data())
 def test_forwarded_requests_are_canonical_under_mutation(data: st.DataObject) -> None:
     raw = b"".join(data.draw(st.lists(st.sampled_from(SEEDS), min_size=1, max_size=3)))
-    raw = _mutate(data, raw)
+    raw = mutated(data, raw, MEANINGFUL)
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=4))  # read boundaries
     requests, parsed = forwarded(raw, cuts)
     assert len(requests) <= parsed

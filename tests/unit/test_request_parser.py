@@ -48,6 +48,7 @@ from proxy.http1.request_parser import (
 from proxy.limits import RequestLimits
 from proxy.settings import parse_settings
 
+from helpers import mutated
 from test_bad_requests import BAD_REQUESTS
 
 LIMITS = RequestLimits(parse_settings(["--upstream", "app:8080"], {}))
@@ -434,24 +435,6 @@ SEEDS = [
 MEANINGFUL = b"\r\n :;,\t\"\\=\x00\x7f-+0123456789aAfFxX_"
 
 
-def mutated(data: st.DataObject, raw: bytes) -> bytes:
-    """``raw`` with one to three bytes deleted, replaced or inserted, or a line doubled."""
-    for _ in range(data.draw(st.integers(1, 3))):
-        at = data.draw(st.integers(0, len(raw) - 1))
-        kind = data.draw(st.sampled_from(["delete", "replace", "insert", "duplicate"]))
-        byte = bytes([data.draw(st.sampled_from(MEANINGFUL))])
-        if kind == "delete":
-            raw = raw[:at] + raw[at + 1:]
-        elif kind == "replace":
-            raw = raw[:at] + byte + raw[at + 1:]
-        elif kind == "insert":
-            raw = raw[:at] + byte + raw[at:]
-        else:
-            end = raw.find(b"\r\n", at)
-            raw = raw[:at] + (raw[at:end + 2] if end >= 0 else b"") + raw[at:]
-    return raw
-
-
 @FAST
 @given(st.data())
 def test_mutated_streams_are_accepted_or_refused_however_split(data: st.DataObject) -> None:
@@ -459,7 +442,7 @@ def test_mutated_streams_are_accepted_or_refused_however_split(data: st.DataObje
     or none.  (A request with two faults may be refused with either's status: the
     bytes seen so far are checked before the request line is read whole.)"""
     raw = b"".join(data.draw(st.lists(st.sampled_from(SEEDS), min_size=1, max_size=3)))
-    raw = mutated(data, raw)
+    raw = mutated(data, raw, MEANINGFUL)
     whole, whole_state = replay(raw)
     split, split_state = replay(raw, data.draw(st.lists(st.integers(0, len(raw)), max_size=6)))
     assert split.completed == whole.completed
@@ -492,7 +475,7 @@ def test_the_seeds_are_accepted_by_all_three() -> None:
 @given(st.data())
 def test_what_the_parser_accepts_llhttp_and_h11_read_alike(data: st.DataObject) -> None:
     raw = b"".join(data.draw(st.lists(st.sampled_from(SEEDS), min_size=1, max_size=3)))
-    raw = mutated(data, raw)
+    raw = mutated(data, raw, MEANINGFUL)
     assert_accepted_alike(raw, data.draw(st.lists(st.integers(0, len(raw)), max_size=4)))
 
 
