@@ -333,6 +333,7 @@ def test_parser_model() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about two minutes here; the default 60 s is for the quick run
 def test_parser_model_long() -> None:
     run_state_machine_as_test(ParserModel, settings=settings(STATEFUL, max_examples=5000))
 
