@@ -14,11 +14,11 @@ import enum
 import re
 from typing import Final
 
-from proxy.http1.http_policy import Headers, HttpError
+from proxy.http1.http_policy import TOKEN_BYTES, Headers, HttpError
 from proxy.http1.request_head import field_line
 from proxy.transitions import bit_masks, check_move
 
-_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN: Final = b"[" + re.escape(TOKEN_BYTES) + b"]+"  # the token of field names
 _QUOTED: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 _CHUNK_LINE: Final = re.compile(
     rb"([0-9A-Fa-f]{1,16})(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*")
