@@ -80,7 +80,7 @@ _HEAD_BYTES: Final = _VISIBLE + b" \t" + bytes(range(0x80, 0x100))  # all a fiel
 _VERSION: Final = re.compile(rb"HTTP/[0-9]\.[0-9]")
 # A head still arriving holds nothing a complete one may not: no control byte, no CR or
 # LF outside a CRLF (a CR may end the read).  Found, the head is refused before its end.
-_NEVER_IN_A_HEAD: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n|\Z)|(?<!\r)\n")
+NEVER_IN_A_HEAD: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n|\Z)|(?<!\r)\n")
 _METHOD_LIKE: Final = re.compile(rb"[A-Z][A-Z0-9_-]*")
 # The methods llhttp knows: another one is 501, as it was when llhttp read the heads.
 KNOWN_METHODS: Final = frozenset({
@@ -91,7 +91,7 @@ KNOWN_METHODS: Final = frozenset({
     b"UNLINK", b"SOURCE", b"QUERY",
 })
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_MAX_LENGTH_DIGITS: Final = 18  # below 2**63: llhttp refused longer ones as overflowing
+_MAX_LENGTH_DIGITS: Final = 18
 # Method, spaces and version around the target: what a request line adds to it.
 REQUEST_LINE_EXTRA: Final = 32
 
@@ -100,7 +100,7 @@ def refuse_early(held: bytearray, checked: int, limits: RequestLimits) -> None:
     """Raise HttpError for a head that cannot become valid, before its end arrives: a
     bare LF would never end it, an oversized one must not be held.  ``checked``: how much
     of ``held`` an earlier call looked at."""
-    if _NEVER_IN_A_HEAD.search(held, max(0, checked - 1)) is not None:
+    if NEVER_IN_A_HEAD.search(held, max(0, checked - 1)) is not None:
         raise HttpError(400, "invalid bytes in the request head")
     line_end = held.find(b"\r\n")
     if line_end < 0:
@@ -119,13 +119,21 @@ class FieldLine:
     """One field line, read: its kind (a role, UNLISTED with drop bits, or PASS), its
     name, its value with OWS trimmed, and the line as forwarded when it is kept."""
 
-    __slots__ = ("kept", "kind", "name", "value")
+    __slots__ = ("kept", "kind", "length", "name", "trimmed", "value")
 
-    def __init__(self, kind: int, name: bytes, value: bytes, kept: bytes) -> None:
+    def __init__(self, kind: int, name: bytes, value: bytes, kept: bytes, trimmed: bool) -> None:
         self.kind = kind
         self.name = name
         self.value = value
         self.kept = kept
+        # A Content-Length's value, or -1 if it is not one: at most 18 digits (below
+        # 2**63: llhttp refused longer ones as overflowing), nothing else.
+        self.length = -1
+        if kind == LENGTH and value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS:
+            self.length = int(value)
+        # Forwarded other than as received (its trailing whitespace cut).  A flag, not
+        # ``kept is not line``: a remembered reading was made from another bytes object.
+        self.trimmed = trimmed
 
 
 _field_lines: Final[dict[bytes, FieldLine]] = {}
@@ -143,11 +151,12 @@ def field_line(line: bytes) -> FieldLine:
     kind = name_kind(name)  # a token, or refused
     trimmed = value.strip(b" \t")
     kept = line
-    if value and (value[-1] == 32 or value[-1] == 9):  # trailing OWS: llhttp would keep it
+    cut = bool(value) and (value[-1] == 32 or value[-1] == 9)
+    if cut:  # trailing OWS: llhttp would keep it
         kept = name + b": " + trimmed
-    if kind == UNLISTED and kept is line:
+    if kind == UNLISTED and not cut:
         kind = PASS
-    read = FieldLine(kind, name, trimmed, kept)
+    read = FieldLine(kind, name, trimmed, kept, cut)
     remember(_field_lines, line, read, _MEMO_LINE_BYTES)
     return read
 
@@ -202,11 +211,10 @@ def _read_fields(lines: list[bytes], http_10: bool, authority: bytes | None, pee
             found.expects = read.value.lower() == b"100-continue"
             keep = True
         elif kind == LENGTH:
-            value = read.value
-            if found.lengths or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+            if found.lengths or read.length < 0:
                 raise HttpError(400, "invalid Content-Length")
             found.lengths += 1
-            found.framing, found.length = Framing.LENGTH, int(value)
+            found.framing, found.length = Framing.LENGTH, read.length
         elif kind == ENCODING:
             # A tab after the value: llhttp refuses it, h11 reads "chunked".
             if (http_10 or found.framing is Framing.CHUNKED
@@ -230,7 +238,7 @@ def _read_fields(lines: list[bytes], http_10: bool, authority: bytes | None, pee
             found.upgrade = read.value
         if not keep:
             edits.append((line_start, line_end, b""))
-        elif read.kept is not line:
+        elif read.trimmed:
             edits.append((line_start, line_end, b"\r\n" + read.kept))
     if found.lengths and found.framing is Framing.CHUNKED:
         raise HttpError(400, "both Content-Length and Transfer-Encoding")
