@@ -33,6 +33,7 @@ HOT_MODULES = [
     "proxy/http1/client.py", "proxy/http1/client_state.py", "proxy/http1/client_exchanges.py",
     "proxy/http1/client_requests.py", "proxy/http1/client_forwarding.py",
     "proxy/http1/request_parser.py", "proxy/http1/request_head.py", "proxy/http1/chunked.py",
+    "proxy/http1/response_parser.py", "proxy/http1/response_head.py",
     "proxy/http1/exchange.py", "proxy/http1/http_policy.py", "proxy/http1/http_response.py",
     "proxy/http1/upstream.py", "proxy/http1/upstream_state.py", "proxy/http1/context.py",
     "proxy/http2/frames.py", "proxy/http2/session.py", "proxy/http2/goaway.py",

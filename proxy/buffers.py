@@ -52,7 +52,8 @@ class SharedReadProtocol(asyncio.BufferedProtocol):
 class SharedCopyProtocol(asyncio.BufferedProtocol):
     """A protocol that reads into ``SHARED_MAP`` and hands each read to ``data_received``
     as bytes, a copy: for a relay, whose peer's transport may keep what it cannot send yet,
-    and for HTTP/1.1 clients, whose request parser needs the bytes of a head anyway.
+    and for HTTP/1.1 clients and app connections, whose parsers need the bytes of a head
+    anyway and pass on a body that fills a read as this same object.
 
     Slicing the mmap copies in one C call.  A view of ``SHARED_READ`` sliced, then copied
     with ``tobytes``, costs a memoryview object and a method call more on every read: about

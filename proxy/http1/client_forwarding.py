@@ -22,6 +22,7 @@ from proxy.http1.client_exchanges import ExchangeQueue
 from proxy.http1.context import HttpContext
 from proxy.http1.exchange import Exchange
 from proxy.http1.http_policy import Framing, Headers
+from proxy.http1.response_head import AppResponse, head_end
 from proxy.http1.upstream import ResponseSink, UpstreamConnection
 from proxy.http1.upstream_state import may_retry
 
@@ -141,32 +142,33 @@ class Forwarder(ResponseSink):
         self.client.answer_with_error(exchange)
 
     # -- ResponseSink: called by the active exchange's app connection -------------------------
-    def response_interim(self, status: int, reason: bytes, headers: Headers) -> None:
+    def response_interim(self, response: AppResponse) -> None:
         active = self.exchanges.active
         request = active.request if active is not None else None
         if request is None or request.http_10 or self.client.transport is None:
             return  # HTTP/1.0 clients must never see a 1xx
-        if status == 100 and not request.expects_continue:
+        if response.status == 100 and not request.expects_continue:
             return
-        self._out.append(http_response.interim_head(status, reason, headers))
+        self._out.append(http_response.interim_head(response.status, response.reason,
+                                                    response.headers))
 
-    def response_head(self, status: int, reason: bytes, headers: Headers,
-                      app_framing: Framing) -> None:
+    def response_head(self, response: AppResponse) -> None:
         exchanges = self.exchanges
         exchange = exchanges.active
         assert exchange is not None and exchange.request is not None
         request = exchange.request
-        framing = http_response.client_response_framing(app_framing, request.http_10)
+        framing = http_response.client_response_framing(response.framing, request.http_10)
         close = exchanges.machine.close_decision(
             client_keep_alive=request.client_keep_alive, close_delimited=framing is Framing.CLOSE,
             request_complete=exchange.request_complete, pipelined=bool(exchanges.queue),
             draining=self.ctx.draining, now=self._loop.time())
-        exchange.status, exchange.head_sent = status, True
+        exchange.status, exchange.head_sent = response.status, True
         exchange.framing_chunked = framing is Framing.CHUNKED
         if self.ctx.access_log:
             exchange.upstream_s = time.monotonic() - exchange.dispatched_at
-        self._out.append(http_response.build_response_head(
-            status, reason, headers, framing, close is not None, request.http_10))
+        out = self._out
+        out.append(response.head)
+        out.append(head_end(response, framing, close is not None, request.http_10))
 
     def response_body(self, data: bytes) -> None:
         exchange = self.exchanges.active
@@ -210,10 +212,10 @@ class Forwarder(ResponseSink):
             return
         self._failed(exchange, failure)
 
-    def response_switched(self, connection: UpstreamConnection, reason: bytes,
-                          headers: Headers, tail: bytes) -> None:
+    def response_switched(self, connection: UpstreamConnection, response: AppResponse,
+                          tail: bytes) -> None:
         self.response_flush()
-        self.client.switch_to_tunnel(connection, reason, headers, tail)
+        self.client.switch_to_tunnel(connection, response.reason, response.headers, tail)
 
     def app_writable(self, writable: bool) -> None:
         self.client.pause_reading(flow.APP_FULL, not writable)

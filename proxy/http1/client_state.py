@@ -3,7 +3,7 @@
 A client connection carries requests one after another.  Most of the time it is
 waiting for the next one (``FRESH`` before the first, ``IDLE`` after), or busy with
 exactly one (``ACTIVE``).  HTTP/1.1 lets a client send the next request before the
-previous answer has arrived (pipelining): llhttp parses everything a read brings,
+previous answer has arrived (pipelining): the parser reads everything a read brings,
 so a complete later request may already be waiting; then reading stops until the
 earlier answers are out (``PIPELINE_PAUSED``).  A request that asks to switch
 protocols (WebSocket) is special: until the app says yes (101) or no, the bytes

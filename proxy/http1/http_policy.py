@@ -2,8 +2,8 @@
 proxy.  Sans-IO, no sockets, no asyncio.
 
 A proxy that forwards a message its upstream reads differently is a request-smuggling
-hole, so on top of a strict parser (``request_parser`` for requests, llhttp for
-responses) it decides:
+hole, so on top of a strict parser (``request_parser`` for requests, ``response_parser``
+for responses) it decides:
 
 * only HTTP/1.0 and HTTP/1.1; Transfer-Encoding must be exactly ``chunked`` and is
   refused on HTTP/1.0; ``Content_Length``-style names that an app framework may
@@ -12,8 +12,8 @@ responses) it decides:
   re-declared canonically (``Content-Length: <int>`` or ``Transfer-Encoding: chunked``),
   the target is turned into origin form, and ``X-Forwarded-*`` are added
   (``request_head`` splices the forwarded head; ``name_kind`` says what each name means);
-* responses get the same treatment in ``http_response``, which also chooses their
-  framing towards the client (length, chunked, close-delimited or none).
+* responses get the same treatment in ``response_head``, and ``http_response`` chooses
+  their framing towards the client (length, chunked, close-delimited or none).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 An ``UpstreamConnection`` carries one exchange at a time and reports the response to
 the client connection it serves through the ``ResponseSink`` calls.  When a direction
 of the exchange ends, and whether the connection may be pooled afterwards, is
-``upstream_state.UpstreamMachine``'s decision; this class parses, moves bytes and
-runs the timers.
+``upstream_state.UpstreamMachine``'s decision, and where each response begins and ends
+``response_parser.ResponseParser``'s; this class carries out what they decide, moves
+bytes and runs the timers.
 
 Two timers, one per concern.  *Reading*: a pooled connection expires after
 ``--upstream-idle-timeout`` (kept below common app keep-alive timeouts: a pooled
@@ -23,14 +24,23 @@ from __future__ import annotations
 import asyncio
 from typing import Final, cast
 
-import httptools
-
 from proxy.app_connect import Failure, UpstreamFailure, connect_to_app
-from proxy.buffers import SharedReadProtocol, limit_writes
+from proxy.buffers import SharedCopyProtocol, limit_writes
 from proxy.drain.deadline import Deadline
 from proxy.flow import APP_FULL, ReadGate
-from proxy.http1.http_policy import Framing, Headers, HttpError
-from proxy.http1.http_response import ResponseHeads, ResponseTooLarge, app_response_framing
+from proxy.http1.http_policy import Headers
+from proxy.http1.response_head import AppResponse, BadResponse
+from proxy.http1.response_parser import (
+    BODY_READ,
+    END,
+    FAILED,
+    HEAD_READ,
+    INTERIM,
+    NEED_DATA,
+    STRAY,
+    SWITCH,
+    ResponseParser,
+)
 from proxy.http1.upstream_state import AWAITING, IDLE, UpstreamMachine
 from proxy.limits import RequestLimits
 from proxy.settings import Settings
@@ -46,11 +56,10 @@ class ResponseSink:
     a call through it is a direct call, not a lookup by name (about 900 instructions
     each, several per request)."""
 
-    def response_interim(self, status: int, reason: bytes, headers: Headers) -> None:
+    def response_interim(self, response: AppResponse) -> None:
         raise NotImplementedError
 
-    def response_head(self, status: int, reason: bytes, headers: Headers,
-                      app_framing: Framing) -> None:
+    def response_head(self, response: AppResponse) -> None:
         raise NotImplementedError
 
     def response_body(self, data: bytes) -> None:
@@ -62,8 +71,8 @@ class ResponseSink:
     def response_flush(self) -> None:
         raise NotImplementedError
 
-    def response_switched(self, connection: UpstreamConnection, reason: bytes,
-                          headers: Headers, tail: bytes) -> None:
+    def response_switched(self, connection: UpstreamConnection, response: AppResponse,
+                          tail: bytes) -> None:
         raise NotImplementedError
 
     def response_failed(self, failure: UpstreamFailure) -> None:
@@ -73,27 +82,18 @@ class ResponseSink:
         raise NotImplementedError
 
 
-class _StrayResponse(Exception):
-    """Raised inside llhttp callbacks to stop parsing a response we did not ask for."""
+class UpstreamConnection(SharedCopyProtocol):
+    """One connection to the app: carries out what its ``ResponseParser`` reads."""
 
-
-class UpstreamConnection(SharedReadProtocol):
-    """One connection to the app, parsing responses with llhttp."""
-
-    __slots__ = (
-        "_body_seen", "_close_delimited", "_head_request", "_headers", "_heads", "_interim",
-        "_keep_alive", "_parser", "_poisoned", "_read_deadline", "_reason", "_response_bytes",
-        "_sink", "_switching", "_trailers", "_upgrade", "_write_deadline", "gate", "machine",
-        "pool", "transport",
-    )
+    __slots__ = ("_parser", "_read_deadline", "_response_bytes", "_sink", "_write_deadline",
+                 "gate", "machine", "pool", "transport")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.machine = UpstreamMachine()
         self.transport: asyncio.Transport | None = None
         self.gate = ReadGate()
-        self._parser = httptools.HttpResponseParser(self)
-        self._heads = ResponseHeads(pool.limits.max_response_header_bytes)
+        self._parser = ResponseParser(pool.limits.max_response_header_bytes)
         self._sink: ResponseSink | None = None
         settings = pool.settings
         loop = asyncio.get_running_loop()
@@ -101,27 +101,16 @@ class UpstreamConnection(SharedReadProtocol):
             loop, self._read_timed_out,
             min(settings.upstream_timeout_s, settings.upstream_idle_timeout_s))
         self._write_deadline = Deadline(loop, self._write_timed_out, settings.body_timeout_s)
-        self._headers: Headers = []
-        self._trailers: Headers | None = None  # a list once the final head is complete
-        self._reason = b""
-        self._interim = False  # the head being parsed is a 1xx
-        self._switching = False  # a 101 arrived: the rest of the read is tunnel data
-        self._keep_alive = False
-        self._close_delimited = False
-        self._head_request = False
-        self._upgrade = False
         self._response_bytes = False  # some byte of this exchange's response arrived
-        self._body_seen = False  # the piece being parsed carried a body byte
-        self._poisoned = False  # bytes we did not ask for: never reuse
 
     # -- used by the client connection -----------------------------------------------------
     def bind(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> None:
         """Start an exchange; ``upgrade`` when the request asks to switch protocols."""
         self.machine.bind()
-        self._heads.start()
+        self._parser.start(head_request, upgrade)
         self._read_deadline.clear()
-        self._sink, self._head_request, self._upgrade = sink, head_request, upgrade
-        self._switching = self._interim = self._close_delimited = self._response_bytes = False
+        self._sink = sink
+        self._response_bytes = False
 
     def send(self, data: bytes) -> None:
         if self.transport is not None:
@@ -156,61 +145,44 @@ class UpstreamConnection(SharedReadProtocol):
         self.transport = self.gate.transport = cast(asyncio.Transport, transport)
         limit_writes(self.transport)
 
-    def data_received(self, data: memoryview | bytes) -> None:
-        # Through a local: narrowed, ``self._sink`` would be read below as a ResponseSink by
-        # the compiled build, and parsing may have set it to None by then (a TypeError).
+    def data_received(self, data: bytes) -> None:
+        # Through a local: compiled, a test of ``self._sink`` narrows it for the whole
+        # method, and reading it below once it is None would be a TypeError.
         sink = self._sink
         if sink is None:  # bytes on an idle pooled connection: never trust it again
-            self._poisoned = True
             self.close()
             return
         self._response_bytes = True
-        if self.machine.awaiting_head and self._heads.whole_read(data):
-            if not self._parse(data, b"", False):  # a whole read in one llhttp call
-                return
-            if self._sink is not None and self.machine.awaiting_head:  # the head goes on
-                self._heads.head_continues(len(data))
-            self._after_read()
-            return
-        while data:  # more than once only when a head ends within the read
-            in_body = not self.machine.awaiting_head
-            if not in_body:  # heads go to llhttp whole (ResponseHeads)
-                try:
-                    piece, data = self._heads.take_head(data)
-                except ResponseTooLarge as too_large:
-                    self._fail(Failure.TOO_LARGE, str(too_large))
-                    return
-            else:
-                piece, data = data, b""
-            if piece and not self._parse(piece, data, in_body):
-                return
-        self._after_read()
-
-    def _parse(self, piece: memoryview | bytes, rest: memoryview | bytes, in_body: bool) -> bool:
-        """Feed llhttp ``piece`` of a read (``rest`` follows it; ``in_body``: after the
-        final head); False when nothing more of the read is for llhttp: the protocol
-        switched, or the response failed."""
-        self._body_seen = False
-        # One name per except clause: mypyc types a local from its first binding.
+        parser = self._parser
+        parser.feed(data)
         try:
-            self._parser.feed_data(piece)
-            if in_body and self.machine.responding:
-                self._heads.body_read(len(piece), self._body_seen)
-        except httptools.HttpParserUpgrade as upgrade:  # a copy: the read buffer is shared
-            self._switched(bytes(piece[upgrade.args[0]:]) + bytes(rest))
-            return False
-        except ResponseTooLarge as too_large:
-            self._fail(Failure.TOO_LARGE, str(too_large))
-            return False
-        except httptools.HttpParserError as parse_error:
-            self._poisoned = True
-            cause = parse_error.__context__  # raised in a callback (trailers too large)?
-            if isinstance(cause, ResponseTooLarge):
-                self._fail(Failure.TOO_LARGE, str(cause))
-            else:
-                self._fail(Failure.PROTOCOL, f"invalid response from the app: {parse_error}")
-            return False
-        return True
+            while True:
+                event = parser.next_event()
+                if event == NEED_DATA:
+                    break
+                # Read each time: the sink may have let go (the response ended, or the
+                # client went away and aborted this exchange).
+                sink = self._sink
+                if sink is None:
+                    if event == STRAY:
+                        break  # after a complete response: the connection is not reused
+                    return  # aborted: the connection is being reset
+                if event == BODY_READ:
+                    sink.response_body(parser.body)
+                elif event == HEAD_READ:
+                    self.machine.response_begins()  # the read timer restarts after the read
+                    sink.response_head(parser.response)
+                elif event == END:
+                    self._complete(sink, parser.trailers, parser.reusable)
+                elif event == INTERIM:
+                    sink.response_interim(parser.response)
+                elif event == SWITCH:
+                    self._switched(sink, parser.response, parser.tail)
+                    return
+        except BadResponse as refused:
+            self._fail(refused.failure, refused.detail)
+            return
+        self._after_read()
 
     def eof_received(self) -> bool:
         return False
@@ -219,13 +191,13 @@ class UpstreamConnection(SharedReadProtocol):
         self.transport = self.gate.transport = None
         self._stop_timers()
         self.pool.forget(self)
-        responding = self.machine.responding
+        ended = exc is None and self._parser.app_closed()  # a close-delimited body's end
         self.machine.closed()
         sink, self._sink = self._sink, None
         if sink is None:
             return
-        if exc is None and self._close_delimited and responding:
-            sink.response_complete([])  # a close-delimited body ends with the app's EOF
+        if ended:
+            sink.response_complete([])
             return
         failure = Failure.CLOSED if exc is None else Failure.RESET
         detail = "the app closed the connection" if exc is None else f"the app reset it: {exc}"
@@ -242,77 +214,12 @@ class UpstreamConnection(SharedReadProtocol):
         if self._sink is not None:
             self._sink.app_writable(True)
 
-    # -- llhttp callbacks ------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if self._sink is None:
-            raise _StrayResponse  # a second response to one request
-        self._headers = []
-        self._trailers = None
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._trailers is not None:
-            self._heads.trailer_field(name, value)
-            self._trailers.append((name, value))
-        else:
-            self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        sink = self._sink
-        assert sink is not None
-        self._heads.head_done()
-        status = self._parser.get_status_code()
-        if status == 101:
-            if not self._upgrade:
-                raise _StrayResponse  # a switch nobody asked for is a protocol error
-            self._switching = True
-            self._read_deadline.clear()
-            return
-        if status < 200:
-            self._interim = True
-            sink.response_interim(status, self._reason, self._headers)
-            return
-        self._interim = False
-        try:
-            framing = app_response_framing(status, self._headers, self._head_request)
-        except HttpError as refused:
-            self._poisoned = True
-            self._fail(Failure.PROTOCOL, refused.reason)
-            raise _StrayResponse from None  # stop parsing this connection
-        # Read it now: llhttp resets the flag once the message is complete.
-        self._keep_alive = self._parser.should_keep_alive()
-        self._close_delimited = framing is Framing.CLOSE
-        self.machine.response_begins()  # the read timer restarts after the read
-        self._trailers = []
-        sink.response_head(status, self._reason, self._headers, framing)
-        if self._head_request:  # llhttp cannot know: a response to HEAD ends with its head
-            self._keep_alive = False  # and a body after it would be read as the next one
-            self._complete()
-
-    def on_body(self, body: bytes) -> None:
-        if self._sink is None:  # bytes after a complete response (HEAD, say)
-            self._poisoned = True
-            return
-        self._body_seen = True
-        self._sink.response_body(body)
-
-    def on_message_complete(self) -> None:
-        if self._switching or self._sink is None:
-            return  # 101: llhttp pauses next; or a HEAD response, complete already
-        if self._interim:
-            self._interim = False  # the final response follows
-            return
-        self._complete()
-
     # -- internals -------------------------------------------------------------------------
-    def _complete(self) -> None:
-        self.machine.response_done(self._keep_alive and not self._close_delimited)
+    def _complete(self, sink: ResponseSink, trailers: Headers, reusable: bool) -> None:
+        self.machine.response_done(reusable)
         self._read_deadline.clear()
-        sink, self._sink = self._sink, None
-        if sink is not None:
-            sink.response_complete(self._trailers or [])
+        self._sink = None
+        sink.response_complete(trailers)
 
     def _after_read(self) -> None:
         """Once a read is parsed: flush it to the client, or pool or close the connection
@@ -324,22 +231,18 @@ class UpstreamConnection(SharedReadProtocol):
             if self.machine.responding and not self.gate.paused:
                 self._read_deadline.set(self.pool.limits.upstream_timeout_s)
             self._sink.response_flush()
-        elif self.machine.state is IDLE and not self._poisoned:
+        elif self.machine.state is IDLE and self._parser.receiving is not FAILED:
             self.pool.release(self)
         else:
             self.close()
 
-    def _switched(self, tail: bytes) -> None:
+    def _switched(self, sink: ResponseSink, response: AppResponse, tail: bytes) -> None:
         """The app agreed to switch protocols: this connection leaves HTTP and the pool."""
-        sink, self._sink = self._sink, None
-        if not self._switching or sink is None:
-            self._sink = sink
-            self._fail(Failure.PROTOCOL, "unexpected protocol switch")
-            return
+        self._sink = None
         self.machine.switched()
         self.pool.forget(self)
         self._stop_timers()
-        sink.response_switched(self, self._reason, self._headers, tail)
+        sink.response_switched(self, response, tail)
 
     def _failure(self, failure: Failure, detail: str) -> UpstreamFailure:
         return UpstreamFailure(failure, detail, self.machine.reused, self._response_bytes)

@@ -1,5 +1,5 @@
-"""Unit tests for proxy.http1.http_policy and proxy.http1.http_response; every head built
-is also parsed back with h11."""
+"""Unit tests for proxy.http1.http_policy, proxy.http1.http_response and the response heads
+of proxy.http1.response_head; every head built is also parsed back with h11."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import h11
 import pytest
 
+from proxy.app_connect import Failure
 from proxy.http1.http_policy import (
     ForwardRequest,
     Framing,
@@ -18,13 +19,12 @@ from proxy.http1.http_policy import (
 )
 from proxy.http1.http_response import (
     LAST_CHUNK,
-    app_response_framing,
-    build_response_head,
     chunk,
     client_response_framing,
     error_response,
 )
 from proxy.http1.request_head import check_request
+from proxy.http1.response_head import BadResponse, head_end, read_response
 from proxy.limits import RequestLimits
 from proxy.settings import Settings, parse_settings
 
@@ -231,6 +231,23 @@ def test_header_limits(max_bytes: int, max_count: int, headers: Headers) -> None
     assert caught.value.status == 431
 
 
+def app_head(status: int, reason: bytes, headers: Headers) -> bytes:
+    """A response head as an app sends it, without its final CRLF CRLF."""
+    return b"HTTP/1.1 %d %s" % (status, reason) + b"".join(
+        b"\r\n" + name + b": " + value for name, value in headers)
+
+
+def app_response_framing(status: int, headers: Headers, head_request: bool) -> Framing:
+    return read_response(app_head(status, b"Whatever", headers), head_request).framing
+
+
+def build_response_head(status: int, reason: bytes, headers: Headers, framing: Framing,
+                        close: bool, client_http_10: bool) -> bytes:
+    """The head the client gets for an app's head, sent with ``framing``."""
+    response = read_response(app_head(status, reason, headers), False)
+    return response.head + head_end(response, framing, close, client_http_10)
+
+
 @pytest.mark.parametrize(
     ("status", "headers", "head_request", "expected"),
     [(200, [(b"Content-Length", b"5")], True, Framing.NONE),
@@ -248,9 +265,9 @@ def test_app_response_framing(status: int, headers: Headers, head_request: bool,
 
 @pytest.mark.parametrize("value", [b"gzip", b"gzip, chunked", b"identity"])
 def test_app_response_unsupported_transfer_encoding(value: bytes) -> None:
-    with pytest.raises(HttpError) as caught:
+    with pytest.raises(BadResponse) as caught:
         app_response_framing(200, [(b"Transfer-Encoding", value)], False)
-    assert caught.value.status == 502
+    assert caught.value.failure is Failure.PROTOCOL and caught.value.failure.status == 502
 
 
 @pytest.mark.parametrize(
@@ -301,10 +318,10 @@ def test_response_headers_named_in_connection_are_stripped() -> None:
 )
 def test_response_connection_header(close: bool, http_10: bool, framing: Framing,
                                     connection: list[bytes]) -> None:
-    head = build_response_head(200, b"OK", [(b"Content-Length", b"0"), (b"X-App", b"1")],
-                               framing, close, http_10)
+    framed = framing is Framing.LENGTH  # else the app sent no length: its EOF ends the body
+    length = [(b"Content-Length", b"0")] if framed else []
+    head = build_response_head(200, b"OK", [*length, (b"X-App", b"1")], framing, close, http_10)
     assert head.lower().count(b"connection:") == len(connection)
-    framed = framing is Framing.LENGTH
     assert (b"Content-Length: 0\r\n" in head) is framed
     response = parse_response(head, eof=not framed)[0]
     assert isinstance(response, h11.Response)
