@@ -4,7 +4,7 @@
 #
 # Stage 1 builds wheels for drain-proxy and its dependencies and installs them into a
 # virtualenv. It uses the full python image for its C compiler: setup.py compiles drain-proxy's
-# per-request modules with mypyc (uvloop, httptools and prometheus-client ship binary wheels).
+# per-request modules with mypyc (uvloop and prometheus-client ship binary wheels).
 # Both images are Debian bookworm with Python in /usr/local, so the compiled modules run in the
 # slim image. Stage 2 copies only that virtualenv: no pip run, no build tools, no source tree,
 # and nothing in it needs a shell at run time.
@@ -14,7 +14,7 @@ FROM python:3.11-bookworm AS build
 # shipping the slower pure-Python package unnoticed.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_ONLY_BINARY=uvloop,httptools \
+    PIP_ONLY_BINARY=uvloop \
     DRAIN_PROXY_REQUIRE_EXTENSIONS=1
 WORKDIR /src
 COPY pyproject.toml setup.py README.md LICENSE ./

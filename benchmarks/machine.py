@@ -123,11 +123,11 @@ def proxy_build() -> str:
 
 
 def describe(tools: Tools, pinning: Pinning) -> str:
-    """One line: CPU, cores, OS, kernel, Python (+ uvloop, httptools), tools, pinning."""
+    """One line: CPU, cores, OS, kernel, Python (+ uvloop), tools, pinning."""
     usable = len(os.sched_getaffinity(0))
     parts = [cpu_model(), f"{os.cpu_count()} CPUs ({usable} usable)", os_name(),
              f"kernel {platform.release()}",
-             f"Python {platform.python_version()} ({package('uvloop')}, {package('httptools')})",
+             f"Python {platform.python_version()} ({package('uvloop')})",
              proxy_build()]
     for name, path in (("nginx", tools.nginx), ("HAProxy", tools.haproxy), ("wrk", tools.wrk)):
         parts.append(f"{name} {version([path, '-v'])}" if path else f"{name} absent")
