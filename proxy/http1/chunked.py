@@ -117,7 +117,8 @@ class ChunkedBody:
         if self.part is SIZE:
             if len(held) > MAX_CHUNK_LINE_BYTES + 1:  # + 1: the CR that may end it
                 raise HttpError(400, "chunk extensions too long")
-        elif self._trailer_bytes + len(held) > self._max_trailer_bytes:
+        elif held != b"\r" and self._trailer_bytes + len(held) > self._max_trailer_bytes:
+            # A lone CR may begin the empty line that ends the trailers: it counts nothing.
             raise HttpError(431, "request header fields too large")
         self._held = held
 
