@@ -165,7 +165,7 @@ class ResponseParser:
             self._at = size
             return BODY_READ
         if receiving is IDLE:
-            self._at = size
+            self._at, self.reusable = size, False
             self._move(FAILED)
             return STRAY
         return NEED_DATA  # switched or failed: nothing more is read
