@@ -291,12 +291,13 @@ def request_line(line: bytes, limits: RequestLimits) -> RequestLine:
     return read
 
 
-def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestLimits
-                  ) -> tuple[ForwardRequest, bool]:
+def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestLimits,
+                  last: AddedLines | None = None) -> tuple[ForwardRequest, bool]:
     """Validate one complete request head (from its request line up to, not including,
     the CRLF CRLF that ends it) and build the head to forward; also whether the request
     asks to switch protocols (llhttp's ``should_upgrade``: an Upgrade field and the
-    ``upgrade`` token).  Raises HttpError."""
+    ``upgrade`` token).  ``last``: the connection's, to reuse the lines the proxy adds.
+    Raises HttpError."""
     lines = head.split(_CRLF)
     first = request_line(lines[0], limits)
     if len(head) - len(lines[0]) > limits.max_header_bytes or len(lines) > (
@@ -335,17 +336,7 @@ def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestL
     if upgrade is not None:
         pieces.append(b"\r\nConnection: upgrade\r\nUpgrade: ")
         pieces.append(upgrade)
-    if found.host is None:
-        pieces.append(b"\r\nHost: ")
-        pieces.append(authority or default_host)
-    pieces.append(b"\r\nX-Forwarded-For: ")
-    pieces.append(found.xff + b", " + peer.ip if found.xff else peer.ip)
-    if not found.forwarded_proto:
-        pieces.append(b"\r\nX-Forwarded-Proto: http")
-    forwarded_host = authority or found.host  # absolute form: the target's authority wins
-    if not found.forwarded_host and forwarded_host is not None:
-        pieces.append(b"\r\nX-Forwarded-Host: ")
-        pieces.append(forwarded_host)
+    pieces.append(_added_lines(found, peer, authority, default_host, last))
     pieces.append(framing_line(found.framing, found.length))
     request = ForwardRequest(
         method=first.method, head=b"".join(pieces), framing=found.framing, http_10=http_10,
@@ -354,6 +345,44 @@ def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestL
         target=first.target, length=found.length,
     )
     return request, upgrade_requested
+
+
+class AddedLines:
+    """The lines the proxy added to a connection's last usual request (one with a Host and
+    no forwarding claims kept), for that Host: a connection sends the same Host every time
+    (the same bytes object, from the field-line memo), so they are joined once."""
+
+    __slots__ = ("host", "lines")
+
+    def __init__(self) -> None:
+        self.host = b""
+        self.lines = b""
+
+
+def _added_lines(found: _Fields, peer: Peer, authority: bytes | None, default_host: bytes,
+                 last: AddedLines | None) -> bytes:
+    """Host when the request had none, and X-Forwarded-For, -Proto and -Host."""
+    host = found.host
+    usual = (last is not None and authority is None and not found.xff
+             and not found.forwarded_proto and not found.forwarded_host)
+    if usual and last is not None and host is last.host:
+        return last.lines
+    pieces = []
+    if host is None:
+        pieces.append(b"\r\nHost: ")
+        pieces.append(authority or default_host)
+    pieces.append(b"\r\nX-Forwarded-For: ")
+    pieces.append(found.xff + b", " + peer.ip if found.xff else peer.ip)
+    if not found.forwarded_proto:
+        pieces.append(b"\r\nX-Forwarded-Proto: http")
+    forwarded_host = authority or host  # absolute form: the target's authority wins
+    if not found.forwarded_host and forwarded_host is not None:
+        pieces.append(b"\r\nX-Forwarded-Host: ")
+        pieces.append(forwarded_host)
+    lines = b"".join(pieces)
+    if usual and last is not None and host is not None:
+        last.host, last.lines = host, lines
+    return lines
 
 
 def framing_line(framing: Framing, length: int) -> bytes:
