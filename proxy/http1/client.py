@@ -94,7 +94,7 @@ class ClientConnection(ClientSide):
         # After the timer: a drain under way sets the first request's grace.
         self.ctx.register(self, self._loop.time(), peername=peername)
 
-    def data_received(self, data: memoryview | bytes) -> None:
+    def data_received(self, data: bytes) -> None:
         """Bytes from the client, a copy of the shared read buffer (``SharedCopyProtocol``):
         the request parser needs a request's head as bytes, and a body that fills a read is
         forwarded as this same object."""
@@ -157,7 +157,7 @@ class ClientConnection(ClientSide):
             self.ctx.connections.reclassify(self, Kind.SETTLED)
 
     # -- parsing --------------------------------------------------------------------------------
-    def _parse(self, data: memoryview | bytes) -> None:
+    def _parse(self, data: bytes) -> None:
         """Parse a read; forward what became ready; past an Upgrade request, hold the rest
         (forwarded Upgrade) or parse on (an Upgrade we drop, h2c).  A loop, not recursion:
         a pipeline of dropped Upgrades must not grow the stack."""

@@ -187,7 +187,7 @@ class ExchangeQueue:
         last = self.queue[-1] if self.queue else self.active
         return last is not None and last.request is not None and last.request.upgrade
 
-    def hold(self, data: bytes | memoryview) -> bool:
+    def hold(self, data: bytes) -> bool:
         """Hold bytes past the Upgrade request; True while more are held than allowed
         (reading pauses: ``HELD``)."""
         if self.held is None:

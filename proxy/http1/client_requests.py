@@ -46,12 +46,12 @@ class RequestReader:
         self.exchanges = exchanges
         self.ctx = ctx
         self.parser = RequestParser(ctx.limits, peer, ctx.upstream_authority)
-        self.upgrade_tail: memoryview | bytes | None = None  # what followed an Upgrade's head
+        self.upgrade_tail: bytes | None = None  # what followed an Upgrade's head
         # What the last read brought, for the read timer: a new head, body bytes.
         self.began = False
         self.body_progress = False
 
-    def read(self, data: memoryview | bytes) -> HttpError | None:
+    def read(self, data: bytes) -> HttpError | None:
         """Parse one read; the refusal it ended in, if any.  After an Upgrade request the
         parser stops and ``upgrade_tail`` holds the rest of the read."""
         self.upgrade_tail = None
@@ -111,18 +111,18 @@ class PrefaceSniffer:
         self.after_preface = b""  # with ``http2``: the bytes that followed the preface
         self._seen = b""  # a first read shorter than the preface, matching it so far
 
-    def feed(self, data: memoryview | bytes) -> memoryview | bytes | None:
+    def feed(self, data: bytes) -> bytes | None:
         """What to parse as HTTP/1.1, once the bytes are not the preface; None while they
         may still be, and when they are (then ``http2`` is set)."""
-        seen = self._seen + bytes(data) if self._seen else data
+        seen = self._seen + data if self._seen else data
         size = min(len(seen), len(PREFACE))
-        if bytes(seen[:size]) != PREFACE[:size]:
+        if seen[:size] != PREFACE[:size]:
             self._seen = b""
             return seen
         if size < len(PREFACE):
-            self._seen = bytes(seen)
+            self._seen = seen
         else:
-            self._seen, self.http2, self.after_preface = b"", True, bytes(seen[size:])
+            self._seen, self.http2, self.after_preface = b"", True, seen[size:]
         return None
 
 

@@ -27,8 +27,9 @@ from proxy.limits import RequestLimits
 from proxy.transitions import bit_masks, check_move
 
 _HEAD_END: Final = b"\r\n\r\n"
-# How much of a read is copied to look for a head's end: a whole small read; of a large
-# one (a body arriving with its head) only this much, so the body is copied once.
+# How much of a read is searched for a head's end: a small read in place (``partition``
+# copies the rest of it, small too); of a large one (a body arriving with its head) a
+# copy of this much, so the body is not copied with it.
 HEAD_PROBE_BYTES: Final = 4096
 NO_UPGRADE: Final = -1
 
@@ -83,7 +84,7 @@ class RequestParser:
         self.body = b""  # with BODY_READ
         self.trailers: Headers = []  # with END
         self.upgrade_at = NO_UPGRADE
-        self._data: memoryview | bytes = b""
+        self._data = b""
         self._at = 0
         self._held = bytearray()  # a head that began in an earlier read
         self._remaining = 0  # of a body of known length
@@ -91,7 +92,7 @@ class RequestParser:
         self._chunked: ChunkedBody | None = None
         self._added = AddedLines()
 
-    def feed(self, data: memoryview | bytes) -> None:
+    def feed(self, data: bytes) -> None:
         """The next read; ``next_event`` parses it (and lets go of it by ``NEED_DATA``)."""
         self._data, self._at, self.upgrade_at = data, 0, NO_UPGRADE
 
@@ -104,7 +105,9 @@ class RequestParser:
             self._move(FAILED)
             raise
         if event == NEED_DATA:
-            self._data = b""  # a view of a shared buffer must not outlive its read
+            # An idle keep-alive connection must not keep its last read or body piece
+            # alive (64 KiB each, at most).
+            self._data = self.body = b""
         return event
 
     def _next(self) -> int:
@@ -137,7 +140,7 @@ class RequestParser:
             return self._chunks(data, at, size)
         return NEED_DATA  # refused: nothing more is read
 
-    def _head(self, data: memoryview | bytes, at: int, size: int) -> int:
+    def _head(self, data: bytes, at: int, size: int) -> int:
         held = self._held
         if held:
             searched_from = max(0, len(held) - 3)
@@ -150,11 +153,11 @@ class RequestParser:
             head = bytes(held[:end])
             held.clear()
         else:
-            probe = bytes(data) if not at and size <= HEAD_PROBE_BYTES else bytes(
-                data[at:at + HEAD_PROBE_BYTES])
+            probe = data if not at and size <= HEAD_PROBE_BYTES else data[
+                at:at + HEAD_PROBE_BYTES]
             head, found, _ = probe.partition(_HEAD_END)
             if not found and len(probe) == HEAD_PROBE_BYTES:
-                probe = bytes(data[at:])  # a large head: look further
+                probe = data[at:]  # a large head: look further
                 head, found, _ = probe.partition(_HEAD_END)
             if not found:
                 held += probe
@@ -173,7 +176,7 @@ class RequestParser:
             self._move(BODY)
         return HEAD_READ
 
-    def _chunks(self, data: memoryview | bytes, at: int, size: int) -> int:
+    def _chunks(self, data: bytes, at: int, size: int) -> int:
         body = self._chunked
         assert body is not None
         if body.part is DONE:
@@ -182,8 +185,7 @@ class RequestParser:
         if at >= size:
             return NEED_DATA
         pieces: list[bytes] = []
-        rest = bytes(data[at:])
-        self._at = at + body.feed(rest, 0, pieces)
+        self._at = body.feed(data, at, pieces)
         if not pieces:
             return self._chunks(data, self._at, size)
         self.body = pieces[0] if len(pieces) == 1 else b"".join(pieces)

@@ -129,7 +129,8 @@ class ResponseParser:
             self._move(FAILED)
             raise
         if event == NEED_DATA:
-            self._data = b""  # an idle connection must not keep its last read alive
+            # A pooled connection must not keep its last read alive (64 KiB each, at most).
+            self._data = self.body = b""
         return event
 
     def app_closed(self) -> bool:

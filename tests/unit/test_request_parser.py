@@ -649,3 +649,16 @@ def test_the_line_memos_stay_bounded_and_lines_are_still_checked() -> None:
         assert replay(bad)[0].status == 400
     again, _ = replay(b"GET /p1 HTTP/1.1\r\nHost: a\r\nX-N: 1\r\n\r\n")
     assert again.completed == log.completed[1:2]
+
+
+def test_the_parser_lets_go_of_a_read_once_it_is_parsed() -> None:
+    """An idle keep-alive connection must not keep its last read or body piece alive (up
+    to 64 KiB each): by NEED_DATA the parser holds none of it."""
+    parser = new_parser()
+    parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65536\r\n\r\n" + b"x" * 65536)
+    bodies = []
+    while (event := parser.next_event()) != NEED_DATA:
+        if event == BODY_READ:
+            bodies.append(parser.body)
+    assert sum(map(len, bodies)) == 65536
+    assert parser.body == b"" and parser.reading is IDLE

@@ -1020,3 +1020,17 @@ def test_trailers_at_the_limit_pass_with_the_last_crlf_cut_between_reads() -> No
     cut, _ = replay(raw, cuts=[len(raw) - 1], max_head_bytes=256)  # between its CR and LF
     assert whole.failure is None and len(whole.completed) == 1
     assert (cut.failure, cut.completed) == (whole.failure, whole.completed)
+
+
+def test_the_parser_lets_go_of_a_read_once_it_is_parsed() -> None:
+    """A pooled app connection must not keep its last read alive (up to 64 KiB each, and
+    up to 256 pooled): by NEED_DATA the parser holds none of it."""
+    parser = ResponseParser(MAX_HEAD)
+    parser.start(False, False)
+    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n" + b"x" * 65536)
+    bodies = []
+    while (event := parser.next_event()) != NEED_DATA:
+        if event == BODY_READ:
+            bodies.append(parser.body)
+    assert sum(map(len, bodies)) == 65536 and parser.reusable
+    assert parser.body == b"" and parser.receiving is IDLE
