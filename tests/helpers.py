@@ -475,6 +475,27 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("DRAIN_PROXY_")}
 
 
+CHUNK_EXTENSIONS = [b"", b";a", b";a=b", b';a="q\\"s"', b";a=b;c", b';n="x y"']
+CHUNK_TRAILERS = [(b"X-T", b"1"), (b"Checksum", b"abc def"), (b"x-empty", b"")]
+
+
+@st.composite
+def chunked_bodies(draw: st.DrawFn) -> tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...]]:
+    """A chunked body as sent (sizes in either case, extensions, trailers), its data and
+    its trailers as they must be read: for the request and the response parsers' models."""
+    chunks = draw(st.lists(st.binary(min_size=1, max_size=24), max_size=4))
+    wire = []
+    for piece in chunks:
+        size = b"%x" % len(piece)
+        size = draw(st.sampled_from([size, size.upper(), b"00" + size]))
+        wire.append(size + draw(st.sampled_from(CHUNK_EXTENSIONS)) + b"\r\n" + piece + b"\r\n")
+    trailers = tuple(draw(st.lists(st.sampled_from(CHUNK_TRAILERS), max_size=2)))
+    wire.append(b"0" + draw(st.sampled_from(CHUNK_EXTENSIONS)) + b"\r\n")
+    wire += [name + b": " + value + b"\r\n" for name, value in trailers]
+    wire.append(b"\r\n")
+    return b"".join(wire), b"".join(chunks), trailers
+
+
 def mutated(data: st.DataObject, raw: bytes, meaningful: bytes, lines: bool = True) -> bytes:
     """``raw`` with one to three bytes (drawn from ``meaningful``) deleted, replaced or
     inserted, or, with ``lines``, a line doubled: the mutations the fuzz tests feed the

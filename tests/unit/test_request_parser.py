@@ -48,7 +48,7 @@ from proxy.http1.request_parser import (
 from proxy.limits import RequestLimits
 from proxy.settings import parse_settings
 
-from helpers import mutated
+from helpers import chunked_bodies, mutated
 from test_bad_requests import BAD_REQUESTS
 
 LIMITS = RequestLimits(parse_settings(["--upstream", "app:8080"], {}))
@@ -152,8 +152,6 @@ class Sent:
 
 
 TARGETS = st.sampled_from([b"/", b"/a?b=1", b"/p/q.html", b"/%20x;y", b"/s?x=%00&y"])
-EXTENSIONS = [b"", b";a", b";a=b", b';a="q\\"s"', b";a=b;c", b';n="x y"']
-TRAILER_FIELDS = [(b"X-T", b"1"), (b"Checksum", b"abc def"), (b"x-empty", b"")]
 BODIES = st.binary(max_size=40)
 
 
@@ -170,23 +168,6 @@ def posts_with_length(draw: st.DrawFn) -> Sent:
     target, body = draw(TARGETS), draw(BODIES)
     head = b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % (target, len(body))
     return Sent(head + body, b"POST", target, body)
-
-
-@st.composite
-def chunked_bodies(draw: st.DrawFn) -> tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...]]:
-    """A chunked body as sent (sizes in either case, extensions, trailers), its data and
-    its trailers as they must be read."""
-    chunks = draw(st.lists(st.binary(min_size=1, max_size=24), max_size=4))
-    wire = []
-    for chunk in chunks:
-        size = b"%x" % len(chunk)
-        size = draw(st.sampled_from([size, size.upper(), b"00" + size]))
-        wire.append(size + draw(st.sampled_from(EXTENSIONS)) + b"\r\n" + chunk + b"\r\n")
-    trailers = tuple(draw(st.lists(st.sampled_from(TRAILER_FIELDS), max_size=2)))
-    wire.append(b"0" + draw(st.sampled_from(EXTENSIONS)) + b"\r\n")
-    wire += [name + b": " + value + b"\r\n" for name, value in trailers]
-    wire.append(b"\r\n")
-    return b"".join(wire), b"".join(chunks), trailers
 
 
 @st.composite

@@ -53,7 +53,7 @@ from proxy.http1.response_parser import (
     ResponseParser,
 )
 
-from helpers import mutated
+from helpers import chunked_bodies, mutated
 
 MAX_HEAD = 1024  # ample for the drawn heads; the limits have their own examples
 FAST = settings(max_examples=200, deadline=None)
@@ -218,26 +218,7 @@ EXTRA_FIELDS = [b"", b"Content-Type: text/plain\r\n", b"Server: x\r\nX-A:b\r\n",
                 b"Proxy-Connection: keep-alive\r\n", b"Trailer: X-T\r\n", b"TE: trailers\r\n"]
 INTERIM_HEADS = {100: b"HTTP/1.1 100 Continue\r\n\r\n",
                  103: b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"}
-EXTENSIONS = [b"", b";a", b";a=b", b';a="q\\"s"', b";a=b;c"]
-TRAILER_FIELDS = [(b"X-T", b"1"), (b"Checksum", b"abc def"), (b"x-empty", b"")]
 BODIES = st.binary(max_size=60)
-
-
-@st.composite
-def chunked_bodies(draw: st.DrawFn) -> tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...]]:
-    """A chunked body as sent (sizes in either case, extensions, trailers), its data and
-    its trailers as they must be read."""
-    chunks = draw(st.lists(st.binary(min_size=1, max_size=24), max_size=4))
-    wire = []
-    for piece in chunks:
-        size = b"%x" % len(piece)
-        size = draw(st.sampled_from([size, size.upper(), b"00" + size]))
-        wire.append(size + draw(st.sampled_from(EXTENSIONS)) + b"\r\n" + piece + b"\r\n")
-    trailers = tuple(draw(st.lists(st.sampled_from(TRAILER_FIELDS), max_size=2)))
-    wire.append(b"0" + draw(st.sampled_from(EXTENSIONS)) + b"\r\n")
-    wire += [name + b": " + value + b"\r\n" for name, value in trailers]
-    wire.append(b"\r\n")
-    return b"".join(wire), b"".join(chunks), trailers
 
 
 @st.composite
