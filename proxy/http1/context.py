@@ -13,7 +13,7 @@ import logging
 import time
 
 from proxy.context import ProxyContext
-from proxy.http1.exchange import Exchange
+from proxy.http1.exchange import MONOTONIC, Exchange
 from proxy.http1.http_policy import Peer
 from proxy.http1.upstream import UpstreamPool
 from proxy.tcp.tunnel import Tunnel
@@ -65,7 +65,7 @@ class HttpContext(ProxyContext):
         self.requests_in_flight -= 1
         if not answered or (exchange.request is None and status in (0, 499)):
             return  # nothing was answered (the client may have gone away mid-head)
-        duration = time.monotonic() - exchange.started_at
+        duration = MONOTONIC() - exchange.started_at
         self.responses.observe(status, duration)
         if self.draining or self.access_log:
             self._response_extras(exchange, duration, client_ip)
