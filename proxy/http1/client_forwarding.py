@@ -158,10 +158,11 @@ class Forwarder(ResponseSink):
         assert exchange is not None and exchange.request is not None
         request = exchange.request
         framing = http_response.client_response_framing(response.framing, request.http_10)
-        close = exchanges.machine.close_decision(
+        machine = exchanges.machine
+        close = machine.close_decision(
             client_keep_alive=request.client_keep_alive, close_delimited=framing is Framing.CLOSE,
             request_complete=exchange.request_complete, pipelined=bool(exchanges.queue),
-            draining=self.ctx.draining, now=self._loop.time())
+            draining=self.ctx.draining, now=self._loop.time() if machine.ages else 0.0)
         exchange.status, exchange.head_sent = response.status, True
         exchange.framing_chunked = framing is Framing.CHUNKED
         if self.ctx.access_log:

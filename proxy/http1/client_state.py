@@ -43,6 +43,7 @@ never read again.  An ``IDLE`` connection has no reason to be paused.
 from __future__ import annotations
 
 import enum
+import math
 from typing import Final
 
 from proxy.drain.rotation import rotation_reason
@@ -133,14 +134,17 @@ DRAIN_AFTER_RESPONSE: Final = OnDrain.AFTER_RESPONSE
 class ClientMachine:
     """One client connection's state, its keep-alive budget and its close decision."""
 
-    __slots__ = ("budget", "close_reason", "drain_reached", "expires_at", "input_closed",
-                 "paused_by", "served", "state")
+    __slots__ = ("ages", "budget", "close_reason", "drain_reached", "expires_at",
+                 "input_closed", "paused_by", "served", "state")
 
     def __init__(self, budget: int, expires_at: float) -> None:
         self.state = FRESH
         self.served = 0  # responses completed
         self.budget = budget  # rotation: responses this connection may carry (0: no limit)
         self.expires_at = expires_at  # rotation: the first response after this closes
+        # It has a maximum age: only then does ``close_decision`` need the time (the
+        # adapter reads the clock for it, a call into the loop, only then).
+        self.ages = expires_at != math.inf
         self.close_reason: str | None = None  # decided: the connection ends after this response
         # The client half-closed, or we stopped reading for good (an error answered, the
         # connection closing): nothing more that arrives is parsed.
@@ -281,7 +285,7 @@ class ClientMachine:
         its reason (a connections_closed label), or None to keep the connection.
 
         Decided once per response, at its head, and remembered: the connection closes
-        after that response.
+        after that response.  ``now`` matters only when the connection ``ages``.
         """
         reason = self._close_reason(client_keep_alive, close_delimited, request_complete,
                                     pipelined, draining, now)
