@@ -134,17 +134,14 @@ DRAIN_AFTER_RESPONSE: Final = OnDrain.AFTER_RESPONSE
 class ClientMachine:
     """One client connection's state, its keep-alive budget and its close decision."""
 
-    __slots__ = ("ages", "budget", "close_reason", "drain_reached", "expires_at",
-                 "input_closed", "paused_by", "served", "state")
+    __slots__ = ("budget", "close_reason", "drain_reached", "expires_at", "input_closed",
+                 "paused_by", "served", "state")
 
     def __init__(self, budget: int, expires_at: float) -> None:
         self.state = FRESH
         self.served = 0  # responses completed
         self.budget = budget  # rotation: responses this connection may carry (0: no limit)
         self.expires_at = expires_at  # rotation: the first response after this closes
-        # It has a maximum age: only then does ``close_decision`` need the time (the
-        # adapter reads the clock for it, a call into the loop, only then).
-        self.ages = expires_at != math.inf
         self.close_reason: str | None = None  # decided: the connection ends after this response
         # The client half-closed, or we stopped reading for good (an error answered, the
         # connection closing): nothing more that arrives is parsed.
@@ -278,6 +275,12 @@ class ClientMachine:
         return self.close_reason or "peer"
 
     # -- the keep-alive decision ----------------------------------------------------------------
+    @property
+    def ages(self) -> bool:
+        """It has a maximum age: only then does ``close_decision`` need the time (the
+        adapter reads the clock for it, a call into the loop, only then)."""
+        return self.expires_at != math.inf
+
     def close_decision(self, *, client_keep_alive: bool, close_delimited: bool,
                        request_complete: bool, pipelined: bool, draining: bool,
                        now: float) -> str | None:
