@@ -363,9 +363,10 @@ def _added_lines(found: _Fields, peer: Peer, authority: bytes | None, default_ho
                  last: AddedLines | None) -> bytes:
     """Host when the request had none, and X-Forwarded-For, -Proto and -Host."""
     host = found.host
-    usual = (last is not None and authority is None and not found.xff
-             and not found.forwarded_proto and not found.forwarded_host)
-    if usual and last is not None and host is last.host:
+    if last is not None and (authority is not None or found.xff or found.forwarded_proto
+                             or found.forwarded_host):
+        last = None  # not the usual request: its lines are neither reused nor remembered
+    if last is not None and host is last.host:
         return last.lines
     pieces = []
     if host is None:
@@ -380,7 +381,7 @@ def _added_lines(found: _Fields, peer: Peer, authority: bytes | None, default_ho
         pieces.append(b"\r\nX-Forwarded-Host: ")
         pieces.append(forwarded_host)
     lines = b"".join(pieces)
-    if usual and last is not None and host is not None:
+    if last is not None and host is not None:
         last.host, last.lines = host, lines
     return lines
 
