@@ -1,10 +1,11 @@
 """An asyncio event loop whose clock moves only when the test moves it.
 
-The proxy's timers (``proxy.drain.deadline``) schedule with ``loop.call_at`` and read
-``loop.time``; on this loop both see a virtual clock, so a test makes a header or idle
-timeout fire by advancing the clock, with no real waiting and no flakiness.  Nothing
-may wait on the loop for a timer (the selector would then sleep for real): the test
-advances the clock past the timer, then lets the loop turn.
+The proxy's timers (``proxy.drain.deadline``) schedule with ``loop.call_later`` and, on
+a loop that overrides ``time`` as this one does, read ``loop.time``; both then see a
+virtual clock, so a test makes a header or idle timeout fire by advancing the clock, with
+no real waiting and no flakiness.  Nothing may wait on the loop for a timer (the
+selector would then sleep for real): the test advances the clock past the timer, then
+lets the loop turn.
 
 asyncio only: uvloop's clock is its own C code and cannot be replaced this way.
 """

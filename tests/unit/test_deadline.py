@@ -1,22 +1,25 @@
 """Unit tests for proxy.drain.deadline on a real event loop (asyncio, and uvloop when installed).
 
 Nothing sleeps: the tests await an ``asyncio.Event`` that the callback (or a
-probe timer scheduled past the deadline) sets, bounded by ``wait_for``.  Times are
-compared as ``fired_at >= start + delay`` (the sum Deadline itself computes), not as
-a difference: uvloop's clock has millisecond steps and the difference of two such
-floats can land a hair below the delay.
+probe timer scheduled past the deadline) sets, bounded by ``wait_for``.  Times are read
+from ``time.monotonic``, the clock Deadline uses (uvloop's loop clock has millisecond
+steps), and compared as ``fired_at >= start + delay``, the sum Deadline itself computes,
+not as a difference, which can land a hair below the delay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 
-from proxy.drain.deadline import Deadline
+from proxy.drain.deadline import Deadline, loop_clock
+
+from support.virtual_clock import VirtualClockLoop
 
 SHORT = 0.02
 LONG = 5.0
@@ -44,7 +47,7 @@ def run(request: pytest.FixtureRequest) -> Iterator[Callable[[Scenario], None]]:
 
 
 class Recorder:
-    """The deadline's callback: counts calls and notes the loop time of each."""
+    """The deadline's callback: counts calls and notes the monotonic time of each."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -52,7 +55,7 @@ class Recorder:
         self.times: list[float] = []
 
     def __call__(self) -> None:
-        self.times.append(self.loop.time())
+        self.times.append(time.monotonic())
         self.fired.set()
 
     async def wait(self) -> float:
@@ -73,7 +76,7 @@ def test_fires_once_after_the_delay(run: Callable[[Scenario], None], horizon: fl
     async def scenario() -> None:
         recorder = Recorder()
         deadline = Deadline(recorder.loop, recorder, horizon_s=horizon)
-        start = recorder.loop.time()
+        start = time.monotonic()
         deadline.set(delay)
         fired_at = await recorder.wait()
         assert fired_at >= start + delay  # same float sum as Deadline
@@ -91,7 +94,7 @@ def test_set_again_postpones(run: Callable[[Scenario], None], horizon: float) ->
         reset_at: list[float] = []
 
         def postpone() -> None:
-            reset_at.append(recorder.loop.time())
+            reset_at.append(time.monotonic())
             deadline.set(0.04)
 
         deadline.set(SHORT)
@@ -110,7 +113,7 @@ def test_set_again_immediately_uses_the_last_delay(run: Callable[[Scenario], Non
     async def scenario() -> None:
         recorder = Recorder()
         deadline = Deadline(recorder.loop, recorder, horizon_s=horizon)
-        start = recorder.loop.time()
+        start = time.monotonic()
         for delay in (0.01, 0.02, 0.05):
             deadline.set(delay)
         fired_at = await recorder.wait()
@@ -128,7 +131,7 @@ def test_shorter_set_after_longer_fires_on_time(run: Callable[[Scenario], None],
         recorder = Recorder()
         deadline = Deadline(recorder.loop, recorder, horizon_s=horizon)
         deadline.set(LONG)
-        start = recorder.loop.time()
+        start = time.monotonic()
         deadline.set(SHORT)
         fired_at = await recorder.wait()  # within WAIT, far before LONG
         assert start + SHORT <= fired_at < start + LONG
@@ -146,7 +149,7 @@ def test_clear_prevents_the_call_and_set_rearms(run: Callable[[Scenario], None],
         deadline.clear()
         await recorder.let_pass(0.05)
         assert recorder.times == []
-        start = recorder.loop.time()
+        start = time.monotonic()
         deadline.set(0.01)
         assert await recorder.wait() >= start + 0.01
 
@@ -174,7 +177,7 @@ def test_callback_may_set_the_next_deadline(run: Callable[[Scenario], None]) -> 
         done = asyncio.Event()
 
         def callback() -> None:
-            times.append(loop.time())
+            times.append(time.monotonic())
             if len(times) < 3:
                 deadline.set(0.01)
             else:
@@ -187,3 +190,23 @@ def test_callback_may_set_the_next_deadline(run: Callable[[Scenario], None]) -> 
         assert all(b >= a + 0.01 for a, b in itertools.pairwise(times))
 
     run(scenario)
+
+
+def test_the_clock_is_time_monotonic_unless_the_loop_has_its_own() -> None:
+    """asyncio's loops and uvloop read CLOCK_MONOTONIC: the deadline calls it directly,
+    cheaper than the loop's time(); a loop with a clock of its own is read through it."""
+    virtual_loop = VirtualClockLoop()
+    loops: list[asyncio.AbstractEventLoop] = [asyncio.new_event_loop(), virtual_loop]
+    try:
+        assert loop_clock(loops[0]) is time.monotonic
+        virtual = loop_clock(virtual_loop)
+        assert virtual is not time.monotonic
+        virtual_loop.advance(5.0)
+        assert virtual() == virtual_loop.time()
+        uvloop = pytest.importorskip("uvloop")
+        loops.append(uvloop.new_event_loop())
+        assert loop_clock(loops[2]) is time.monotonic
+        assert abs(loops[2].time() - time.monotonic()) < 0.01  # the same clock, in ms
+    finally:
+        for loop in loops:
+            loop.close()
