@@ -161,6 +161,51 @@ def field_line(line: bytes) -> FieldLine:
     return read
 
 
+# A connection keeps its previous head for reuse only up to this size: an idle keep-alive
+# connection holds at most about twice this more (the lines, and readings of long ones).
+LAST_HEAD_BYTES: Final = 4096
+_NO_LINES: Final[list[bytes]] = []
+_UNREAD: Final = FieldLine(PASS, b"", b"", b"", False)  # index 0: the first line's place
+
+
+class LastHead:
+    """A connection's previous head: its lines and what each field line was read as.
+
+    A client sends the same field lines request after request on a connection, and an
+    app the same lines response after response.  Comparing a line with the one at its
+    place in the previous head is one ``memcmp``; the memo (``field_line``) hashes the new
+    bytes and then compares them, about 250 instructions a line.  Lines longer than the
+    memo keeps (cookies, tokens) are reused this way too."""
+
+    __slots__ = ("lines", "reads")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []  # empty: nothing to reuse
+        self.reads: list[FieldLine] = []
+
+
+def read_lines(lines: list[bytes], last: LastHead, head_bytes: int) -> list[FieldLine]:
+    """What each field line of a head (``lines``, from its first line) means, by index;
+    taken from ``last`` where the line is the one at the same place, and left there for
+    the next head.  HttpError 400 for a line that is not a field line."""
+    before, old_reads = last.lines, last.reads
+    last.lines = _NO_LINES  # a head refused on the way leaves nothing to misread
+    reads = old_reads if len(old_reads) == len(lines) else [_UNREAD] * len(lines)
+    same_up_to = min(len(before), len(lines))
+    for index in range(1, len(lines)):
+        line = lines[index]
+        if index < same_up_to and line == before[index]:
+            if reads is not old_reads:
+                reads[index] = old_reads[index]
+        else:
+            reads[index] = field_line(line)
+    if head_bytes <= LAST_HEAD_BYTES:
+        last.lines, last.reads = lines, reads
+    else:
+        last.reads = []
+    return reads
+
+
 class _Fields:
     """What the pass over the field lines found, and the edits to splice."""
 
@@ -178,15 +223,16 @@ class _Fields:
         self.edits: list[tuple[int, int, bytes]] = []
 
 
-def _read_fields(lines: list[bytes], http_10: bool, authority: bytes | None, peer: Peer,
-                 strip: frozenset[bytes]) -> _Fields:
-    """One pass over the head's lines (the request line first, skipped)."""
+def _read_fields(lines: list[bytes], reads: list[FieldLine], http_10: bool,
+                 authority: bytes | None, peer: Peer, strip: frozenset[bytes]) -> _Fields:
+    """One pass over the head's lines (the request line first, skipped) and what each
+    means (``read_lines``)."""
     found = _Fields()
     edits = found.edits
     line_end = len(lines[0])
     for index in range(1, len(lines)):
         line = lines[index]
-        read = field_line(line)
+        read = reads[index]
         line_start, line_end = line_end, line_end + 2 + len(line)  # from its CRLF before
         kind = read.kind
         if kind == PASS and not strip:
@@ -292,22 +338,28 @@ def request_line(line: bytes, limits: RequestLimits) -> RequestLine:
 
 
 def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestLimits,
-                  last: AddedLines | None = None) -> tuple[ForwardRequest, bool]:
+                  last: LastRequest | None = None) -> tuple[ForwardRequest, bool]:
     """Validate one complete request head (from its request line up to, not including,
     the CRLF CRLF that ends it) and build the head to forward; also whether the request
     asks to switch protocols (llhttp's ``should_upgrade``: an Upgrade field and the
-    ``upgrade`` token).  ``last``: the connection's, to reuse the lines the proxy adds.
-    Raises HttpError."""
+    ``upgrade`` token).  ``last``: the connection's previous request, whose readings and
+    added lines are reused where they apply.  Raises HttpError."""
     lines = head.split(_CRLF)
-    first = request_line(lines[0], limits)
+    if last is None:
+        last = LastRequest()
+    first = last.first
+    if first is None or not last.lines or lines[0] != last.lines[0]:
+        first = request_line(lines[0], limits)
     if len(head) - len(lines[0]) > limits.max_header_bytes or len(lines) > (
             limits.max_header_count + 1):
         raise HttpError(431, "request header fields too large")
+    reads = read_lines(lines, last, len(head))
+    last.first = first  # the reading of the first of ``last.lines``, when kept
     http_10, authority = first.http_10, first.authority
-    found = _read_fields(lines, http_10, authority, peer, NO_TOKENS)
+    found = _read_fields(lines, reads, http_10, authority, peer, NO_TOKENS)
     extra_tokens = found.tokens and found.tokens - PLAIN_CONNECTION_TOKENS - NEVER_STRIPPED
     if extra_tokens:  # rare: Connection names end-to-end-looking fields to drop
-        found = _read_fields(lines, http_10, authority, peer, extra_tokens)
+        found = _read_fields(lines, reads, http_10, authority, peer, extra_tokens)
     if found.hosts > 1 or (found.hosts == 0 and not http_10):
         raise HttpError(400, "HTTP/1.1 requests need exactly one Host header")
     tokens = found.tokens
@@ -347,27 +399,31 @@ def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestL
     return request, upgrade_requested
 
 
-class AddedLines:
-    """The lines the proxy added to a connection's last usual request (one with a Host and
-    no forwarding claims kept), for that Host: a connection sends the same Host every time
-    (the same bytes object, from the field-line memo), so they are joined once."""
+class LastRequest(LastHead):
+    """A client connection's previous request: its lines and their readings
+    (``LastHead``), its request line's reading, and the lines the proxy added to the last
+    usual request (one with a Host and no forwarding claims kept), for that Host: a
+    connection sends the same Host every time (the same bytes object, from the field-line
+    readings), so they are joined once."""
 
-    __slots__ = ("host", "lines")
+    __slots__ = ("added", "added_for", "first")
 
     def __init__(self) -> None:
-        self.host = b""
-        self.lines = b""
+        super().__init__()
+        self.first: RequestLine | None = None
+        self.added_for = b""
+        self.added = b""
 
 
 def _added_lines(found: _Fields, peer: Peer, authority: bytes | None, default_host: bytes,
-                 last: AddedLines | None) -> bytes:
+                 last: LastRequest | None) -> bytes:
     """Host when the request had none, and X-Forwarded-For, -Proto and -Host."""
     host = found.host
     if last is not None and (authority is not None or found.xff or found.forwarded_proto
                              or found.forwarded_host):
         last = None  # not the usual request: its lines are neither reused nor remembered
-    if last is not None and host is last.host:
-        return last.lines
+    if last is not None and host is last.added_for:
+        return last.added
     pieces = []
     if host is None:
         pieces.append(b"\r\nHost: ")
@@ -382,7 +438,7 @@ def _added_lines(found: _Fields, peer: Peer, authority: bytes | None, default_ho
         pieces.append(forwarded_host)
     lines = b"".join(pieces)
     if last is not None and host is not None:
-        last.host, last.lines = host, lines
+        last.added_for, last.added = host, lines
     return lines
 
 

@@ -22,7 +22,7 @@ from typing import Final
 
 from proxy.http1.chunked import DONE, ChunkedBody
 from proxy.http1.http_policy import ForwardRequest, Framing, Headers, HttpError, Peer
-from proxy.http1.request_head import AddedLines, check_request, refuse_early
+from proxy.http1.request_head import LastRequest, check_request, refuse_early
 from proxy.limits import RequestLimits
 from proxy.transitions import bit_masks, check_move
 
@@ -71,7 +71,7 @@ _NO_REQUEST: Final = ForwardRequest(b"", b"", Framing.NONE, False, False, False,
 class RequestParser:
     """The request side of one HTTP/1.1 connection."""
 
-    __slots__ = ("_added", "_at", "_chunked", "_data", "_held", "_remaining", "_upgrade", "body",
+    __slots__ = ("_at", "_chunked", "_data", "_held", "_last", "_remaining", "_upgrade", "body",
                  "default_host", "limits", "peer", "reading", "request", "trailers",
                  "upgrade_at")
 
@@ -90,7 +90,7 @@ class RequestParser:
         self._remaining = 0  # of a body of known length
         self._upgrade = False  # the request being read asks to switch protocols
         self._chunked: ChunkedBody | None = None
-        self._added = AddedLines()
+        self._last = LastRequest()  # the connection's previous head, reused line by line
 
     def feed(self, data: bytes) -> None:
         """The next read; ``next_event`` parses it (and lets go of it by ``NEED_DATA``)."""
@@ -165,7 +165,7 @@ class RequestParser:
                 return NEED_DATA
             taken = len(head) + 4
         self.request, self._upgrade = check_request(head, self.peer, self.default_host,
-                                                    self.limits, self._added)
+                                                    self.limits, self._last)
         self._at = at + taken
         if self.request.framing is Framing.CHUNKED:
             limits = self.limits

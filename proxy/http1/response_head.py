@@ -45,7 +45,7 @@ from proxy.http1.http_policy import (
     connection_tokens,
     remember,
 )
-from proxy.http1.request_head import PASS, field_line
+from proxy.http1.request_head import PASS, FieldLine, LastHead, read_lines
 
 _CRLF: Final = b"\r\n"
 # Deleted from a reason phrase by ``translate``: every byte it may hold.
@@ -138,17 +138,16 @@ class _Fields:
         self.cuts: list[tuple[int, int, bytes]] = []  # (start, end, replacement)
 
 
-def _read_fields(lines: list[bytes], strip: frozenset[bytes], status: int) -> _Fields:
-    """One pass over the head's lines (the status line first, skipped)."""
+def _read_fields(lines: list[bytes], reads: list[FieldLine], strip: frozenset[bytes],
+                 status: int) -> _Fields:
+    """One pass over the head's lines (the status line first, skipped) and what each
+    means (``read_lines``)."""
     found = _Fields()
     cuts = found.cuts
     line_end = len(lines[0])
     for index in range(1, len(lines)):
         line = lines[index]
-        try:
-            read = field_line(line)
-        except HttpError as refused:
-            raise protocol_error(refused.reason) from None
+        read = reads[index]
         line_start, line_end = line_end, line_end + 2 + len(line)  # from its CRLF before
         kind = read.kind
         if kind == PASS and not strip:
@@ -184,23 +183,46 @@ def _read_fields(lines: list[bytes], strip: frozenset[bytes], status: int) -> _F
     return found
 
 
-def read_response(head: bytes, head_request: bool) -> AppResponse:
+class LastResponse(LastHead):
+    """An app connection's previous response: its lines and their readings
+    (``LastHead``), and its status line's reading."""
+
+    __slots__ = ("first",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first: StatusLine | None = None
+
+
+def read_response(head: bytes, head_request: bool,
+                  last: LastResponse | None = None) -> AppResponse:
     """Read one complete response head (from its status line up to, not including, the
-    CRLF CRLF that ends it); ``head_request``: it answers a HEAD.  Raises BadResponse."""
+    CRLF CRLF that ends it); ``head_request``: it answers a HEAD; ``last``: the
+    connection's previous response, whose readings are reused where the lines are the
+    same.  Raises BadResponse."""
     lines = head.split(_CRLF)
-    first = status_line(lines[0])
+    if last is None:
+        last = LastResponse()
+    first = last.first
+    if first is None or not last.lines or lines[0] != last.lines[0]:
+        first = status_line(lines[0])
+    try:
+        reads = read_lines(lines, last, len(head))
+    except HttpError as refused:
+        raise protocol_error(refused.reason) from None
+    last.first = first  # the reading of the first of ``last.lines``, when kept
     status = first.status
-    found = _read_fields(lines, NO_TOKENS, status)
+    found = _read_fields(lines, reads, NO_TOKENS, status)
     extra_tokens = found.tokens and found.tokens - PLAIN_CONNECTION_TOKENS - NEVER_STRIPPED
     if extra_tokens:  # rare: Connection names fields to drop
-        found = _read_fields(lines, extra_tokens, status)
+        found = _read_fields(lines, reads, extra_tokens, status)
     if found.chunked and first.http_10:
         raise protocol_error("Transfer-Encoding in an HTTP/1.0 response")
     tokens = found.tokens
     keep_alive = b"keep-alive" in tokens if first.http_10 else b"close" not in tokens
     if status < 200:
         return AppResponse(status, first.reason, Framing.NONE, 0, keep_alive, b"", b"",
-                           _headers(lines))
+                           _headers(reads))
     if head_request or status == 204 or status == 304:
         framing = Framing.NONE
     elif found.lengths:
@@ -235,11 +257,11 @@ def _splice(head: bytes, first_bytes: int, first: StatusLine,
     return b"".join(pieces)
 
 
-def _headers(lines: list[bytes]) -> Headers:
-    """The fields of a 1xx or 101 head (already checked), for the client's head."""
+def _headers(reads: list[FieldLine]) -> Headers:
+    """The fields of a 1xx or 101 head (``read_lines``), for the client's head."""
     headers: Headers = []
-    for index in range(1, len(lines)):
-        read = field_line(lines[index])
+    for index in range(1, len(reads)):
+        read = reads[index]
         headers.append((read.name, read.value))
     return headers
 

@@ -35,7 +35,13 @@ from proxy.app_connect import Failure
 from proxy.http1.chunked import DONE, ChunkedBody
 from proxy.http1.http_policy import Framing, Headers, HttpError
 from proxy.http1.request_head import NEVER_IN_A_HEAD
-from proxy.http1.response_head import AppResponse, BadResponse, protocol_error, read_response
+from proxy.http1.response_head import (
+    AppResponse,
+    BadResponse,
+    LastResponse,
+    protocol_error,
+    read_response,
+)
 from proxy.transitions import bit_masks, check_move
 
 _HEAD_END: Final = b"\r\n\r\n"
@@ -88,7 +94,7 @@ _NO_TRAILERS: Final[Headers] = []
 class ResponseParser:
     """The response side of one connection to the app."""
 
-    __slots__ = ("_at", "_chunked", "_data", "_head_request", "_held", "_max_bytes",
+    __slots__ = ("_at", "_chunked", "_data", "_head_request", "_held", "_last", "_max_bytes",
                  "_remaining", "_upgrade", "body", "receiving", "response", "reusable", "tail",
                  "trailers")
 
@@ -107,6 +113,7 @@ class ResponseParser:
         self._head_request = False
         self._upgrade = False  # the request asked to switch protocols
         self._chunked: ChunkedBody | None = None
+        self._last = LastResponse()  # the connection's previous head, reused line by line
 
     def start(self, head_request: bool, upgrade: bool) -> None:
         """An exchange begins: its response is expected (``head_request``: it answers a
@@ -196,7 +203,7 @@ class ResponseParser:
         if len(head) + 4 > self._max_bytes:
             raise self._too_large("a response head")
         self._data, self._at = rest, 0
-        response = self.response = read_response(head, self._head_request)
+        response = self.response = read_response(head, self._head_request, self._last)
         status = response.status
         if status < 200:
             if status != 101:
