@@ -42,7 +42,7 @@ HOT_MODULES = [
     "proxy/context.py", "proxy/drain/deadline.py", "proxy/drain/rotation.py",
     "proxy/telemetry/stats.py",
     "proxy/app_connect.py", "proxy/limits.py", "proxy/flow.py", "proxy/buffers.py",
-    "proxy/transitions.py",
+    "proxy/transitions.py", "proxy/http1/bytes_calls.py",
 ]
 OPT_OUT = "DRAIN_PROXY_NO_EXTENSIONS"
 REQUIRED = "DRAIN_PROXY_REQUIRE_EXTENSIONS"

@@ -42,6 +42,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from proxy.http1.bytes_calls import SPLIT
 from proxy.http1.http_policy import (
     ALIAS,
     CLAIM,
@@ -344,7 +345,7 @@ def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestL
     asks to switch protocols (llhttp's ``should_upgrade``: an Upgrade field and the
     ``upgrade`` token).  ``last``: the connection's previous request, whose readings and
     added lines are reused where they apply.  Raises HttpError."""
-    lines = head.split(_CRLF)
+    lines = SPLIT(head, _CRLF)
     if last is None:
         last = LastRequest()
     first = last.first

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from proxy.http1.bytes_calls import PARTITION
 from proxy.http1.chunked import DONE, ChunkedBody
 from proxy.http1.http_policy import ForwardRequest, Framing, Headers, HttpError, Peer
 from proxy.http1.request_head import LastRequest, check_request, refuse_early
@@ -155,10 +156,10 @@ class RequestParser:
         else:
             probe = data if not at and size <= HEAD_PROBE_BYTES else data[
                 at:at + HEAD_PROBE_BYTES]
-            head, found, _ = probe.partition(_HEAD_END)
+            head, found, _ = PARTITION(probe, _HEAD_END)
             if not found and len(probe) == HEAD_PROBE_BYTES:
                 probe = data[at:]  # a large head: look further
-                head, found, _ = probe.partition(_HEAD_END)
+                head, found, _ = PARTITION(probe, _HEAD_END)
             if not found:
                 held += probe
                 refuse_early(held, 0, self.limits)

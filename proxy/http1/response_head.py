@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Final
 
 from proxy.app_connect import Failure
+from proxy.http1.bytes_calls import SPLIT
 from proxy.http1.http_policy import (
     CONNECTION,
     ENCODING,
@@ -200,7 +201,7 @@ def read_response(head: bytes, head_request: bool,
     CRLF CRLF that ends it); ``head_request``: it answers a HEAD; ``last``: the
     connection's previous response, whose readings are reused where the lines are the
     same.  Raises BadResponse."""
-    lines = head.split(_CRLF)
+    lines = SPLIT(head, _CRLF)
     if last is None:
         last = LastResponse()
     first = last.first

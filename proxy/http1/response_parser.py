@@ -32,6 +32,7 @@ import enum
 from typing import Final
 
 from proxy.app_connect import Failure
+from proxy.http1.bytes_calls import PARTITION
 from proxy.http1.chunked import DONE, ChunkedBody
 from proxy.http1.http_policy import Framing, Headers, HttpError
 from proxy.http1.request_head import NEVER_IN_A_HEAD
@@ -195,7 +196,7 @@ class ResponseParser:
             held.clear()
         else:
             # One call that also gives the rest of the read: a small response's body.
-            head, found, rest = data.partition(_HEAD_END)
+            head, found, rest = PARTITION(data, _HEAD_END)
             if not found:
                 held += data
                 self._refuse_early(0)
