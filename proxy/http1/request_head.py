@@ -296,7 +296,8 @@ class RequestLine:
     """A request line, read: what the head to forward starts with, and what the policy
     needs of it."""
 
-    __slots__ = ("authority", "forwarded", "http_10", "idempotent", "method", "target")
+    __slots__ = ("authority", "forwarded", "http_10", "idempotent", "method", "rewritten",
+                 "target")
 
     def __init__(self, line: bytes, limits: RequestLimits) -> None:
         parts = line.split(b" ")
@@ -321,8 +322,8 @@ class RequestLine:
         self.idempotent = method in _IDEMPOTENT
         self.http_10 = version == b"HTTP/1.0"
         self.target, self.authority = origin_form(method, url)
-        self.forwarded = (line if self.target is url and not self.http_10
-                          else b"%s %s HTTP/1.1" % (method, self.target))
+        self.rewritten = not (self.target is url and not self.http_10)
+        self.forwarded = b"%s %s HTTP/1.1" % (method, self.target) if self.rewritten else line
 
 
 _request_lines: Final[dict[bytes, RequestLine]] = {}
@@ -376,9 +377,29 @@ def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestL
         keep_alive = not http_10
     else:
         keep_alive = b"keep-alive" in tokens if http_10 else b"close" not in tokens
-    at = len(lines[0])
+    added = _added_lines(found, peer, authority, default_host, last)
+    end = framing_line(found.framing, found.length)
+    if not found.edits and upgrade is None and not first.rewritten:
+        forwarded = b"".join((head, added, end))  # the usual request: its head as received
+    else:
+        forwarded = _spliced(head, len(lines[0]), first, found.edits, upgrade, added, end)
+    request = ForwardRequest(
+        method=first.method, head=forwarded, framing=found.framing, http_10=http_10,
+        client_keep_alive=keep_alive, expects_continue=found.expects and not http_10,
+        idempotent=first.idempotent, upgrade=upgrade is not None,
+        target=first.target, length=found.length,
+    )
+    return request, upgrade_requested
+
+
+def _spliced(head: bytes, first_bytes: int, first: RequestLine,
+             edits: list[tuple[int, int, bytes]], upgrade: bytes | None, added: bytes,
+             end: bytes) -> bytes:
+    """The head to forward: ``head`` with its request line (``first_bytes`` long) as
+    forwarded, the edits made, and the proxy's lines (``added``, then ``end``) after it."""
+    at = first_bytes
     pieces = [first.forwarded]
-    for cut_from, cut_to, replacement in found.edits:
+    for cut_from, cut_to, replacement in edits:
         if cut_from > at:
             pieces.append(head[at:cut_from])
         if replacement:
@@ -389,15 +410,9 @@ def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestL
     if upgrade is not None:
         pieces.append(b"\r\nConnection: upgrade\r\nUpgrade: ")
         pieces.append(upgrade)
-    pieces.append(_added_lines(found, peer, authority, default_host, last))
-    pieces.append(framing_line(found.framing, found.length))
-    request = ForwardRequest(
-        method=first.method, head=b"".join(pieces), framing=found.framing, http_10=http_10,
-        client_keep_alive=keep_alive, expects_continue=found.expects and not http_10,
-        idempotent=first.idempotent, upgrade=upgrade is not None,
-        target=first.target, length=found.length,
-    )
-    return request, upgrade_requested
+    pieces.append(added)
+    pieces.append(end)
+    return b"".join(pieces)
 
 
 class LastRequest(LastHead):
