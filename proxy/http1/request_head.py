@@ -7,8 +7,9 @@ into lines once, and each line is checked (its bytes, its colon, its name a toke
 classified the first time it is seen.  Clients send the same request line and the same
 field lines request after request (Host, User-Agent, Accept...), so what a line means is
 remembered, bounded, like the names and hosts in ``http_policy``: a line seen before costs
-one dictionary lookup.  The forwarded head is the received one with the lines the proxy
-acts on cut out or replaced, and the proxy's own lines added at its end.
+one dictionary lookup, and a line at the same place as in the connection's previous head
+one comparison (``LastHead``).  The forwarded head is the received one with the lines the
+proxy acts on cut out or replaced, and the proxy's own lines added at its end.
 
 Measured before this design (callgrind, instructions per call from compiled code): any C
 call costs about a thousand instructions, a ``translate`` over a small head three
