@@ -18,6 +18,7 @@ import importlib.util
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import machine
 import report
 from app import BODIES, Body
 from load import LoadGen, Sample
-from targets import ALL_TARGETS, Servers, Target, cpu_ticks
+from targets import ALL_TARGETS, Servers, Target, cpu_ticks, with_baseline
 
 OUT = Path(__file__).resolve().parent / "out"
 CHART_HINT = "chart skipped: matplotlib not installed (pip install '.[bench]')"
@@ -91,6 +92,10 @@ def parse_args() -> argparse.Namespace:
                    help="directory for bench_latency.json and bench_latency.png "
                         "(default benchmarks/out)")
     p.add_argument("--quick", action="store_true", help="smoke run: --duration 2 --repeat 1")
+    p.add_argument("--baseline", metavar="PYTHON",
+                   help="another build's python (a venv's bin/python after `pip install .`): "
+                        "each drain-proxy target is also run with it, as <target>@baseline, "
+                        "in turn with the others in every repetition")
     args = p.parse_args()
     if args.quick:
         args.duration, args.repeat = 2, 1
@@ -98,6 +103,13 @@ def parse_args() -> argparse.Namespace:
                                ("bodies", args.bodies, list(BODIES))):
         if bad := set(given) - set(known):
             p.error(f"unknown {name} {sorted(bad)}; choose from {known}")
+    args.baseline_build = None
+    if args.baseline is not None:
+        args.baseline_build = machine.proxy_build(args.baseline, Path(tempfile.gettempdir()))
+        if args.baseline_build == machine.UNKNOWN_BUILD:
+            p.error(f"--baseline {args.baseline}: that python cannot import an installed "
+                    "drain-proxy (give a venv's bin/python after `pip install .`)")
+        args.targets = with_baseline(args.targets)
     return args
 
 
@@ -136,7 +148,8 @@ def publish(targets: list[Target], meta: dict[str, Any], args: argparse.Namespac
     """The header lines and tables on stdout, then the JSON and the chart in --out."""
     med = report.medians(targets)
     bodies = [BODIES[b] for b in args.bodies]
-    print("\n".join(f"{k}: {meta[k]}" for k in ("machine", "app", "load")) + "\n\n"
+    print("\n".join(f"{k}: {meta[k]}" for k in ("machine", "app", "load", "baseline")
+                    if k in meta) + "\n\n"
           + report.tables(targets, med, args.connections, bodies), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     report.write_json(args.out / "bench_latency.json", meta, targets, med)
@@ -153,11 +166,14 @@ def run(args: argparse.Namespace, tools: machine.Tools, pin: machine.Pinning,
     app = servers.start_app(use_nginx=choose(tools.nginx, args.app, "--app") is not None)
     targets = [servers.start_target(name) for name in args.targets]
     measure_all(targets, load, args)
-    publish(targets, {
+    meta: dict[str, Any] = {
         "machine": machine.describe(tools, pin), "app": app,
         "load": f"{load.describe()}, {args.duration} s x {args.repeat} interleaved, "
                 f"{args.warmup} s warm-up; medians, spread = min-max req/s",
-        "connections": args.connections, "bodies": args.bodies}, args)
+        "connections": args.connections, "bodies": args.bodies}
+    if args.baseline is not None:
+        meta["baseline"] = f"@baseline rows: {args.baseline} ({args.baseline_build})"
+    publish(targets, meta, args)
 
 
 def main() -> None:
@@ -165,7 +181,7 @@ def main() -> None:
     args = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally block runs
     tools, pin = machine.Tools.find(), machine.Pinning.choose()
-    servers = Servers(tools.nginx, tools.haproxy, pin.server_cpu)
+    servers = Servers(tools.nginx, tools.haproxy, pin.server_cpu, args.baseline)
     try:
         run(args, tools, pin, servers)
     finally:

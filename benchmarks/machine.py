@@ -111,15 +111,19 @@ def proxy_home() -> Path:
     return Path(tempfile.gettempdir())
 
 
-def proxy_build() -> str:
-    """`drain-proxy 0.1.0 (compiled)`, as the measured process will import it."""
+UNKNOWN_BUILD = "drain-proxy build unknown"
+
+
+def proxy_build(python: str = sys.executable, cwd: Path | None = None) -> str:
+    """`drain-proxy 0.1.0 (compiled)`, as `python -m proxy` started in `cwd` (by default
+    where the benchmarks start it) will import it; UNKNOWN_BUILD when it cannot."""
     probe = "import proxy; print(proxy.__version__, proxy.build())"
     with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
-        out = subprocess.run([sys.executable, "-c", probe], cwd=proxy_home(), text=True,
+        out = subprocess.run([python, "-c", probe], cwd=cwd or proxy_home(), text=True,
                              capture_output=True, timeout=30, check=True).stdout
         release, build = out.split()
         return f"drain-proxy {release} ({build})"
-    return "drain-proxy build unknown"
+    return UNKNOWN_BUILD
 
 
 def describe(tools: Tools, pinning: Pinning) -> str:

@@ -32,6 +32,18 @@ APP_SCRIPT = str(Path(__file__).resolve().parent / "app.py")
 HTTP_TARGETS = ["direct", "drain-proxy-uvloop", "drain-proxy-asyncio", "nginx-proxy", "haproxy",
                 *peers.PEERS]
 ALL_TARGETS = HTTP_TARGETS + tcp.TCP_TARGETS
+BUILD_MARK = "@"  # `drain-proxy-uvloop@baseline`: the same setup, another build
+
+
+def with_baseline(names: list[str]) -> list[str]:
+    """Each drain-proxy target followed by its `@baseline` twin, so that the two builds
+    are measured in turn in every repetition, as every target is."""
+    out = []
+    for name in names:
+        out.append(name)
+        if name.startswith("drain-proxy-"):
+            out.append(f"{name}{BUILD_MARK}baseline")
+    return out
 Proc = subprocess.Popen[bytes]
 Key = tuple[int, str]  # (connections, body name): one cell of the measured matrix
 
@@ -131,9 +143,12 @@ def child_pid(ppid: int) -> int | None:
 class Servers:
     """Owns the temp dir and every server started; close() undoes it all."""
 
-    def __init__(self, nginx: str | None, haproxy: str | None, cpu: str | None) -> None:
-        """`cpu`: where servers are pinned (None: nowhere); tools are paths or None if absent."""
+    def __init__(self, nginx: str | None, haproxy: str | None, cpu: str | None,
+                 baseline: str | None = None) -> None:
+        """`cpu`: where servers are pinned (None: nowhere); tools are paths or None if absent;
+        `baseline`: the python of another build, which runs the `...@baseline` targets."""
         self.nginx, self.haproxy = nginx, haproxy
+        self.baseline = baseline
         self.pin = ["taskset", "-c", cpu] if cpu else []
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
         self.tmp.chmod(0o755)  # nginx workers run as nobody when we are root
@@ -199,14 +214,19 @@ class Servers:
         return kind
 
     def start_drain(self, name: str) -> Target:
-        """`python -m proxy` (the installed build if there is one); ready once /livez *and* a
-        proxied GET give 200."""
+        """`python -m proxy` (the installed build if there is one; the baseline build's for a
+        `...@baseline` target); ready once /livez *and* a proxied GET give 200."""
         port, admin = free_port(), free_port()
-        argv = [sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{port}",
+        setup, _, build = name.partition(BUILD_MARK)
+        python, home = sys.executable, proxy_home()
+        if build:  # another build: always its installed one, so started outside the tree
+            assert self.baseline is not None, f"{name} without a baseline python"
+            python, home = self.baseline, Path(tempfile.gettempdir())
+        argv = [python, "-m", "proxy", "--listen", f"127.0.0.1:{port}",
                 "--upstream", f"127.0.0.1:{self.app_port}", "--admin", f"127.0.0.1:{admin}",
-                *tcp.DRAIN_ARGS[name], "--log-level", "warning",  # on SIGTERM exit now, not drain:
+                *tcp.DRAIN_ARGS[setup], "--log-level", "warning",  # on SIGTERM exit now, not drain:
                 "--propagation-window", "0", "--drain-timeout", "1"]
-        proc = self.spawn(argv, name, cwd=proxy_home())
+        proc = self.spawn(argv, name, cwd=home)
         err = self.wait_ready(proc, admin, "/livez", name) or self.wait_ready(proc, port, "/", name)
         return Target(name, port, proc.pid, proc, f"not available: {err}" if err else None)
 

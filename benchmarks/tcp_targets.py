@@ -62,8 +62,8 @@ def table_groups(targets: list[T]) -> list[tuple[str, str, list[T]]]:
     printed unless only `direct` and TCP targets were chosen; the TCP ones only when a TCP
     target was chosen.
     """
-    http = [t for t in targets if t.name not in TCP_TARGETS]
-    tcp = [t for t in targets if t.name in TCP_TARGETS]
+    http = [t for t in targets if t.name.partition("@")[0] not in TCP_TARGETS]
+    tcp = [t for t in targets if t.name.partition("@")[0] in TCP_TARGETS]
     groups = []
     if any(t.name != "direct" for t in http) or (http and not tcp):
         groups.append(("HTTP mode, {body}: reverse proxies, CPU ratio vs nginx-proxy",

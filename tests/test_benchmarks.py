@@ -87,6 +87,27 @@ def test_tables_and_json_without_matplotlib(tmp_path: Path) -> None:
     assert not (tmp_path / "bench_latency.png").exists()
 
 
+def test_a_baseline_build_is_measured_in_the_same_run(tmp_path: Path) -> None:
+    """--baseline: each drain-proxy target also runs with another build's python, in turn
+    with the rest; here the same python stands in for the other build."""
+    res = run_bench(tmp_path, "--targets", "direct,drain-proxy-uvloop", "--bodies", "tiny",
+                    "--load-client", "python", "--app", "python", "--baseline", sys.executable)
+    assert len(rows(res.stdout, "drain-proxy/uvloop")) == 1
+    [cells] = rows(res.stdout, "drain-proxy/uvloop@baseline")
+    assert float(cells[2]) > 0 and float(cells[7]) > 0  # req/s, proxy CPU us/req
+    assert f"baseline: @baseline rows: {sys.executable} (drain-proxy " in res.stdout
+    check_json(tmp_path / "bench_latency.json",
+               ("direct", "drain-proxy-uvloop", "drain-proxy-uvloop@baseline"), ("tiny",))
+
+
+def test_a_baseline_without_drain_proxy_stops_with_one_line(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, str(BENCH), "--baseline", str(tmp_path / "python"),
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=50)
+    assert res.returncode == 2
+    assert "--baseline" in res.stderr.splitlines()[-1]
+    assert "cannot import an installed drain-proxy" in res.stderr
+
+
 @pytest.mark.slow
 def test_smoke_fallback_app_and_client(tmp_path: Path) -> None:
     """Both bodies through the built-in app and client, and the chart (about 7 s)."""
