@@ -32,7 +32,6 @@ APP_SCRIPT = str(Path(__file__).resolve().parent / "app.py")
 HTTP_TARGETS = ["direct", "drain-proxy-uvloop", "drain-proxy-asyncio", "nginx-proxy", "haproxy",
                 *peers.PEERS]
 ALL_TARGETS = HTTP_TARGETS + tcp.TCP_TARGETS
-BUILD_MARK = "@"  # `drain-proxy-uvloop@baseline`: the same setup, another build
 
 
 def with_baseline(names: list[str]) -> list[str]:
@@ -42,7 +41,7 @@ def with_baseline(names: list[str]) -> list[str]:
     for name in names:
         out.append(name)
         if name.startswith("drain-proxy-"):
-            out.append(f"{name}{BUILD_MARK}baseline")
+            out.append(f"{name}{tcp.BUILD_MARK}baseline")
     return out
 Proc = subprocess.Popen[bytes]
 Key = tuple[int, str]  # (connections, body name): one cell of the measured matrix
@@ -217,9 +216,9 @@ class Servers:
         """`python -m proxy` (the installed build if there is one; the baseline build's for a
         `...@baseline` target); ready once /livez *and* a proxied GET give 200."""
         port, admin = free_port(), free_port()
-        setup, _, build = name.partition(BUILD_MARK)
+        setup = tcp.setup_of(name)
         python, home = sys.executable, proxy_home()
-        if build:  # another build: always its installed one, so started outside the tree
+        if setup != name:  # another build: always its installed one, so started outside the tree
             assert self.baseline is not None, f"{name} without a baseline python"
             python, home = self.baseline, Path(tempfile.gettempdir())
         argv = [python, "-m", "proxy", "--listen", f"127.0.0.1:{port}",

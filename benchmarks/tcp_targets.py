@@ -18,6 +18,7 @@ DRAIN_ARGS = {  # extra `python -m proxy` flags per drain-proxy target
     "drain-proxy-asyncio": ["--loop", "asyncio"],
     "drain-proxy-tcp": ["--mode", "tcp", "--loop", "uvloop"],
 }
+BUILD_MARK = "@"  # `drain-proxy-uvloop@baseline`: the same setup, another build (--baseline)
 MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules")
 NO_STREAM = "skipped: nginx stream module not installed (apt-get install libnginx-mod-stream)"
 # A str.format template like targets.NGINX_CONF: stream_conf() fills {load}, then
@@ -34,6 +35,11 @@ class Named(Protocol):
 
 
 T = TypeVar("T", bound=Named)
+
+
+def setup_of(name: str) -> str:
+    """The setup a target runs (`drain-proxy-tcp` for `drain-proxy-tcp@baseline`)."""
+    return name.partition(BUILD_MARK)[0]
 
 
 def stream_conf(nginx: str) -> str | None:
@@ -62,8 +68,8 @@ def table_groups(targets: list[T]) -> list[tuple[str, str, list[T]]]:
     printed unless only `direct` and TCP targets were chosen; the TCP ones only when a TCP
     target was chosen.
     """
-    http = [t for t in targets if t.name.partition("@")[0] not in TCP_TARGETS]
-    tcp = [t for t in targets if t.name.partition("@")[0] in TCP_TARGETS]
+    http = [t for t in targets if setup_of(t.name) not in TCP_TARGETS]
+    tcp = [t for t in targets if setup_of(t.name) in TCP_TARGETS]
     groups = []
     if any(t.name != "direct" for t in http) or (http and not tcp):
         groups.append(("HTTP mode, {body}: reverse proxies, CPU ratio vs nginx-proxy",
