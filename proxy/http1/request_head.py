@@ -383,7 +383,11 @@ def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestL
     if not found.edits and upgrade is None and not first.rewritten:
         forwarded = b"".join((head, added, end))  # the usual request: its head as received
     else:
-        forwarded = _spliced(head, len(lines[0]), first, found.edits, upgrade, added, end)
+        pieces = spliced(head, len(lines[0]), first.forwarded, found.edits)
+        if upgrade is not None:
+            pieces += (b"\r\nConnection: upgrade\r\nUpgrade: ", upgrade)
+        pieces += (added, end)
+        forwarded = b"".join(pieces)
     request = ForwardRequest(
         method=first.method, head=forwarded, framing=found.framing, http_10=http_10,
         client_keep_alive=keep_alive, expects_continue=found.expects and not http_10,
@@ -393,13 +397,13 @@ def check_request(head: bytes, peer: Peer, default_host: bytes, limits: RequestL
     return request, upgrade_requested
 
 
-def _spliced(head: bytes, first_bytes: int, first: RequestLine,
-             edits: list[tuple[int, int, bytes]], upgrade: bytes | None, added: bytes,
-             end: bytes) -> bytes:
-    """The head to forward: ``head`` with its request line (``first_bytes`` long) as
-    forwarded, the edits made, and the proxy's lines (``added``, then ``end``) after it."""
+def spliced(head: bytes, first_bytes: int, first_line: bytes,
+            edits: list[tuple[int, int, bytes]]) -> list[bytes]:
+    """The pieces of ``head`` as forwarded: ``first_line`` in place of its first
+    ``first_bytes``, then the rest with the ``edits`` ((start, end, replacement), in order)
+    made.  For requests and responses alike; the caller adds its own lines and joins."""
     at = first_bytes
-    pieces = [first.forwarded]
+    pieces = [first_line]
     for cut_from, cut_to, replacement in edits:
         if cut_from > at:
             pieces.append(head[at:cut_from])
@@ -408,12 +412,7 @@ def _spliced(head: bytes, first_bytes: int, first: RequestLine,
         at = cut_to
     if at < len(head):
         pieces.append(head[at:])
-    if upgrade is not None:
-        pieces.append(b"\r\nConnection: upgrade\r\nUpgrade: ")
-        pieces.append(upgrade)
-    pieces.append(added)
-    pieces.append(end)
-    return b"".join(pieces)
+    return pieces
 
 
 class LastRequest(LastHead):

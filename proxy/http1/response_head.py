@@ -46,7 +46,7 @@ from proxy.http1.http_policy import (
     connection_tokens,
     remember,
 )
-from proxy.http1.request_head import PASS, FieldLine, LastHead, read_lines
+from proxy.http1.request_head import PASS, FieldLine, LastHead, read_lines, spliced
 
 _CRLF: Final = b"\r\n"
 # Deleted from a reason phrase by ``translate``: every byte it may hold.
@@ -245,17 +245,7 @@ def _splice(head: bytes, first_bytes: int, first: StatusLine,
     """``head`` with its status line (``first_bytes`` long) as forwarded and the cuts made."""
     if not cuts and not first.rewritten:
         return head  # the common case: the app's head as it is
-    at = first_bytes
-    pieces = [first.forwarded]
-    for cut_from, cut_to, replacement in cuts:
-        if cut_from > at:
-            pieces.append(head[at:cut_from])
-        if replacement:
-            pieces.append(replacement)
-        at = cut_to
-    if at < len(head):
-        pieces.append(head[at:])
-    return b"".join(pieces)
+    return b"".join(spliced(head, first_bytes, first.forwarded, cuts))
 
 
 def _headers(reads: list[FieldLine]) -> Headers:
